@@ -1,0 +1,1 @@
+//! OpenClaw config writer (filled in below).
