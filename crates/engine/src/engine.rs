@@ -1,0 +1,453 @@
+//! The engine handle: submission with validation and back-pressure, the adapter registry,
+//! sleep/wake and metrics. The step loop itself lives in `scheduler`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use claas_model::{DType, Device, LoraAdapter, Qwen3, Qwen3Config};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::{EngineError, Event, Metrics, SamplingParams};
+
+/// Reloads the model from disk when waking from level-2 sleep.
+pub type ModelLoader = Box<dyn Fn() -> claas_model::Result<Qwen3> + Send + Sync>;
+
+/// Scheduler limits.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Sequences decoded together at most (vLLM `--max-num-seqs`).
+    pub max_num_seqs: usize,
+    /// Requests accepted but not running at most; beyond this `submit` returns `QueueFull`.
+    pub max_queue: usize,
+    /// Context length; 0 means the model's `max_position_embeddings`.
+    pub max_model_len: usize,
+    /// Prompt tokens prefilled per step at most (chunked prefill), shared by all sequences.
+    pub prefill_chunk: usize,
+    /// Largest LoRA rank accepted (vLLM `--max-lora-rank`); `None` = any.
+    pub max_lora_rank: Option<usize>,
+    /// Seeds the RNG of requests that send no seed (vLLM `--seed`).
+    pub seed: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_num_seqs: 64,
+            max_queue: 1024,
+            max_model_len: 0,
+            prefill_chunk: 512,
+            max_lora_rank: None,
+            seed: 0,
+        }
+    }
+}
+
+/// One generation request in token ids.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    /// Registered adapter name; `None` = base model.
+    pub adapter: Option<String>,
+    pub params: SamplingParams,
+    /// Independent samples of the same prompt.
+    pub n: usize,
+    /// Top alternatives per prompt token (`Some(0)` = only the actual token's logprob).
+    pub prompt_logprobs: Option<usize>,
+}
+
+/// The caller's side of a running request. Dropping it (or its receiver) cancels the request.
+pub struct RequestHandle {
+    pub events: UnboundedReceiver<Event>,
+    cancel: Arc<Vec<AtomicBool>>,
+    /// Adapter version the request was pinned to.
+    pub adapter_version: Option<u64>,
+}
+
+impl RequestHandle {
+    /// Stops sequence `index` at the next step (e.g. a stop string matched).
+    pub fn cancel(&self, index: usize) {
+        if let Some(c) = self.cancel.get(index) {
+            c.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops every sequence of the request.
+    pub fn cancel_all(&self) {
+        for c in self.cancel.iter() {
+            c.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A registered adapter.
+#[derive(Debug, Clone)]
+pub struct AdapterInfo {
+    pub name: String,
+    /// Bumped on every (re)load, engine-wide unique.
+    pub version: u64,
+    /// Folder it was loaded from, if any.
+    pub path: Option<PathBuf>,
+    pub rank: usize,
+}
+
+/// Memory before/after a sleep (bytes of resident set).
+#[derive(Debug, Clone, Copy)]
+pub struct SleepReport {
+    pub level: u8,
+    pub rss_before: u64,
+    pub rss_after: u64,
+}
+
+pub(crate) struct AdapterEntry {
+    pub adapter: Arc<LoraAdapter>,
+    pub info: AdapterInfo,
+}
+
+pub(crate) struct Pending {
+    pub req: GenerateRequest,
+    pub adapter: Option<Arc<LoraAdapter>>,
+    pub tx: UnboundedSender<Event>,
+    pub cancel: Arc<Vec<AtomicBool>>,
+    pub arrived: Instant,
+}
+
+pub(crate) enum Msg {
+    Request(Box<Pending>),
+    Sleep {
+        level: u8,
+        reply: mpsc::Sender<Result<SleepReport, EngineError>>,
+    },
+    Wake {
+        reply: mpsc::Sender<Result<SleepReport, EngineError>>,
+    },
+}
+
+pub(crate) struct Shared {
+    pub cfg: EngineConfig,
+    pub model_config: Qwen3Config,
+    pub device: Device,
+    pub dtype: DType,
+    pub max_model_len: usize,
+    pub metrics: Arc<Metrics>,
+    adapters: RwLock<HashMap<String, AdapterEntry>>,
+    versions: AtomicU64,
+    load_lock: Mutex<()>,
+    /// 0 awake, else the sleep level.
+    pub sleeping: AtomicU8,
+    /// Serialises sleep/wake transitions.
+    sleep_lock: Mutex<()>,
+    tx: mpsc::Sender<Msg>,
+}
+
+/// Cloneable handle to the engine thread. The thread exits when the last handle is dropped.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+/// Resident set size of this process in bytes (Linux `/proc/self/statm`; 0 elsewhere).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|x| x.parse::<u64>().ok())
+        })
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+fn max_rank(a: &LoraAdapter) -> usize {
+    a.named_tensors()
+        .iter()
+        .filter(|(k, _)| k.contains("lora_A"))
+        .filter_map(|(_, t)| t.dims().first().copied())
+        .max()
+        .unwrap_or(0)
+}
+
+impl Engine {
+    /// Starts the scheduler thread over a shared model. `loader` (if any) lets level-2 sleep drop
+    /// the weights and reload them on wake.
+    pub fn start(
+        model: Arc<Qwen3>,
+        cfg: EngineConfig,
+        loader: Option<ModelLoader>,
+    ) -> Result<Engine, EngineError> {
+        let model_config = model.config().clone();
+        let max_model_len = if cfg.max_model_len == 0 {
+            model_config.max_position_embeddings
+        } else {
+            cfg.max_model_len
+        };
+        if max_model_len > model_config.max_position_embeddings {
+            return Err(EngineError::InvalidParams(format!(
+                "max_model_len {max_model_len} exceeds the model's max_position_embeddings {}",
+                model_config.max_position_embeddings
+            )));
+        }
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            device: model.device().clone(),
+            dtype: model.dtype(),
+            model_config,
+            max_model_len,
+            metrics: Arc::new(Metrics::default()),
+            adapters: RwLock::new(HashMap::new()),
+            versions: AtomicU64::new(0),
+            load_lock: Mutex::new(()),
+            sleeping: AtomicU8::new(0),
+            sleep_lock: Mutex::new(()),
+            tx,
+            cfg,
+        });
+        let metrics = shared.metrics.clone();
+        let sc = crate::scheduler::SchedulerParams {
+            max_num_seqs: shared.cfg.max_num_seqs.max(1),
+            prefill_chunk: shared.cfg.prefill_chunk.max(1),
+            max_model_len,
+            seed: shared.cfg.seed,
+        };
+        std::thread::Builder::new()
+            .name("claas-engine".into())
+            .spawn(move || crate::scheduler::run(sc, metrics, model, loader, rx))
+            .map_err(|e| EngineError::SleepMode(format!("cannot start engine thread: {e}")))?;
+        Ok(Engine { shared })
+    }
+
+    /// The model's configuration.
+    pub fn model_config(&self) -> &Qwen3Config {
+        &self.shared.model_config
+    }
+
+    /// Effective context length.
+    pub fn max_model_len(&self) -> usize {
+        self.shared.max_model_len
+    }
+
+    /// Live metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Validates, pins the adapter, and queues a request.
+    pub fn submit(&self, req: GenerateRequest) -> Result<RequestHandle, EngineError> {
+        let s = &self.shared;
+        if s.sleeping.load(Ordering::SeqCst) != 0 {
+            return Err(EngineError::Sleeping);
+        }
+        if req.prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let vocab = s.model_config.vocab_size;
+        if let Some(&id) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::TokenOutOfRange { id, vocab });
+        }
+        req.params.validate()?;
+        if req.n == 0 {
+            return Err(EngineError::InvalidParams("n must be at least 1".into()));
+        }
+        if req.n > s.cfg.max_num_seqs.max(1) {
+            return Err(EngineError::InvalidParams(format!(
+                "n must be at most {}",
+                s.cfg.max_num_seqs.max(1)
+            )));
+        }
+        let len = req.prompt.len() + req.params.max_tokens;
+        if len > s.max_model_len {
+            return Err(EngineError::TooLong {
+                len,
+                max: s.max_model_len,
+                prompt: req.prompt.len(),
+                completion: req.params.max_tokens,
+            });
+        }
+        let (adapter, adapter_version) = match &req.adapter {
+            None => (None, None),
+            Some(name) => {
+                let map = s.adapters.read();
+                let e = map
+                    .get(name)
+                    .ok_or_else(|| EngineError::UnknownAdapter(name.clone()))?;
+                (Some(e.adapter.clone()), Some(e.info.version))
+            }
+        };
+        let waiting = s.metrics.waiting.fetch_add(1, Ordering::SeqCst);
+        if waiting >= s.cfg.max_queue {
+            s.metrics.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(EngineError::QueueFull(waiting));
+        }
+        let (tx, rx) = unbounded_channel();
+        let cancel: Arc<Vec<AtomicBool>> =
+            Arc::new((0..req.n).map(|_| AtomicBool::new(false)).collect());
+        let pending = Pending {
+            req,
+            adapter,
+            tx,
+            cancel: cancel.clone(),
+            arrived: Instant::now(),
+        };
+        if s.tx.send(Msg::Request(Box::new(pending))).is_err() {
+            s.metrics.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(EngineError::Stopped);
+        }
+        Ok(RequestHandle {
+            events: rx,
+            cancel,
+            adapter_version,
+        })
+    }
+
+    /// Loads a PEFT adapter folder under `name`, replacing any adapter of that name atomically.
+    /// Loads are serialised; requests already admitted keep the adapter they pinned.
+    pub fn load_adapter(&self, name: &str, dir: &Path) -> Result<AdapterInfo, EngineError> {
+        let s = &self.shared;
+        let _guard = s.load_lock.lock();
+        let a = LoraAdapter::load(dir, &s.model_config, &s.device, s.dtype)
+            .map_err(|e| EngineError::Adapter(e.to_string()))?;
+        self.register(name, Arc::new(a), Some(dir.to_path_buf()))
+    }
+
+    /// Registers an adapter already in memory (e.g. shared with a trainer in `claas up`).
+    pub fn load_adapter_from(
+        &self,
+        name: &str,
+        adapter: Arc<LoraAdapter>,
+    ) -> Result<AdapterInfo, EngineError> {
+        let _guard = self.shared.load_lock.lock();
+        self.register(name, adapter, None)
+    }
+
+    fn register(
+        &self,
+        name: &str,
+        adapter: Arc<LoraAdapter>,
+        path: Option<PathBuf>,
+    ) -> Result<AdapterInfo, EngineError> {
+        let s = &self.shared;
+        if name.is_empty() {
+            return Err(EngineError::Adapter("adapter name is empty".into()));
+        }
+        if adapter.num_layers() != s.model_config.num_hidden_layers {
+            return Err(EngineError::Adapter(format!(
+                "adapter has {} layers, the model has {}",
+                adapter.num_layers(),
+                s.model_config.num_hidden_layers
+            )));
+        }
+        let rank = max_rank(&adapter);
+        if let Some(max) = s.cfg.max_lora_rank {
+            if rank > max {
+                return Err(EngineError::Adapter(format!(
+                    "LoRA rank {rank} is greater than max_lora_rank {max}"
+                )));
+            }
+        }
+        let info = AdapterInfo {
+            name: name.to_string(),
+            version: s.versions.fetch_add(1, Ordering::SeqCst) + 1,
+            path,
+            rank,
+        };
+        s.adapters.write().insert(
+            name.to_string(),
+            AdapterEntry {
+                adapter,
+                info: info.clone(),
+            },
+        );
+        Ok(info)
+    }
+
+    /// Removes an adapter; in-flight requests that pinned it still finish. False if unknown.
+    pub fn unload_adapter(&self, name: &str) -> bool {
+        let _guard = self.shared.load_lock.lock();
+        self.shared.adapters.write().remove(name).is_some()
+    }
+
+    /// Registered adapters, sorted by name.
+    pub fn adapters(&self) -> Vec<AdapterInfo> {
+        let mut v: Vec<AdapterInfo> = self
+            .shared
+            .adapters
+            .read()
+            .values()
+            .map(|e| e.info.clone())
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The registered adapter of that name.
+    pub fn adapter(&self, name: &str) -> Option<AdapterInfo> {
+        self.shared
+            .adapters
+            .read()
+            .get(name)
+            .map(|e| e.info.clone())
+    }
+
+    /// 0 when awake, else the sleep level.
+    pub fn sleep_level(&self) -> u8 {
+        self.shared.sleeping.load(Ordering::SeqCst)
+    }
+
+    /// Refuses new requests, lets running ones finish, then releases the model: level 1 keeps
+    /// the weights resident (on CPU they already are host memory), level 2 drops them and
+    /// reloads through the loader on wake. Blocks until done.
+    pub fn sleep(&self, level: u8) -> Result<SleepReport, EngineError> {
+        if level != 1 && level != 2 {
+            return Err(EngineError::InvalidParams(format!(
+                "sleep level must be 1 or 2, got {level}"
+            )));
+        }
+        let _g = self.shared.sleep_lock.lock();
+        let cur = self.shared.sleeping.load(Ordering::SeqCst);
+        if cur != 0 {
+            let rss = rss_bytes();
+            return Ok(SleepReport {
+                level: cur,
+                rss_before: rss,
+                rss_after: rss,
+            });
+        }
+        self.shared.sleeping.store(level, Ordering::SeqCst);
+        let (reply, rx) = mpsc::channel();
+        if self.shared.tx.send(Msg::Sleep { level, reply }).is_err() {
+            return Err(EngineError::Stopped);
+        }
+        let r = rx.recv().map_err(|_| EngineError::Stopped)?;
+        if r.is_err() {
+            self.shared.sleeping.store(0, Ordering::SeqCst);
+        }
+        r
+    }
+
+    /// Restores the model (reloading after level 2) and accepts requests again.
+    pub fn wake_up(&self) -> Result<SleepReport, EngineError> {
+        let _g = self.shared.sleep_lock.lock();
+        if self.shared.sleeping.load(Ordering::SeqCst) == 0 {
+            let rss = rss_bytes();
+            return Ok(SleepReport {
+                level: 0,
+                rss_before: rss,
+                rss_after: rss,
+            });
+        }
+        let (reply, rx) = mpsc::channel();
+        if self.shared.tx.send(Msg::Wake { reply }).is_err() {
+            return Err(EngineError::Stopped);
+        }
+        let r = rx.recv().map_err(|_| EngineError::Stopped)?;
+        if r.is_ok() {
+            self.shared.sleeping.store(0, Ordering::SeqCst);
+        }
+        r
+    }
+}

@@ -1,0 +1,411 @@
+//! The step loop on the engine thread: intake, admission, one packed forward over every
+//! sequence that has work (chunked prefill + decode, mixed adapters), sampling, streaming.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
+
+use claas_model::{KvCache, LoraAdapter, Qwen3, SeqInput};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::engine::{rss_bytes, ModelLoader, Msg, Pending, SleepReport};
+use crate::sampling::{apply_penalties, log_softmax, sample, token_logprob};
+use crate::{EngineError, Event, FinishReason, Metrics, SamplingParams, TokenLogprob};
+
+pub(crate) struct SchedulerParams {
+    pub max_num_seqs: usize,
+    pub prefill_chunk: usize,
+    pub max_model_len: usize,
+    pub seed: u64,
+}
+
+struct ReqState {
+    remaining: usize,
+    arrived: Instant,
+    first_token_seen: bool,
+    waiting_counted: bool,
+}
+
+struct Seq {
+    index: usize,
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    fed: usize,
+    cache: KvCache,
+    adapter: Option<Arc<LoraAdapter>>,
+    params: Arc<SamplingParams>,
+    rng: StdRng,
+    tx: UnboundedSender<Event>,
+    cancel: Arc<Vec<AtomicBool>>,
+    /// `(top n, collected so far)` when prompt logprobs were asked for (sequence 0 only).
+    prompt_lp: Option<(usize, Vec<Option<TokenLogprob>>)>,
+    counts: HashMap<u32, u32>,
+    req: Rc<RefCell<ReqState>>,
+}
+
+impl Seq {
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+}
+
+struct Loop {
+    p: SchedulerParams,
+    metrics: Arc<Metrics>,
+    model: Option<Arc<Qwen3>>,
+    loader: Option<ModelLoader>,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+    pending_sleep: Option<(
+        u8,
+        std::sync::mpsc::Sender<Result<SleepReport, EngineError>>,
+    )>,
+    rng: StdRng,
+}
+
+pub(crate) fn run(
+    p: SchedulerParams,
+    metrics: Arc<Metrics>,
+    model: Arc<Qwen3>,
+    loader: Option<ModelLoader>,
+    rx: Receiver<Msg>,
+) {
+    let mut l = Loop {
+        rng: StdRng::seed_from_u64(p.seed),
+        p,
+        metrics,
+        model: Some(model),
+        loader,
+        waiting: VecDeque::new(),
+        running: Vec::new(),
+        pending_sleep: None,
+    };
+    loop {
+        if l.running.is_empty() && l.waiting.is_empty() {
+            if let Some((level, reply)) = l.pending_sleep.take() {
+                let _ = reply.send(l.do_sleep(level));
+                continue;
+            }
+            match rx.recv() {
+                Ok(m) => l.handle(m),
+                Err(_) => return,
+            }
+        }
+        while let Ok(m) = rx.try_recv() {
+            l.handle(m);
+        }
+        l.step();
+    }
+}
+
+fn finish(seq: &Seq, reason: FinishReason, stop_token: Option<u32>, metrics: &Metrics) {
+    let _ = seq.tx.send(Event::Finished {
+        index: seq.index,
+        reason,
+        stop_token,
+    });
+    let mut r = seq.req.borrow_mut();
+    if r.waiting_counted {
+        r.waiting_counted = false;
+        metrics.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+    r.remaining -= 1;
+    if r.remaining == 0 {
+        metrics.requests_finished.fetch_add(1, Ordering::Relaxed);
+        if reason == FinishReason::Abort {
+            metrics.requests_aborted.fetch_add(1, Ordering::Relaxed);
+        }
+        metrics.e2e.observe(r.arrived.elapsed().as_secs_f64());
+    }
+}
+
+impl Loop {
+    fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Request(p) => self.enqueue(*p),
+            Msg::Sleep { level, reply } => self.pending_sleep = Some((level, reply)),
+            Msg::Wake { reply } => {
+                let _ = reply.send(self.do_wake());
+            }
+        }
+    }
+
+    fn do_sleep(&mut self, level: u8) -> Result<SleepReport, EngineError> {
+        let rss_before = rss_bytes();
+        if level == 2 {
+            if self.loader.is_none() {
+                return Err(EngineError::SleepMode(
+                    "level 2 needs a model that can be reloaded from disk".into(),
+                ));
+            }
+            self.model = None;
+        }
+        Ok(SleepReport {
+            level,
+            rss_before,
+            rss_after: rss_bytes(),
+        })
+    }
+
+    fn do_wake(&mut self) -> Result<SleepReport, EngineError> {
+        let rss_before = rss_bytes();
+        if self.model.is_none() {
+            let loader = self
+                .loader
+                .as_ref()
+                .ok_or_else(|| EngineError::SleepMode("no model loader".into()))?;
+            self.model = Some(Arc::new(loader()?));
+        }
+        Ok(SleepReport {
+            level: 0,
+            rss_before,
+            rss_after: rss_bytes(),
+        })
+    }
+
+    fn enqueue(&mut self, p: Pending) {
+        let Pending {
+            req,
+            adapter,
+            tx,
+            cancel,
+            arrived,
+        } = p;
+        if self.model.is_none() {
+            let _ = tx.send(Event::Error(EngineError::Sleeping.to_string()));
+            self.metrics.waiting.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let state = Rc::new(RefCell::new(ReqState {
+            remaining: req.n,
+            arrived,
+            first_token_seen: false,
+            waiting_counted: true,
+        }));
+        let params = Arc::new(req.params);
+        let base_seed = params.seed.unwrap_or_else(|| self.rng.next_u64());
+        for index in 0..req.n {
+            let seed = base_seed.wrapping_add((index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            self.waiting.push_back(Seq {
+                index,
+                tokens: req.prompt.clone(),
+                prompt_len: req.prompt.len(),
+                fed: 0,
+                cache: KvCache::new(),
+                adapter: adapter.clone(),
+                params: params.clone(),
+                rng: StdRng::seed_from_u64(seed),
+                tx: tx.clone(),
+                cancel: cancel.clone(),
+                prompt_lp: if index == 0 {
+                    req.prompt_logprobs.map(|k| (k, vec![None]))
+                } else {
+                    None
+                },
+                counts: HashMap::new(),
+                req: state.clone(),
+            });
+        }
+    }
+
+    fn cancelled(s: &Seq) -> bool {
+        s.tx.is_closed() || s.cancel[s.index].load(Ordering::Relaxed)
+    }
+
+    fn step(&mut self) {
+        let metrics = self.metrics.clone();
+        // Drop cancelled or disconnected sequences before spending compute on them.
+        let mut i = 0;
+        while i < self.running.len() {
+            if Self::cancelled(&self.running[i]) {
+                let s = self.running.swap_remove(i);
+                finish(&s, FinishReason::Abort, None, &metrics);
+            } else {
+                i += 1;
+            }
+        }
+        let waiting = std::mem::take(&mut self.waiting);
+        for s in waiting {
+            if Self::cancelled(&s) {
+                finish(&s, FinishReason::Abort, None, &metrics);
+            } else {
+                self.waiting.push_back(s);
+            }
+        }
+        while self.running.len() < self.p.max_num_seqs {
+            let Some(s) = self.waiting.pop_front() else {
+                break;
+            };
+            {
+                let mut r = s.req.borrow_mut();
+                if r.waiting_counted {
+                    r.waiting_counted = false;
+                    metrics.waiting.fetch_sub(1, Ordering::SeqCst);
+                    metrics
+                        .prompt_tokens
+                        .fetch_add(s.prompt_len as u64, Ordering::Relaxed);
+                }
+            }
+            self.running.push(s);
+        }
+        metrics.running.store(self.running.len(), Ordering::SeqCst);
+        if self.running.is_empty() {
+            return;
+        }
+        let Some(model) = self.model.clone() else {
+            for s in self.running.drain(..) {
+                let _ = s.tx.send(Event::Error(EngineError::Sleeping.to_string()));
+                finish(&s, FinishReason::Abort, None, &metrics);
+            }
+            return;
+        };
+
+        // Plan: every decoding sequence feeds its one new token; prefills share a token budget.
+        let mut budget = self.p.prefill_chunk;
+        let plan: Vec<(usize, bool)> = self
+            .running
+            .iter()
+            .map(|s| {
+                let left = s.tokens.len() - s.fed;
+                if s.fed < s.prompt_len {
+                    let take = left.min(budget);
+                    budget -= take;
+                    (take, s.prompt_lp.is_some())
+                } else {
+                    (left, false)
+                }
+            })
+            .collect();
+        let result = {
+            let mut inputs = Vec::new();
+            for (s, &(take, all)) in self.running.iter_mut().zip(&plan) {
+                if take == 0 {
+                    continue;
+                }
+                let Seq {
+                    tokens,
+                    cache,
+                    adapter,
+                    fed,
+                    ..
+                } = s;
+                inputs.push(SeqInput {
+                    tokens: &tokens[*fed..*fed + take],
+                    cache,
+                    adapter: adapter.as_deref(),
+                    all_logits: all,
+                });
+            }
+            model.forward_batch(&mut inputs)
+        };
+        let outs = match result.and_then(|o| {
+            o.into_iter()
+                .map(|t| {
+                    t.to_dtype(claas_model::DType::F32)?
+                        .to_vec2::<f32>()
+                        .map_err(Into::into)
+                })
+                .collect::<claas_model::Result<Vec<Vec<Vec<f32>>>>>()
+        }) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("forward failed: {e}");
+                let msg = e.to_string();
+                let batch: Vec<usize> =
+                    (0..self.running.len()).filter(|&i| plan[i].0 > 0).collect();
+                for &i in batch.iter().rev() {
+                    let s = self.running.swap_remove(i);
+                    let _ = s.tx.send(Event::Error(msg.clone()));
+                    finish(&s, FinishReason::Abort, None, &metrics);
+                }
+                return;
+            }
+        };
+
+        let mut outs = outs.into_iter();
+        let mut done: Vec<(usize, FinishReason, Option<u32>)> = Vec::new();
+        for (i, s) in self.running.iter_mut().enumerate() {
+            let (take, _) = plan[i];
+            if take == 0 {
+                continue;
+            }
+            let Some(mut rows) = outs.next() else {
+                break;
+            };
+            let start = s.fed;
+            s.fed += take;
+            if let Some((k, lps)) = s.prompt_lp.as_mut() {
+                if start < s.prompt_len {
+                    for (j, row) in rows.iter().enumerate() {
+                        let pos = start + j + 1;
+                        if pos < s.prompt_len {
+                            let lp = log_softmax(row);
+                            lps.push(Some(token_logprob(&lp, s.tokens[pos], *k)));
+                        }
+                    }
+                    if s.fed >= s.prompt_len {
+                        let _ = s.tx.send(Event::PromptLogprobs(std::mem::take(lps)));
+                    }
+                }
+            }
+            if s.fed < s.tokens.len() {
+                continue; // still prefilling
+            }
+            let Some(mut row) = rows.pop() else {
+                continue;
+            };
+            let p = s.params.clone();
+            let raw_lp = p.logprobs.map(|k| (k, log_softmax(&row)));
+            apply_penalties(&mut row, &p, &s.tokens, &s.counts);
+            if s.generated() < p.min_tokens {
+                for &t in p.eos_token_ids.iter().chain(&p.stop_token_ids) {
+                    if let Some(x) = row.get_mut(t as usize) {
+                        *x = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            let tok = sample(&row, &p, &mut s.rng);
+            let logprob = raw_lp.map(|(k, lp)| token_logprob(&lp, tok, k));
+            s.tokens.push(tok);
+            *s.counts.entry(tok).or_insert(0) += 1;
+            metrics.generation_tokens.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut r = s.req.borrow_mut();
+                if !r.first_token_seen {
+                    r.first_token_seen = true;
+                    metrics.ttft.observe(r.arrived.elapsed().as_secs_f64());
+                }
+            }
+            if s.tx
+                .send(Event::Token {
+                    index: s.index,
+                    token: tok,
+                    logprob,
+                })
+                .is_err()
+            {
+                done.push((i, FinishReason::Abort, None));
+                continue;
+            }
+            if p.stop_token_ids.contains(&tok) {
+                done.push((i, FinishReason::Stop, Some(tok)));
+            } else if !p.ignore_eos && p.eos_token_ids.contains(&tok) {
+                done.push((i, FinishReason::Stop, None));
+            } else if s.generated() >= p.max_tokens || s.tokens.len() >= self.p.max_model_len {
+                done.push((i, FinishReason::Length, None));
+            }
+        }
+        done.sort_by_key(|d| std::cmp::Reverse(d.0));
+        for (i, reason, stop) in done {
+            let s = self.running.swap_remove(i);
+            finish(&s, reason, stop, &metrics);
+        }
+        metrics.running.store(self.running.len(), Ordering::SeqCst);
+    }
+}
