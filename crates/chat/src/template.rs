@@ -1,0 +1,288 @@
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use minijinja::value::Kwargs;
+use minijinja::{Environment, Error as JinjaError, ErrorKind, Value};
+use serde_json::{Map, Value as Json};
+
+use crate::config::TokenizerConfig;
+use crate::error::{ChatError, Result};
+use crate::pyjson::{python_json_dumps, PyJsonOptions};
+
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// A model's Jinja chat template, rendered like transformers' `apply_chat_template(tokenize=False)`.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    special_tokens: BTreeMap<String, Json>,
+}
+
+impl ChatTemplate {
+    /// Compile `source` with transformers' Jinja settings (trim_blocks, lstrip_blocks, Python
+    /// string methods, a `json.dumps`-compatible `tojson`).
+    pub fn new(source: &str) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(false);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_filter("tojson", tojson_filter);
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+            .map_err(|e| ChatError::TemplateSyntax(e.to_string()))?;
+        Ok(Self {
+            env,
+            special_tokens: BTreeMap::new(),
+        })
+    }
+
+    /// The config's default template, with its special tokens (`bos_token`, `eos_token`, ...)
+    /// available to the template as transformers provides them.
+    pub fn from_config(cfg: &TokenizerConfig) -> Result<Self> {
+        Self::from_config_named(cfg, None)
+    }
+
+    /// Like [`ChatTemplate::from_config`] but choosing a named template.
+    pub fn from_config_named(cfg: &TokenizerConfig, name: Option<&str>) -> Result<Self> {
+        let mut t = Self::new(cfg.chat_template(name)?)?;
+        let tokens = [
+            ("bos_token", &cfg.bos_token),
+            ("eos_token", &cfg.eos_token),
+            ("pad_token", &cfg.pad_token),
+            ("unk_token", &cfg.unk_token),
+        ];
+        for (k, v) in tokens {
+            if let Some(v) = v {
+                t.special_tokens
+                    .insert(k.to_string(), Json::String(v.clone()));
+            }
+        }
+        if !cfg.additional_special_tokens.is_empty() {
+            t.special_tokens.insert(
+                "additional_special_tokens".into(),
+                Json::from(cfg.additional_special_tokens.clone()),
+            );
+        }
+        Ok(t)
+    }
+
+    /// Set a variable such as `bos_token` that every render sees (extra kwargs override it).
+    pub fn set_special_token(&mut self, name: &str, value: &str) {
+        self.special_tokens
+            .insert(name.to_string(), Json::String(value.to_string()));
+    }
+
+    /// Render a conversation. `messages` and `tools` are passed as given (see
+    /// [`normalize_messages`] for OpenAI-style input); `extra` holds chat_template_kwargs such as
+    /// `enable_thinking`.
+    pub fn render(
+        &self,
+        messages: &[Json],
+        tools: Option<&[Json]>,
+        add_generation_prompt: bool,
+        extra: Option<&Map<String, Json>>,
+    ) -> Result<String> {
+        let mut ctx: BTreeMap<String, Value> = BTreeMap::new();
+        for (k, v) in &self.special_tokens {
+            ctx.insert(k.clone(), Value::from_serialize(v));
+        }
+        if let Some(extra) = extra {
+            for (k, v) in extra {
+                ctx.insert(k.clone(), Value::from_serialize(v));
+            }
+        }
+        ctx.insert("messages".into(), Value::from_serialize(messages));
+        ctx.insert(
+            "tools".into(),
+            match tools {
+                Some(t) => Value::from_serialize(t),
+                None => Value::from(()),
+            },
+        );
+        ctx.insert("documents".into(), Value::from(()));
+        ctx.insert(
+            "add_generation_prompt".into(),
+            Value::from(add_generation_prompt),
+        );
+        // Per-render so the message of `raise_exception` can be reported without Jinja's
+        // location decoration.
+        let raised: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let cell = raised.clone();
+        ctx.insert(
+            "raise_exception".into(),
+            Value::from_function(
+                move |msg: String| -> std::result::Result<Value, JinjaError> {
+                    if let Ok(mut slot) = cell.lock() {
+                        *slot = Some(msg.clone());
+                    }
+                    Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+                },
+            ),
+        );
+        let tmpl = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| ChatError::TemplateRender(e.to_string()))?;
+        tmpl.render(Value::from(ctx)).map_err(|e| {
+            match raised.lock().ok().and_then(|mut s| s.take()) {
+                Some(msg) => ChatError::TemplateException(msg),
+                None => ChatError::TemplateRender(e.to_string()),
+            }
+        })
+    }
+}
+
+/// transformers' `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
+fn tojson_filter(
+    value: &Value,
+    ensure_ascii: Option<Value>,
+    indent: Option<Value>,
+    kwargs: Kwargs,
+) -> std::result::Result<Value, JinjaError> {
+    let pick = |pos: Option<Value>, key: &str| -> std::result::Result<Option<Value>, JinjaError> {
+        let kw: Option<Value> = kwargs.get(key)?;
+        Ok(kw.or(pos).filter(|v| !v.is_none() && !v.is_undefined()))
+    };
+    let ensure_ascii = pick(ensure_ascii, "ensure_ascii")?;
+    let indent = pick(indent, "indent")?;
+    // minijinja caps filter arity, so these two are keyword-only (templates pass them by name).
+    let separators = pick(None, "separators")?;
+    let sort_keys = pick(None, "sort_keys")?;
+    kwargs.assert_all_used()?;
+    let bad = |m: &str| JinjaError::new(ErrorKind::InvalidOperation, format!("tojson: {m}"));
+    let indent = match indent {
+        None => None,
+        Some(v) if v.as_str().is_some() => v.as_str().map(str::to_string),
+        Some(v) => {
+            let n = i64::try_from(v).map_err(|_| bad("indent must be an int or string"))?;
+            Some(" ".repeat(n.max(0) as usize))
+        }
+    };
+    let separators = match separators {
+        None => None,
+        Some(v) => {
+            let parts: Vec<String> = v
+                .try_iter()
+                .map_err(|_| bad("separators must be a pair of strings"))?
+                .map(|p| p.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad("separators must be a pair of strings"))?;
+            match <[String; 2]>::try_from(parts) {
+                Ok([a, b]) => Some((a, b)),
+                Err(_) => return Err(bad("separators must be a pair of strings")),
+            }
+        }
+    };
+    let opts = PyJsonOptions {
+        ensure_ascii: ensure_ascii.is_some_and(|v| v.is_true()),
+        indent,
+        separators,
+        sort_keys: sort_keys.is_some_and(|v| v.is_true()),
+    };
+    let json = serde_json::to_value(value)
+        .map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    Ok(Value::from_safe_string(python_json_dumps(&json, &opts)))
+}
+
+/// Turn OpenAI-style chat messages into what chat templates expect, as vLLM does before
+/// rendering: content as a string (text parts joined with "\n", null -> ""), tool-call
+/// `arguments` as JSON objects (parsed from their string form; empty -> `{}`), `reasoning`
+/// also exposed as `reasoning_content`. Only the keys vLLM forwards are kept.
+pub fn normalize_messages(messages: &[Json]) -> Result<Vec<Json>> {
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            normalize_message(m)
+                .map_err(|e| ChatError::InvalidMessage(format!("messages[{i}]: {e}")))
+        })
+        .collect()
+}
+
+fn normalize_message(m: &Json) -> std::result::Result<Json, String> {
+    let obj = m.as_object().ok_or("a message must be an object")?;
+    let role = obj
+        .get("role")
+        .and_then(Json::as_str)
+        .ok_or("missing string field 'role'")?;
+    let content = match obj.get("content") {
+        None | Some(Json::Null) => String::new(),
+        Some(Json::String(s)) => s.clone(),
+        Some(Json::Array(parts)) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for (j, p) in parts.iter().enumerate() {
+                texts.push(part_text(p).map_err(|e| format!("content[{j}]: {e}"))?);
+            }
+            texts.join("\n")
+        }
+        Some(_) => return Err("'content' must be a string, an array of parts or null".into()),
+    };
+    let mut out = Map::new();
+    out.insert("role".into(), Json::String(role.to_string()));
+    out.insert("content".into(), Json::String(content));
+    if role == "assistant" {
+        if let Some(calls) = obj.get("tool_calls").filter(|v| !v.is_null()) {
+            let calls = calls.as_array().ok_or("'tool_calls' must be an array")?;
+            let mut fixed = Vec::with_capacity(calls.len());
+            for (j, call) in calls.iter().enumerate() {
+                fixed.push(normalize_tool_call(call).map_err(|e| format!("tool_calls[{j}]: {e}"))?);
+            }
+            out.insert("tool_calls".into(), Json::Array(fixed));
+        }
+        let reasoning = obj
+            .get("reasoning")
+            .filter(|v| !v.is_null())
+            .or_else(|| obj.get("reasoning_content").filter(|v| !v.is_null()));
+        if let Some(r) = reasoning {
+            out.insert("reasoning".into(), r.clone());
+            out.insert("reasoning_content".into(), r.clone());
+        }
+    }
+    if role == "tool" {
+        if let Some(id) = obj.get("tool_call_id") {
+            out.insert("tool_call_id".into(), id.clone());
+        }
+    }
+    if let Some(name) = obj.get("name").filter(|v| v.is_string()) {
+        out.insert("name".into(), name.clone());
+    }
+    Ok(Json::Object(out))
+}
+
+fn part_text(p: &Json) -> std::result::Result<String, String> {
+    if let Some(s) = p.as_str() {
+        return Ok(s.to_string());
+    }
+    let obj = p.as_object().ok_or("a content part must be an object")?;
+    let ty = obj.get("type").and_then(Json::as_str).unwrap_or("text");
+    match ty {
+        "text" | "input_text" | "output_text" | "refusal" => {
+            let key = if ty == "refusal" { "refusal" } else { "text" };
+            obj.get(key)
+                .and_then(Json::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| format!("part of type {ty:?} needs a string '{key}'"))
+        }
+        other => Err(format!(
+            "content part type {other:?} is not supported (text only)"
+        )),
+    }
+}
+
+fn normalize_tool_call(call: &Json) -> std::result::Result<Json, String> {
+    let mut call = call
+        .as_object()
+        .ok_or("a tool call must be an object")?
+        .clone();
+    if let Some(Json::Object(func)) = call.get_mut("function") {
+        let args = match func.get("arguments") {
+            None | Some(Json::Null) => Json::Object(Map::new()),
+            Some(Json::String(s)) if s.is_empty() => Json::Object(Map::new()),
+            Some(Json::String(s)) => serde_json::from_str(s)
+                .map_err(|e| format!("function.arguments is not valid JSON: {e}"))?,
+            Some(other) => other.clone(),
+        };
+        func.insert("arguments".into(), args);
+    }
+    Ok(Json::Object(call))
+}
