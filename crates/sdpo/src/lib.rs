@@ -5,7 +5,14 @@
 mod error;
 pub mod loss;
 pub mod optim;
+pub mod teacher;
+mod trainer;
 
 pub use error::{Result, SdpoError};
 pub use loss::{sdpo_loss, LossInput, LossOutput};
 pub use optim::{adamw_step, clip_grad_norm, AdamHyper, AdamState, Moments};
+pub use teacher::{teacher_messages, teacher_prompt, teacher_user_content, TEACHER_SYSTEM_PROMPT};
+pub use trainer::{
+    DistillMetadata, DistillOutcome, DistillTimings, FeedbackItem, ItemTrace, PreparedItem,
+    StepTrace, Targets, TeacherMode, Trainer, TrainingConfig,
+};

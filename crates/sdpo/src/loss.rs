@@ -155,7 +155,7 @@ pub fn sdpo_loss(inp: &LossInput<'_>) -> Result<LossOutput> {
     let per_token = if alpha < 1.0 {
         let idx = inp.teacher_indices.to_dtype(DType::U32)?.contiguous()?;
         let student_k = student_lp.gather(&idx, D::Minus1)?; // [B,T,K]
-        // Renormalise both distributions over the teacher's top-k support.
+                                                             // Renormalise both distributions over the teacher's top-k support.
         let teacher_p = teacher_lp.exp()?;
         let student_p = student_k.exp()?;
         let t_sum = clamp_diff(&teacher_p.sum_keepdim(D::Minus1)?, Some(1e-8), None)?;

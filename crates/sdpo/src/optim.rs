@@ -74,7 +74,8 @@ fn state_err(path: &Path, message: impl Into<String>) -> SdpoError {
 
 fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| state_err(path, e.to_string()))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| state_err(path, e.to_string()))?;
     tmp.write_all(bytes)
         .map_err(|e| state_err(path, e.to_string()))?;
     tmp.as_file()
@@ -110,11 +111,13 @@ impl AdamState {
         let st_path = dir.join(STATE_TENSORS_FILE);
         let mut views = Vec::with_capacity(blobs.len());
         for (k, shape, bytes) in &blobs {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .map_err(|e| state_err(&st_path, e.to_string()))?;
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .map_err(|e| state_err(&st_path, e.to_string()))?;
             views.push((k.clone(), view));
         }
-        let st = safetensors::serialize(views, None).map_err(|e| state_err(&st_path, e.to_string()))?;
+        let st =
+            safetensors::serialize(views, None).map_err(|e| state_err(&st_path, e.to_string()))?;
         atomic_write(&st_path, &st)?;
         let meta = StateMeta {
             format: FORMAT.into(),
@@ -123,7 +126,8 @@ impl AdamState {
             params: self.moments.keys().cloned().collect(),
         };
         let meta_path = dir.join(STATE_META_FILE);
-        let text = serde_json::to_string_pretty(&meta).map_err(|e| state_err(&meta_path, e.to_string()))?;
+        let text = serde_json::to_string_pretty(&meta)
+            .map_err(|e| state_err(&meta_path, e.to_string()))?;
         atomic_write(&meta_path, text.as_bytes())?;
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
@@ -139,11 +143,15 @@ impl AdamState {
         if !meta_path.is_file() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&meta_path).map_err(|e| state_err(&meta_path, e.to_string()))?;
+        let text = std::fs::read_to_string(&meta_path)
+            .map_err(|e| state_err(&meta_path, e.to_string()))?;
         let meta: StateMeta =
             serde_json::from_str(&text).map_err(|e| state_err(&meta_path, e.to_string()))?;
         if meta.format != FORMAT {
-            return Err(state_err(&meta_path, format!("unknown format {:?}", meta.format)));
+            return Err(state_err(
+                &meta_path,
+                format!("unknown format {:?}", meta.format),
+            ));
         }
         let bytes = std::fs::read(&st_path).map_err(|e| state_err(&st_path, e.to_string()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -200,7 +208,12 @@ pub fn clip_grad_norm(grads: &mut [Vec<f32>], max_norm: f64) -> f64 {
     // Per-tensor norms, then the norm of norms, as torch does (accumulated in f64 here).
     let norms: Vec<f64> = grads
         .iter()
-        .map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt())
+        .map(|g| {
+            g.iter()
+                .map(|&x| (x as f64) * (x as f64))
+                .sum::<f64>()
+                .sqrt()
+        })
         .collect();
     let total = norms.iter().map(|n| n * n).sum::<f64>().sqrt();
     let total32 = total as f32;
@@ -258,8 +271,7 @@ pub fn adamw_step(
 
 /// Flattens a tensor to f32 values on the CPU.
 pub(crate) fn tensor_to_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t
-        .to_device(&Device::Cpu)?
+    Ok(t.to_device(&Device::Cpu)?
         .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?)

@@ -54,11 +54,18 @@ fn run(inp: &Inputs, case: &Value) -> LossOutput {
 
 fn check_grad(tag: &str, loss: &Tensor, inp: &Inputs, want: &Value) -> f64 {
     let grads = loss.backward().unwrap();
-    let g = grads.get(inp.logits.as_tensor()).expect("no gradient for the logits");
+    let g = grads
+        .get(inp.logits.as_tensor())
+        .expect("no gradient for the logits");
     let (shape, want) = flat(want);
     assert_eq!(g.dims(), shape.as_slice(), "{tag}: gradient shape");
     let gmax = want.iter().fold(0f64, |m, x| m.max(x.abs()));
-    let (worst, ok) = within(&to_f64s(g), &want, GRAD_ATOL_PER_MAX * gmax.max(1.0), GRAD_RTOL);
+    let (worst, ok) = within(
+        &to_f64s(g),
+        &want,
+        GRAD_ATOL_PER_MAX * gmax.max(1.0),
+        GRAD_RTOL,
+    );
     assert!(ok, "{tag}: gradient max |d| = {worst:e}");
     worst
 }
@@ -79,7 +86,10 @@ fn parity_sdpo_loss_alpha_half_and_one() {
         if alpha == 0.0 {
             continue;
         }
-        let tag = format!("case {i} ({}, alpha {alpha}, kl {})", case["inputs"], case["kl_reg_weight"]);
+        let tag = format!(
+            "case {i} ({}, alpha {alpha}, kl {})",
+            case["inputs"], case["kl_reg_weight"]
+        );
         let inp = inputs(&fx["input_sets"][case["inputs"].as_str().unwrap()]);
         let out = run(&inp, case);
         let o = &case["outputs"];
@@ -90,7 +100,13 @@ fn parity_sdpo_loss_alpha_half_and_one() {
             ("mean_is_ratio", out.mean_is_ratio),
             ("clip_fraction", out.clip_fraction),
         ] {
-            close(&format!("{tag} {name}"), got, o[name].as_f64().unwrap(), SCALAR_ATOL, SCALAR_RTOL);
+            close(
+                &format!("{tag} {name}"),
+                got,
+                o[name].as_f64().unwrap(),
+                SCALAR_ATOL,
+                SCALAR_RTOL,
+            );
         }
         let worst = check_grad(&tag, &out.loss, &inp, &case["grad_student_logits"]);
         eprintln!("{tag}: grad max |d| = {worst:e}");
@@ -112,21 +128,38 @@ fn parity_sdpo_loss_alpha_zero_defect_free_parts() {
         if case["alpha"].as_f64().unwrap() != 0.0 {
             continue;
         }
-        let tag = format!("case {i} ({}, alpha 0, kl {})", case["inputs"], case["kl_reg_weight"]);
+        let tag = format!(
+            "case {i} ({}, alpha 0, kl {})",
+            case["inputs"], case["kl_reg_weight"]
+        );
         let inp = inputs(&fx["input_sets"][case["inputs"].as_str().unwrap()]);
         let out = run(&inp, case);
         let o = &case["outputs"];
-        assert_eq!(o["distill_loss"].as_f64().unwrap(), 0.0, "{tag}: fixture records the defect");
+        assert_eq!(
+            o["distill_loss"].as_f64().unwrap(),
+            0.0,
+            "{tag}: fixture records the defect"
+        );
         for (name, got) in [
             ("kl_reg", out.kl_reg),
             ("mean_is_ratio", out.mean_is_ratio),
             ("clip_fraction", out.clip_fraction),
             ("loss", out.total_loss - out.distill_loss),
         ] {
-            close(&format!("{tag} {name}"), got, o[name].as_f64().unwrap(), SCALAR_ATOL, SCALAR_RTOL);
+            close(
+                &format!("{tag} {name}"),
+                got,
+                o[name].as_f64().unwrap(),
+                SCALAR_ATOL,
+                SCALAR_RTOL,
+            );
         }
         // Our distillation term is a real forward KL: finite and positive.
-        assert!(out.distill_loss.is_finite() && out.distill_loss > 0.0, "{tag}: {}", out.distill_loss);
+        assert!(
+            out.distill_loss.is_finite() && out.distill_loss > 0.0,
+            "{tag}: {}",
+            out.distill_loss
+        );
         let kw = case["kl_reg_weight"].as_f64().unwrap();
         let kl_part = (&out.kl_term * kw).unwrap();
         check_grad(&tag, &kl_part, &inp, &case["grad_student_logits"]);
@@ -160,11 +193,15 @@ fn alpha_zero_is_forward_kl_over_teacher_topk() {
         let row = &logits[t * v..(t + 1) * v];
         let mx = row.iter().cloned().fold(f64::MIN, f64::max);
         let lse = row.iter().map(|x| (x - mx).exp()).sum::<f64>().ln() + mx;
-        let s: Vec<f64> = (0..k).map(|j| row[tidx[t * k + j] as usize] - lse).collect();
+        let s: Vec<f64> = (0..k)
+            .map(|j| row[tidx[t * k + j] as usize] - lse)
+            .collect();
         let tt: Vec<f64> = (0..k).map(|j| tlp[t * k + j]).collect();
         let sn = s.iter().map(|x| x.exp()).sum::<f64>().ln();
         let tn = tt.iter().map(|x| x.exp()).sum::<f64>().ln();
-        let kl: f64 = (0..k).map(|j| (tt[j] - tn).exp() * ((tt[j] - tn) - (s[j] - sn))).sum();
+        let kl: f64 = (0..k)
+            .map(|j| (tt[j] - tn).exp() * ((tt[j] - tn) - (s[j] - sn)))
+            .sum();
         let chosen = row[resp[t] as usize] - lse;
         let ratio = (chosen - old[t]).clamp(-20.0, 20.0).exp().min(is_clip);
         num += kl * ratio * mask[t];

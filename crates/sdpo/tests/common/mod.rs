@@ -7,7 +7,10 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ))
 }
 
 pub fn read_json(name: &str) -> Value {
@@ -61,7 +64,12 @@ pub fn floats(v: &Value) -> Vec<f64> {
 }
 
 pub fn to_f64s(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Max over elements of |got - want| and whether every element is within atol + rtol*|want|.

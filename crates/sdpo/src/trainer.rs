@@ -1,0 +1,613 @@
+//! One SDPO distillation step (the reference `DistillationTrainer.distill`, with PR #35's teacher
+//! prompt and PR #37's adapter-free teacher/base), batched over several feedback items and
+//! optionally repeated `steps_per_batch` times.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor, D};
+use claas_chat::{ChatTemplate, Tokenizer};
+use claas_model::{LoraAdapter, Qwen3, TrainableLora};
+use serde::{Deserialize, Serialize};
+
+use crate::loss::{log_softmax_last, sdpo_loss, LossInput};
+use crate::optim::{adamw_step, clip_grad_norm, tensor_to_vec, AdamState};
+use crate::teacher::teacher_prompt;
+use crate::{Result, SdpoError};
+
+/// Where the teacher's log-probabilities come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TeacherMode {
+    /// The frozen base model, prompted with the feedback (`"self"`).
+    #[default]
+    #[serde(rename = "self")]
+    SelfTeacher,
+    /// An external teacher (`"remote"`); not provided by this trainer.
+    #[serde(rename = "remote")]
+    Remote,
+}
+
+impl TeacherMode {
+    /// The wire name (`"self"` / `"remote"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TeacherMode::SelfTeacher => "self",
+            TeacherMode::Remote => "remote",
+        }
+    }
+}
+
+/// Hyperparameters of a distillation request. Defaults are the later reference's tuned values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainingConfig {
+    pub learning_rate: f64,
+    pub alpha: f64,
+    pub is_clip: f64,
+    pub max_grad_norm: f64,
+    pub kl_reg_weight: f64,
+    pub teacher_top_k: usize,
+    pub steps_per_batch: usize,
+    pub teacher_mode: TeacherMode,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        TrainingConfig {
+            learning_rate: 3e-5,
+            alpha: 0.5,
+            is_clip: 5.0,
+            max_grad_norm: 1.0,
+            kl_reg_weight: 0.0,
+            teacher_top_k: 100,
+            steps_per_batch: 4,
+            teacher_mode: TeacherMode::SelfTeacher,
+        }
+    }
+}
+
+impl TrainingConfig {
+    /// Rejects values the step cannot run with (the API enforces the reference's narrower ranges).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(SdpoError::InvalidInput(m));
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return bad(format!(
+                "learning_rate must be > 0, got {}",
+                self.learning_rate
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return bad(format!("alpha must be in [0, 1], got {}", self.alpha));
+        }
+        if !(self.is_clip.is_finite() && self.is_clip > 0.0) {
+            return bad(format!("is_clip must be > 0, got {}", self.is_clip));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return bad(format!(
+                "max_grad_norm must be >= 0, got {}",
+                self.max_grad_norm
+            ));
+        }
+        if !(self.kl_reg_weight.is_finite() && self.kl_reg_weight >= 0.0) {
+            return bad(format!(
+                "kl_reg_weight must be >= 0, got {}",
+                self.kl_reg_weight
+            ));
+        }
+        if self.teacher_top_k == 0 {
+            return bad("teacher_top_k must be >= 1".into());
+        }
+        if self.steps_per_batch == 0 {
+            return bad("steps_per_batch must be >= 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// One piece of feedback on one answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackItem {
+    /// The prompt exactly as the model saw it (already chat-formatted by the client).
+    pub prompt: String,
+    /// The model's answer.
+    pub response: String,
+    /// The user's feedback on the answer.
+    pub feedback: String,
+    /// Log-probabilities of the response tokens under the policy that sampled them.
+    #[serde(default)]
+    pub rollout_logprobs: Option<Vec<f32>>,
+}
+
+/// Training metrics of a distillation, as the reference reports them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DistillMetadata {
+    pub total_loss: f64,
+    pub distill_loss: f64,
+    pub kl_reg: f64,
+    pub mean_is_ratio: f64,
+    pub clip_fraction: f64,
+    /// Total gradient L2 norm before clipping.
+    pub grad_norm: f64,
+    /// Response tokens in the batch.
+    pub tokens_processed: usize,
+    pub teacher_mode: String,
+}
+
+/// Wall-clock breakdown of a distillation, in milliseconds (summed over `steps_per_batch`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DistillTimings {
+    /// Tokenisation and teacher prompt rendering.
+    pub tokenize_ms: f64,
+    /// No-grad scoring: teacher top-k and base log-probabilities (adapter disabled).
+    pub teacher_ms: f64,
+    /// Student forward and loss.
+    pub forward_ms: f64,
+    /// Backward pass and gradient accumulation.
+    pub backward_ms: f64,
+    /// Clipping and AdamW.
+    pub optimizer_ms: f64,
+    pub total_ms: f64,
+}
+
+/// The result of [`Trainer::distill`]. Nothing is written to disk; the caller saves both parts.
+#[derive(Debug, Clone)]
+pub struct DistillOutcome {
+    pub adapter: LoraAdapter,
+    pub optimizer: AdamState,
+    /// Metrics of the last step when `steps_per_batch > 1`.
+    pub metadata: DistillMetadata,
+    pub timings: DistillTimings,
+}
+
+/// Token ids and teacher prompt of one feedback item.
+#[derive(Debug, Clone)]
+pub struct PreparedItem {
+    pub prompt_ids: Vec<u32>,
+    pub response_ids: Vec<u32>,
+    pub teacher_prompt_text: String,
+    pub teacher_prompt_ids: Vec<u32>,
+}
+
+impl PreparedItem {
+    /// `prompt_ids ++ response_ids`.
+    pub fn student_input_ids(&self) -> Vec<u32> {
+        [self.prompt_ids.as_slice(), self.response_ids.as_slice()].concat()
+    }
+
+    /// `teacher_prompt_ids ++ response_ids`.
+    pub fn teacher_input_ids(&self) -> Vec<u32> {
+        [
+            self.teacher_prompt_ids.as_slice(),
+            self.response_ids.as_slice(),
+        ]
+        .concat()
+    }
+}
+
+/// The frozen targets of one item: the teacher's top-k and the base log-probabilities.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    /// `[T * k]` row-major, each row sorted by descending log-probability.
+    pub topk_logprobs: Vec<f32>,
+    pub topk_indices: Vec<u32>,
+    pub k: usize,
+    /// Teacher log-prob of each response token over the full vocabulary (diagnostic).
+    pub teacher_logprob_of_response: Vec<f32>,
+    /// `[T]` base log-probabilities of the response tokens (KL-to-base reference).
+    pub base_logprobs: Vec<f32>,
+}
+
+/// Everything one step computed, for parity tests and diagnostics.
+#[derive(Debug, Clone)]
+pub struct StepTrace {
+    pub items: Vec<ItemTrace>,
+    /// Pre-clip gradients `(peft_key, shape, values)`, in `named_vars` order.
+    pub grads: Vec<(String, Vec<usize>, Vec<f32>)>,
+    pub metadata: DistillMetadata,
+}
+
+/// Per-item values of a traced step.
+#[derive(Debug, Clone)]
+pub struct ItemTrace {
+    pub prepared: PreparedItem,
+    pub targets: Targets,
+    pub old_logprobs: Vec<f32>,
+    pub student_logprobs: Vec<f32>,
+}
+
+/// Runs SDPO steps on one base model.
+pub struct Trainer {
+    model: Arc<Qwen3>,
+    tokenizer: Arc<Tokenizer>,
+    template: Arc<ChatTemplate>,
+    /// Chunk length of the no-grad forwards (bounds their attention matrices).
+    chunk: usize,
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn chat_err(e: impl std::fmt::Display) -> SdpoError {
+    SdpoError::Chat(e.to_string())
+}
+
+/// Log-probabilities of `ids` under `logits` rows (`[T, V]`), as f32.
+fn gather_logprobs(logits: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
+    let lp = log_softmax_last(&logits.to_dtype(DType::F32)?)?;
+    let idx = Tensor::new(ids, logits.device())?.unsqueeze(1)?;
+    Ok(lp.gather(&idx, 1)?.squeeze(1)?.to_vec1::<f32>()?)
+}
+
+/// Top-k of each row of `[T, V]` log-probabilities, sorted descending (ties: lower id first).
+fn topk_rows(lp: &[Vec<f32>], k: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut vals = Vec::with_capacity(lp.len() * k);
+    let mut idxs = Vec::with_capacity(lp.len() * k);
+    let mut order: Vec<u32> = Vec::new();
+    for row in lp {
+        let desc = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+        order.clear();
+        order.extend(0..row.len() as u32);
+        let k = k.min(row.len());
+        if k < order.len() {
+            order.select_nth_unstable_by(k - 1, desc);
+            order.truncate(k);
+        }
+        order.sort_by(desc);
+        for &i in &order {
+            vals.push(row[i as usize]);
+            idxs.push(i);
+        }
+    }
+    (vals, idxs)
+}
+
+impl Trainer {
+    /// A trainer for `model`, with its tokenizer and chat template.
+    pub fn new(model: Arc<Qwen3>, tokenizer: Arc<Tokenizer>, template: Arc<ChatTemplate>) -> Self {
+        Trainer {
+            model,
+            tokenizer,
+            template,
+            chunk: 512,
+        }
+    }
+
+    /// The base model.
+    pub fn model(&self) -> &Arc<Qwen3> {
+        &self.model
+    }
+
+    fn encode_student(&self, prompt: &str, response: &str) -> Result<(Vec<u32>, Vec<u32>)> {
+        let prompt_ids = self.tokenizer.encode(prompt, true).map_err(chat_err)?;
+        let response_ids = self.tokenizer.encode(response, false).map_err(chat_err)?;
+        if prompt_ids.is_empty() {
+            return Err(SdpoError::InvalidInput(
+                "prompt is empty: at least one prompt token must precede the response".into(),
+            ));
+        }
+        if response_ids.is_empty() {
+            return Err(SdpoError::InvalidInput("response is empty".into()));
+        }
+        let max = self.model.config().max_position_embeddings;
+        if prompt_ids.len() + response_ids.len() > max {
+            return Err(SdpoError::TooLong(format!(
+                "prompt + response are {} tokens, the model's context is {max}",
+                prompt_ids.len() + response_ids.len()
+            )));
+        }
+        Ok((prompt_ids, response_ids))
+    }
+
+    /// Student ids (`encode(prompt, add_special_tokens) ++ encode(response)`, no template) and the
+    /// teacher prompt of one item.
+    pub fn prepare(&self, item: &FeedbackItem) -> Result<PreparedItem> {
+        let (prompt_ids, response_ids) = self.encode_student(&item.prompt, &item.response)?;
+        let (teacher_prompt_text, teacher_prompt_ids) = teacher_prompt(
+            &self.template,
+            &self.tokenizer,
+            &item.prompt,
+            &item.feedback,
+        )?;
+        let max = self.model.config().max_position_embeddings;
+        if teacher_prompt_ids.len() + response_ids.len() > max {
+            return Err(SdpoError::TooLong(format!(
+                "teacher prompt + response are {} tokens, the model's context is {max}",
+                teacher_prompt_ids.len() + response_ids.len()
+            )));
+        }
+        Ok(PreparedItem {
+            prompt_ids,
+            response_ids,
+            teacher_prompt_text,
+            teacher_prompt_ids,
+        })
+    }
+
+    /// The teacher's top-k and the base log-probabilities of one item, both from the base model
+    /// with no adapter (PR #37: with the adapter on, the KL term is always 0).
+    pub fn targets(&self, p: &PreparedItem, top_k: usize) -> Result<Targets> {
+        let t = p.response_ids.len();
+        let tstart = p.teacher_prompt_ids.len();
+        let logits = self
+            .model
+            .logits(&p.teacher_input_ids(), None, self.chunk)?;
+        let rows = logits.narrow(0, tstart - 1, t)?.to_dtype(DType::F32)?;
+        let lp = log_softmax_last(&rows)?;
+        let idx = Tensor::new(p.response_ids.as_slice(), lp.device())?.unsqueeze(1)?;
+        let teacher_logprob_of_response = lp.gather(&idx, 1)?.squeeze(1)?.to_vec1::<f32>()?;
+        let k = top_k.min(lp.dim(D::Minus1)?).max(1);
+        let (topk_logprobs, topk_indices) = topk_rows(&lp.to_vec2::<f32>()?, k);
+        drop((logits, rows, lp));
+
+        let start = p.prompt_ids.len();
+        let logits = self
+            .model
+            .logits(&p.student_input_ids(), None, self.chunk)?;
+        let base_logprobs = gather_logprobs(&logits.narrow(0, start - 1, t)?, &p.response_ids)?;
+        Ok(Targets {
+            topk_logprobs,
+            topk_indices,
+            k,
+            teacher_logprob_of_response,
+            base_logprobs,
+        })
+    }
+
+    /// Per-token log-probabilities of `response` after `prompt` (student input, no template)
+    /// under the base model plus `adapter` (or the bare base), without gradients.
+    pub fn score(
+        &self,
+        adapter: Option<&LoraAdapter>,
+        prompt: &str,
+        response: &str,
+    ) -> Result<Vec<f32>> {
+        let (prompt_ids, response_ids) = self.encode_student(prompt, response)?;
+        let ids = [prompt_ids.as_slice(), response_ids.as_slice()].concat();
+        let logits = self.model.logits(&ids, adapter, self.chunk)?;
+        gather_logprobs(
+            &logits.narrow(0, prompt_ids.len() - 1, response_ids.len())?,
+            &response_ids,
+        )
+    }
+
+    /// One SDPO update of `adapter` from `items` (one batched step, repeated
+    /// `cfg.steps_per_batch` times). `opt` is the adapter's saved optimizer state, `None` for a
+    /// fresh AdamW. Errors leave nothing changed (nothing is written to disk here).
+    pub fn distill(
+        &self,
+        adapter: &LoraAdapter,
+        opt: Option<AdamState>,
+        items: &[FeedbackItem],
+        cfg: &TrainingConfig,
+    ) -> Result<DistillOutcome> {
+        self.distill_traced(adapter, opt, items, cfg, false)
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// [`Trainer::distill`], also returning a [`StepTrace`] per step when `trace` is set
+    /// (pre-clip gradients and every intermediate vector; costs an adapter-sized copy).
+    pub fn distill_traced(
+        &self,
+        adapter: &LoraAdapter,
+        opt: Option<AdamState>,
+        items: &[FeedbackItem],
+        cfg: &TrainingConfig,
+        trace: bool,
+    ) -> Result<(DistillOutcome, Vec<StepTrace>)> {
+        let t_total = Instant::now();
+        cfg.validate()?;
+        if cfg.teacher_mode == TeacherMode::Remote {
+            return Err(SdpoError::Unsupported(
+                "teacher_mode \"remote\" is not supported by this server; use \"self\"".into(),
+            ));
+        }
+        if items.is_empty() {
+            return Err(SdpoError::InvalidInput(
+                "at least one feedback item is required".into(),
+            ));
+        }
+        let mut timings = DistillTimings::default();
+
+        let t0 = Instant::now();
+        let prepared = items
+            .iter()
+            .map(|i| self.prepare(i))
+            .collect::<Result<Vec<_>>>()?;
+        for (i, (item, p)) in items.iter().zip(&prepared).enumerate() {
+            if let Some(r) = &item.rollout_logprobs {
+                if r.len() != p.response_ids.len() {
+                    return Err(SdpoError::RolloutLengthMismatch {
+                        expected: p.response_ids.len(),
+                        got: r.len(),
+                    });
+                }
+                if let Some(bad) = r.iter().find(|x| !x.is_finite()) {
+                    return Err(SdpoError::InvalidInput(format!(
+                        "rollout_logprobs of item {i} contains {bad}; log-probabilities must be finite"
+                    )));
+                }
+            }
+        }
+        timings.tokenize_ms = ms(t0);
+
+        let t0 = Instant::now();
+        let targets = prepared
+            .iter()
+            .map(|p| self.targets(p, cfg.teacher_top_k))
+            .collect::<Result<Vec<_>>>()?;
+        timings.teacher_ms = ms(t0);
+
+        let lora = TrainableLora::from_adapter(adapter)?;
+        let shapes: Vec<(String, Vec<usize>)> = lora
+            .named_vars()
+            .into_iter()
+            .map(|(k, v)| (k, v.dims().to_vec()))
+            .collect();
+        let mut state = match opt {
+            Some(s) if s.matches(&shapes) => s,
+            Some(_) => {
+                tracing::warn!("saved optimizer state does not match the adapter's parameters; starting a fresh AdamW");
+                AdamState::new()
+            }
+            None => AdamState::new(),
+        };
+
+        let dev = self.model.device().clone();
+        let n = items.len();
+        let tokens: usize = prepared.iter().map(|p| p.response_ids.len()).sum();
+        let mut traces = Vec::new();
+        let mut metadata = None;
+        for _ in 0..cfg.steps_per_batch {
+            let mut grads: Vec<Vec<f32>> = shapes
+                .iter()
+                .map(|(_, s)| vec![0f32; s.iter().product()])
+                .collect();
+            let mut sums = [0f64; 5];
+            let mut item_traces = Vec::new();
+            for ((item, p), tg) in items.iter().zip(&prepared).zip(&targets) {
+                let t0 = Instant::now();
+                let t = p.response_ids.len();
+                let start = p.prompt_ids.len();
+                let view = lora.adapter();
+                let logits = self
+                    .model
+                    .forward_train(&p.student_input_ids(), Some(&view))?;
+                let student = logits.narrow(0, start - 1, t)?.unsqueeze(0)?;
+                let resp = Tensor::new(p.response_ids.as_slice(), &dev)?.unsqueeze(0)?;
+                let old = match &item.rollout_logprobs {
+                    Some(r) => Tensor::new(r.as_slice(), &dev)?.unsqueeze(0)?,
+                    // Without rollout log-probs the current adapter is the behaviour policy.
+                    None => log_softmax_last(&student.detach())?
+                        .gather(&resp.unsqueeze(D::Minus1)?, D::Minus1)?
+                        .squeeze(D::Minus1)?,
+                };
+                let k = tg.k;
+                let tlp = Tensor::from_vec(tg.topk_logprobs.clone(), (1, t, k), &dev)?;
+                let tidx = Tensor::from_vec(tg.topk_indices.clone(), (1, t, k), &dev)?;
+                let base = Tensor::new(tg.base_logprobs.as_slice(), &dev)?.unsqueeze(0)?;
+                let mask = Tensor::ones((1, t), DType::F32, &dev)?;
+                let out = sdpo_loss(&LossInput {
+                    student_logits: &student,
+                    teacher_logprobs: &tlp,
+                    teacher_indices: &tidx,
+                    base_logprobs: &base,
+                    response_mask: &mask,
+                    old_student_logprobs: &old,
+                    response_ids: &resp,
+                    alpha: cfg.alpha,
+                    is_clip: cfg.is_clip,
+                    kl_reg_weight: cfg.kl_reg_weight,
+                })?;
+                if !out.total_loss.is_finite() {
+                    return Err(SdpoError::NonFinite(format!(
+                        "loss is {} (distill {}, kl {})",
+                        out.total_loss, out.distill_loss, out.kl_reg
+                    )));
+                }
+                for (s, v) in sums.iter_mut().zip([
+                    out.total_loss,
+                    out.distill_loss,
+                    out.kl_reg,
+                    out.mean_is_ratio,
+                    out.clip_fraction,
+                ]) {
+                    *s += v;
+                }
+                if trace {
+                    let slp = log_softmax_last(&student.detach())?
+                        .gather(&resp.unsqueeze(D::Minus1)?, D::Minus1)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?;
+                    item_traces.push(ItemTrace {
+                        prepared: p.clone(),
+                        targets: tg.clone(),
+                        old_logprobs: old.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+                        student_logprobs: slp,
+                    });
+                }
+                timings.forward_ms += ms(t0);
+
+                // The batch loss is the mean of the items' losses; backward each item's share
+                // separately so only one item's graph is alive at a time.
+                let t0 = Instant::now();
+                let scaled = if n > 1 {
+                    (out.loss / n as f64)?
+                } else {
+                    out.loss
+                };
+                let store = scaled.backward()?;
+                for ((key, var), acc) in lora.named_vars().into_iter().zip(grads.iter_mut()) {
+                    let g = store.get(var.as_tensor()).ok_or_else(|| {
+                        SdpoError::NonFinite(format!("no gradient reached {key}"))
+                    })?;
+                    let g = tensor_to_vec(g)?;
+                    for (a, x) in acc.iter_mut().zip(g) {
+                        *a += x;
+                    }
+                }
+                drop(store);
+                timings.backward_ms += ms(t0);
+            }
+
+            let t0 = Instant::now();
+            if grads.iter().any(|g| g.iter().any(|x| !x.is_finite())) {
+                return Err(SdpoError::NonFinite("a gradient is NaN or infinite".into()));
+            }
+            let pre_clip = trace.then(|| grads.clone());
+            let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm);
+            let vars = lora.named_vars();
+            let mut params = Vec::with_capacity(vars.len());
+            for (key, var) in &vars {
+                params.push((
+                    key.clone(),
+                    var.dims().to_vec(),
+                    tensor_to_vec(var.as_tensor())?,
+                ));
+            }
+            adamw_step(&mut state, &mut params, &grads, cfg.learning_rate);
+            for ((_, var), (_, shape, vals)) in vars.iter().zip(params) {
+                let t = Tensor::from_vec(vals, shape, &dev)?.to_dtype(var.dtype())?;
+                var.set(&t)?;
+            }
+            timings.optimizer_ms += ms(t0);
+
+            let nf = n as f64;
+            let md = DistillMetadata {
+                total_loss: sums[0] / nf,
+                distill_loss: sums[1] / nf,
+                kl_reg: sums[2] / nf,
+                mean_is_ratio: sums[3] / nf,
+                clip_fraction: sums[4] / nf,
+                grad_norm,
+                tokens_processed: tokens,
+                teacher_mode: cfg.teacher_mode.as_str().to_string(),
+            };
+            if let Some(g) = pre_clip {
+                traces.push(StepTrace {
+                    items: item_traces,
+                    grads: shapes
+                        .iter()
+                        .zip(g)
+                        .map(|((k, s), v)| (k.clone(), s.clone(), v))
+                        .collect(),
+                    metadata: md.clone(),
+                });
+            }
+            metadata = Some(md);
+        }
+        let metadata =
+            metadata.ok_or_else(|| SdpoError::InvalidInput("steps_per_batch is 0".into()))?;
+        let adapter = lora.snapshot()?;
+        timings.total_ms = ms(t_total);
+        Ok((
+            DistillOutcome {
+                adapter,
+                optimizer: state,
+                metadata,
+                timings,
+            },
+            traces,
+        ))
+    }
+}
