@@ -1,0 +1,256 @@
+/**
+ * CLaaS Feedback plugin for OpenClaw (2026.9.x plugin API).
+ *
+ * - message_received: remembers which sender started which run (by run id,
+ *   and in a FIFO for runtimes that report no run id).
+ * - agent_end: caches the run's messages under the sender key and the
+ *   session key. The sender comes from the agent_end context when OpenClaw
+ *   provides it, else from the run id recorded at message_received, else from
+ *   the FIFO (the only thing the old plugin had).
+ * - /feedback <text>: rebuilds the ChatML prompt/response of the cached
+ *   conversation and posts it to the CLaaS API, replying with the result.
+ *
+ * All state lives on globalThis, so a second load of this module (OpenClaw
+ * may load a plugin once for inspection and again for the runtime, or reload
+ * it when its config changes) shares the cache and queue with the first.
+ *
+ * Needs `plugins.entries.claas-feedback.hooks.allowConversationAccess: true`
+ * (agent_end is a conversation hook); `claas init` writes that.
+ */
+
+import { buildChatML } from "./src/chatml.ts";
+import { createContextStore, type ContextStore } from "./src/context-store.ts";
+import { formatSuccess, submitFeedback } from "./src/feedback-client.ts";
+
+// Plain structural types: importing "openclaw/plugin-sdk" from an extension
+// folder is not guaranteed to resolve, and types are erased at load anyway.
+type Dict = Record<string, unknown>;
+
+interface PluginApi {
+  pluginConfig?: Dict;
+  config?: Dict;
+  logger?: { debug?: (m: string) => void; info?: (m: string) => void; warn?: (m: string) => void };
+  runtime?: Dict;
+  on(hook: string, handler: (event: Dict, ctx: Dict) => unknown, opts?: Dict): void;
+  registerCommand(def: {
+    name: string;
+    description: string;
+    acceptsArgs?: boolean;
+    handler: (ctx: Dict) => Promise<{ text: string }> | { text: string };
+  }): void;
+}
+
+interface ClaasConfig {
+  claasApiUrl?: string;
+  loraId?: string;
+  debug?: boolean;
+}
+
+interface SharedState {
+  store: ContextStore;
+  /** Sender keys in message_received order (fallback when there is no run id). */
+  pendingSenders: string[];
+  /** run id -> sender key, recorded at message_received. */
+  runSenders: Map<string, string>;
+}
+
+const STATE_KEY = Symbol.for("claas-feedback.state.v1");
+const MAX_PENDING = 50;
+const MAX_RUNS = 200;
+
+function sharedState(): SharedState {
+  const g = globalThis as unknown as Record<symbol, SharedState | undefined>;
+  let state = g[STATE_KEY];
+  if (!state) {
+    state = { store: createContextStore(), pendingSenders: [], runSenders: new Map() };
+    g[STATE_KEY] = state;
+  }
+  return state;
+}
+
+const str = (v: unknown): string | undefined =>
+  typeof v === "string" && v.length > 0 ? v : typeof v === "number" ? String(v) : undefined;
+
+/**
+ * Canonical sender key "channel:rawId". `from` may already carry the channel
+ * prefix ("telegram:511643390", "telegram:group:-52424"), which is stripped
+ * first so both spellings give the same key.
+ */
+export function senderKey(channel: string | undefined, from: string | undefined): string | undefined {
+  if (!channel || !from) return undefined;
+  const prefix = `${channel}:`;
+  const raw = from.startsWith(prefix) ? from.slice(prefix.length) : from;
+  return `${channel}:${raw}`;
+}
+
+const sessionStoreKey = (sessionKey: string | undefined): string | undefined =>
+  sessionKey ? `session:${sessionKey}` : undefined;
+
+const redact = (value: string): string => {
+  const i = value.indexOf(":");
+  return i < 0 ? "***" : `${value.slice(0, i + 1)}***`;
+};
+
+function readConfig(api: PluginApi): ClaasConfig {
+  if (api.pluginConfig && typeof api.pluginConfig === "object") return api.pluginConfig as ClaasConfig;
+  // Older hosts exposed only the whole OpenClaw config.
+  const entries = ((api.config?.plugins as Dict | undefined)?.entries ?? {}) as Dict;
+  const entry = entries["claas-feedback"] as Dict | undefined;
+  return ((entry?.config as Dict | undefined) ?? {}) as ClaasConfig;
+}
+
+const plugin = {
+  id: "claas-feedback",
+  name: "CLaaS Feedback",
+  description: "Submit feedback to CLaaS for continual learning via the /feedback command",
+
+  register(api: PluginApi): void {
+    const config = readConfig(api);
+    const claasApiUrl = config.claasApiUrl ?? "http://localhost:8080";
+    const loraId = config.loraId ?? "openclaw/assistant-latest";
+    const debug = config.debug === true || process.env.CLAAS_FEEDBACK_DEBUG === "true";
+    const logDebug = (m: string): void => {
+      if (!debug) return;
+      if (api.logger?.info) api.logger.info(m);
+      else console.debug(m);
+    };
+    const warn = (m: string): void => {
+      if (api.logger?.warn) api.logger.warn(m);
+      else console.warn(m);
+    };
+    const state = sharedState();
+
+    api.on("message_received", (event, ctx) => {
+      const channel = str(ctx.channelId) ?? str(ctx.channel);
+      const key = senderKey(channel, str(event.from));
+      if (!key) return;
+      const runId = str(event.runId) ?? str(ctx.runId);
+      logDebug(`[claas-feedback] message_received: sender=${redact(key)} run=${runId ? "yes" : "no"}`);
+      if (runId) {
+        state.runSenders.set(runId, key);
+        while (state.runSenders.size > MAX_RUNS) {
+          const oldest = state.runSenders.keys().next().value;
+          if (oldest === undefined) break;
+          state.runSenders.delete(oldest);
+        }
+      }
+      state.pendingSenders.push(key);
+      while (state.pendingSenders.length > MAX_PENDING) state.pendingSenders.shift();
+    });
+
+    api.on("agent_end", (event, ctx) => {
+      const messages = event.messages;
+      const runId = str(event.runId) ?? str(ctx.runId);
+      const channel = str(ctx.channel) ?? str(ctx.messageProvider) ?? str(ctx.channelId);
+      const fromCtx = senderKey(channel, str(ctx.senderId));
+      const fromRun = runId ? state.runSenders.get(runId) : undefined;
+      if (runId) state.runSenders.delete(runId);
+      // The FIFO pairs runs with messages only when nothing better exists; every run
+      // consumes its entry so the queue stays aligned for the runs that need it.
+      let fromQueue: string | undefined;
+      if (fromRun) {
+        const i = state.pendingSenders.indexOf(fromRun);
+        if (i >= 0) state.pendingSenders.splice(i, 1);
+      } else {
+        fromQueue = state.pendingSenders.shift();
+      }
+      const sender = fromCtx ?? fromRun ?? fromQueue;
+      const session = str(ctx.sessionKey);
+
+      if (!Array.isArray(messages) || messages.length === 0) return;
+      if (!sender && !session) {
+        warn("[claas-feedback] agent_end: no sender or session for this run; not caching it");
+        return;
+      }
+      const entry = { messages, sessionKey: session ?? sender ?? "", timestamp: Date.now() };
+      if (sender) state.store.set(sender, entry);
+      const sessionKey = sessionStoreKey(session);
+      if (sessionKey) state.store.set(sessionKey, entry);
+      logDebug(
+        `[claas-feedback] agent_end: sender=${sender ? redact(sender) : "-"} session=${session ? "yes" : "no"} messages=${messages.length}`,
+      );
+    });
+
+    api.registerCommand({
+      name: "feedback",
+      description: "Submit feedback on the last bot response to improve the model",
+      acceptsArgs: true,
+      handler: async (ctx) => {
+        const feedbackText = (str(ctx.args) ?? "").trim();
+        if (!feedbackText) return { text: "Usage: /feedback <your feedback here>" };
+
+        const channel = str(ctx.channel) ?? str(ctx.channelId);
+        const candidates = [
+          sessionStoreKey(str(ctx.sessionKey)),
+          senderKey(channel, str(ctx.from)),
+          senderKey(channel, str(ctx.senderId)),
+        ].filter((k): k is string => Boolean(k));
+        if (candidates.length === 0) return { text: "Could not identify sender. Please try again." };
+
+        let cached;
+        for (const key of candidates) {
+          cached = state.store.get(key);
+          if (cached) break;
+        }
+        logDebug(`[claas-feedback] /feedback lookup: keys=${candidates.map(redact).join(",")} found=${Boolean(cached)}`);
+        if (!cached) {
+          return { text: "No recent conversation found. Chat with the bot first, then use /feedback." };
+        }
+
+        const chatML = buildChatML(cached.messages);
+        if (!chatML) return { text: "No bot response found in the last conversation." };
+
+        await notify(api, ctx, "\u{1F9E0} Learning from your feedback\u2026");
+
+        const startMs = Date.now();
+        try {
+          const result = await submitFeedback(claasApiUrl, {
+            lora_id: loraId,
+            prompt: chatML.prompt,
+            response: chatML.response,
+            feedback: feedbackText,
+            training: { teacher_mode: "self" },
+          });
+          return { text: formatSuccess(result, Date.now() - startMs) };
+        } catch (err: unknown) {
+          const msg = err instanceof Error ? err.message : String(err);
+          return { text: `\u274C Feedback failed: ${msg}` };
+        }
+      },
+    });
+  },
+};
+
+/** Best-effort "working on it" message before the long call; never blocks /feedback. */
+async function notify(api: PluginApi, ctx: Dict, text: string): Promise<void> {
+  const to = str(ctx.to) ?? str(ctx.senderId);
+  if (!to) return;
+  const channelRuntime = (api.runtime?.channel ?? {}) as Dict;
+  try {
+    const legacy = (channelRuntime.telegram as Dict | undefined)?.sendMessageTelegram;
+    if (typeof legacy === "function") {
+      const opts: Dict = {};
+      if (ctx.messageThreadId) opts.messageThreadId = ctx.messageThreadId;
+      if (ctx.accountId) opts.accountId = ctx.accountId;
+      await legacy(to, text, opts);
+      return;
+    }
+    const channel = str(ctx.channel) ?? str(ctx.channelId);
+    const loadAdapter = (channelRuntime.outbound as Dict | undefined)?.loadAdapter;
+    if (!channel || typeof loadAdapter !== "function") return;
+    const adapter = (await loadAdapter(channel)) as Dict | undefined;
+    const sendText = adapter?.sendText;
+    if (typeof sendText !== "function") return;
+    await sendText.call(adapter, {
+      cfg: ctx.config,
+      to,
+      text,
+      accountId: str(ctx.accountId) ?? null,
+      threadId: ctx.messageThreadId ?? null,
+    });
+  } catch {
+    // The result message still arrives; the notice is only a courtesy.
+  }
+}
+
+export default plugin;
