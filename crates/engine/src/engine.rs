@@ -82,6 +82,25 @@ impl RequestHandle {
             c.store(true, Ordering::Relaxed);
         }
     }
+
+    /// Splits into the event receiver and a cloneable canceller (dropping the receiver still
+    /// cancels everything).
+    pub fn into_parts(self) -> (UnboundedReceiver<Event>, Canceller) {
+        (self.events, Canceller(self.cancel))
+    }
+}
+
+/// Cancels single sequences of a request from anywhere.
+#[derive(Clone)]
+pub struct Canceller(Arc<Vec<AtomicBool>>);
+
+impl Canceller {
+    /// Stops sequence `index` at the next step.
+    pub fn cancel(&self, index: usize) {
+        if let Some(c) = self.0.get(index) {
+            c.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A registered adapter.

@@ -14,7 +14,8 @@ pub mod sampling;
 mod scheduler;
 
 pub use engine::{
-    AdapterInfo, Engine, EngineConfig, GenerateRequest, ModelLoader, RequestHandle, SleepReport,
+    AdapterInfo, Canceller, Engine, EngineConfig, GenerateRequest, ModelLoader, RequestHandle,
+    SleepReport,
 };
 pub use error::EngineError;
 pub use metrics::{Histogram, Metrics};

@@ -1,1 +1,399 @@
-//! claas-serve
+//! claas-serve: a vLLM-compatible OpenAI HTTP server over [`claas_engine`].
+//!
+//! Wiring: parse [`ServeConfig`] (clap `Args`, flatten it into the binary's subcommand), then
+//! [`serve`]; or build an [`AppState`] around an existing [`claas_engine::Engine`] (in-process,
+//! e.g. `claas up`) and mount [`router`].
+
+mod api;
+mod error;
+mod text;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use claas_chat::{ChatTemplate, GenerationConfig, Tokenizer, TokenizerConfig};
+use claas_engine::{Engine, EngineConfig};
+use claas_model::{LoadOptions, Qwen3};
+
+pub use api::router;
+pub use error::ApiError;
+
+/// `claas serve` flags, named as in `vllm serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeConfig {
+    /// Model folder, hub id (`Qwen/Qwen3-0.6B`) or `builtin:tiny`.
+    #[arg(long, default_value = "builtin:tiny")]
+    pub model: String,
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Required as `Authorization: Bearer KEY` on every /v1 route.
+    #[arg(long, env = "VLLM_API_KEY")]
+    pub api_key: Option<String>,
+    /// Names the base model is served under (first one is used in responses).
+    #[arg(long, num_args = 1..)]
+    pub served_model_name: Vec<String>,
+    /// Context length (default: the model's max_position_embeddings).
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+    /// auto, float32, bfloat16, float16 (CPU always computes in float32).
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub enable_lora: bool,
+    /// Accepted for compatibility; every registered adapter can share a batch.
+    #[arg(long)]
+    pub max_loras: Option<usize>,
+    #[arg(long)]
+    pub max_lora_rank: Option<usize>,
+    /// `name=path` or JSON `{"name": ..., "path": ...}`; repeatable.
+    #[arg(long, num_args = 1..)]
+    pub lora_modules: Vec<String>,
+    #[arg(long)]
+    pub enable_sleep_mode: bool,
+    /// CLaaS `.aliases.json` (alias -> adapter path relative to the LoRA root); each alias is
+    /// served under its name with runs of characters outside `[a-zA-Z0-9._-]` replaced by `-`.
+    #[arg(long)]
+    pub lora_alias_file: Option<PathBuf>,
+    /// Runtime adapter loads must lie under this folder (403 otherwise).
+    #[arg(long, env = "CLAAS_LORA_ROOT")]
+    pub lora_root: Option<PathBuf>,
+    /// Sequences decoded together at most.
+    #[arg(long, default_value_t = 64)]
+    pub max_num_seqs: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            model: "builtin:tiny".into(),
+            host: "0.0.0.0".into(),
+            port: 8000,
+            api_key: None,
+            served_model_name: Vec::new(),
+            max_model_len: None,
+            dtype: "auto".into(),
+            seed: 0,
+            enable_lora: false,
+            max_loras: None,
+            max_lora_rank: None,
+            lora_modules: Vec::new(),
+            enable_sleep_mode: false,
+            lora_alias_file: None,
+            lora_root: None,
+            max_num_seqs: 64,
+        }
+    }
+}
+
+/// Startup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Model(#[from] claas_model::ModelError),
+    #[error(transparent)]
+    Chat(#[from] claas_chat::ChatError),
+    #[error(transparent)]
+    Engine(#[from] claas_engine::EngineError),
+    #[error("{0}")]
+    Config(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Sampling defaults from generation_config.json (vLLM's `default_sampling_params`).
+#[derive(Debug, Clone, Default)]
+pub struct GenDefaults {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub max_new_tokens: Option<usize>,
+}
+
+impl GenDefaults {
+    /// Takes the sampling fields vLLM reads from a generation config.
+    pub fn from_generation_config(g: &GenerationConfig) -> Self {
+        GenDefaults {
+            temperature: g.temperature.map(|x| x as f32),
+            top_p: g.top_p.map(|x| x as f32),
+            top_k: g.top_k,
+            min_p: g.min_p.map(|x| x as f32),
+            repetition_penalty: g.repetition_penalty.map(|x| x as f32),
+            max_new_tokens: g.max_new_tokens.map(|x| x as usize),
+        }
+    }
+}
+
+/// Everything the HTTP handlers share.
+pub struct AppState {
+    pub engine: Engine,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    pub defaults: GenDefaults,
+    /// Stop ids: generation_config eos ids, model eos ids and the tokenizer's eos token.
+    pub eos_token_ids: Vec<u32>,
+    /// Base model names; the first is the primary one.
+    pub served_names: Vec<String>,
+    /// `root` of the base model in /v1/models.
+    pub model_root: String,
+    pub api_key: Option<String>,
+    pub lora_root: Option<PathBuf>,
+    pub enable_sleep_mode: bool,
+    pub created: i64,
+}
+
+/// Normalises an alias into a served model name: every run of characters outside
+/// `[a-zA-Z0-9._-]` becomes one `-`.
+pub fn normalize_alias(alias: &str) -> String {
+    let mut out = String::with_capacity(alias.len());
+    let mut in_run = false;
+    for c in alias.chars() {
+        if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+            out.push(c);
+            in_run = false;
+        } else if !in_run {
+            out.push('-');
+            in_run = true;
+        }
+    }
+    out
+}
+
+/// Parses `--lora-modules` entries (`name=path` or a JSON object with `name` and `path`).
+pub fn parse_lora_modules(items: &[String]) -> Result<Vec<(String, PathBuf)>, ServeError> {
+    let mut out = Vec::new();
+    for item in items {
+        let item = item.trim();
+        if item.starts_with('{') {
+            let v: serde_json::Value = serde_json::from_str(item)
+                .map_err(|e| ServeError::Config(format!("--lora-modules {item}: {e}")))?;
+            let name = v.get("name").and_then(|x| x.as_str());
+            let path = v.get("path").and_then(|x| x.as_str());
+            match (name, path) {
+                (Some(n), Some(p)) => out.push((n.to_string(), PathBuf::from(p))),
+                _ => {
+                    return Err(ServeError::Config(format!(
+                        "--lora-modules {item}: JSON form needs \"name\" and \"path\""
+                    )))
+                }
+            }
+        } else {
+            match item.split_once('=') {
+                Some((n, p)) if !n.is_empty() && !p.is_empty() => {
+                    out.push((n.to_string(), PathBuf::from(p)))
+                }
+                _ => {
+                    return Err(ServeError::Config(format!(
+                        "--lora-modules {item}: expected name=path"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a CLaaS `.aliases.json`: `(served name, adapter folder)` pairs. Paths are relative to
+/// `lora_root` (or to the alias file's folder when no root is set).
+pub fn read_alias_file(
+    file: &Path,
+    lora_root: Option<&Path>,
+) -> Result<Vec<(String, PathBuf)>, ServeError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ServeError::Config(format!("{}: {e}", file.display())))?;
+    let map: BTreeMap<String, String> = serde_json::from_str(&text).map_err(|e| {
+        ServeError::Config(format!(
+            "{}: expected a JSON object of alias -> adapter path: {e}",
+            file.display()
+        ))
+    })?;
+    let root = lora_root
+        .map(Path::to_path_buf)
+        .or_else(|| file.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    Ok(map
+        .into_iter()
+        .map(|(alias, rel)| (normalize_alias(&alias), root.join(rel)))
+        .collect())
+}
+
+fn load_options(dtype: &str) -> Result<LoadOptions, ServeError> {
+    let dtype = match dtype {
+        "auto" => None,
+        "float32" | "float" | "fp32" => Some(claas_model::DType::F32),
+        "bfloat16" | "bf16" => Some(claas_model::DType::BF16),
+        "float16" | "half" | "fp16" => Some(claas_model::DType::F16),
+        other => return Err(ServeError::Config(format!("unsupported --dtype {other:?}"))),
+    };
+    Ok(LoadOptions {
+        device: claas_model::Device::Cpu,
+        dtype,
+    })
+}
+
+impl AppState {
+    /// Builds the state around a running engine and the model folder's tokenizer files.
+    pub fn new(
+        engine: Engine,
+        model_dir: &Path,
+        served_names: Vec<String>,
+        cfg: &ServeConfig,
+    ) -> Result<AppState, ServeError> {
+        let tokenizer = Tokenizer::from_file(model_dir.join("tokenizer.json"))?;
+        let tcfg = TokenizerConfig::from_dir(model_dir).ok();
+        let template = tcfg
+            .as_ref()
+            .and_then(|c| ChatTemplate::from_config(c).ok());
+        let gen_path = model_dir.join("generation_config.json");
+        let gen = if gen_path.is_file() {
+            GenerationConfig::from_file(&gen_path)?
+        } else {
+            GenerationConfig::default()
+        };
+        let mut eos: Vec<u32> = gen.eos_token_ids().to_vec();
+        for &id in &engine.model_config().eos_token_ids {
+            if !eos.contains(&id) {
+                eos.push(id);
+            }
+        }
+        if let Some(id) = tcfg
+            .as_ref()
+            .and_then(|c| c.eos_token.as_deref())
+            .and_then(|t| tokenizer.token_to_id(t))
+        {
+            if !eos.contains(&id) {
+                eos.push(id);
+            }
+        }
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        Ok(AppState {
+            engine,
+            tokenizer,
+            template,
+            defaults: GenDefaults::from_generation_config(&gen),
+            eos_token_ids: eos,
+            served_names,
+            model_root: cfg.model.clone(),
+            api_key: cfg.api_key.clone().filter(|k| !k.is_empty()),
+            lora_root: cfg.lora_root.clone(),
+            enable_sleep_mode: cfg.enable_sleep_mode,
+            created,
+        })
+    }
+
+    /// Loads the model and adapters named by `cfg` and starts the engine (blocking; call from
+    /// `spawn_blocking` inside a runtime).
+    pub fn from_config(cfg: &ServeConfig) -> Result<AppState, ServeError> {
+        let dir = claas_model::resolve_model(&cfg.model)?;
+        let opts = load_options(&cfg.dtype)?;
+        let model = Arc::new(Qwen3::load(&dir, &opts)?);
+        let ecfg = EngineConfig {
+            max_num_seqs: cfg.max_num_seqs.max(1),
+            max_model_len: cfg.max_model_len.unwrap_or(0),
+            max_lora_rank: cfg.max_lora_rank,
+            seed: cfg.seed,
+            ..EngineConfig::default()
+        };
+        let loader_dir = dir.clone();
+        let loader: claas_engine::ModelLoader = Box::new(move || Qwen3::load(&loader_dir, &opts));
+        let engine = Engine::start(model, ecfg, Some(loader))?;
+        let names = if cfg.served_model_name.is_empty() {
+            vec![cfg.model.clone()]
+        } else {
+            cfg.served_model_name.clone()
+        };
+        let mut adapters = parse_lora_modules(&cfg.lora_modules)?;
+        if let Some(f) = &cfg.lora_alias_file {
+            adapters.extend(read_alias_file(f, cfg.lora_root.as_deref())?);
+        }
+        if !adapters.is_empty() && !cfg.enable_lora {
+            tracing::warn!(
+                "--lora-modules/--lora-alias-file given without --enable-lora; loading them anyway"
+            );
+        }
+        for (name, path) in adapters {
+            if names.contains(&name) {
+                return Err(ServeError::Config(format!(
+                    "adapter name {name:?} clashes with a served model name"
+                )));
+            }
+            let path = std::fs::canonicalize(&path).map_err(|e| {
+                ServeError::Config(format!("adapter {name}: {}: {e}", path.display()))
+            })?;
+            engine.load_adapter(&name, &path)?;
+        }
+        AppState::new(engine, &dir, names, cfg)
+    }
+
+    /// True if `name` is one of the base model's served names.
+    pub fn is_base(&self, name: &str) -> bool {
+        self.served_names.iter().any(|n| n == name)
+    }
+}
+
+/// Serves `router(state)` on an already bound listener until `shutdown` resolves.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// `claas serve`: loads everything, binds `host:port` and serves until `shutdown` resolves.
+pub async fn serve(
+    cfg: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let c = cfg.clone();
+    let state = tokio::task::spawn_blocking(move || AppState::from_config(&c))
+        .await
+        .map_err(|e| ServeError::Config(format!("startup task failed: {e}")))??;
+    let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port)).await?;
+    tracing::info!(
+        "claas serve: model {} as {:?} on http://{}",
+        cfg.model,
+        state.served_names,
+        listener.local_addr()?
+    );
+    serve_on(listener, Arc::new(state), shutdown).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alias_normalisation() {
+        assert_eq!(
+            normalize_alias("openclaw/assistant-latest"),
+            "openclaw-assistant-latest"
+        );
+        assert_eq!(normalize_alias("a b//c@@d.e_f"), "a-b-c-d.e_f");
+    }
+
+    #[test]
+    fn lora_module_forms() {
+        let v = parse_lora_modules(&[
+            "a=/x/y".into(),
+            r#"{"name": "b", "path": "/z", "base_model_name": "m"}"#.into(),
+        ])
+        .unwrap();
+        assert_eq!(v[0], ("a".into(), PathBuf::from("/x/y")));
+        assert_eq!(v[1], ("b".into(), PathBuf::from("/z")));
+        assert!(parse_lora_modules(&["nopath".into()]).is_err());
+    }
+}
