@@ -1,0 +1,548 @@
+//! The inference server the API orchestrates around a training step: an external
+//! vLLM-compatible server over HTTP, nothing, or (provided by the binary) the in-process
+//! engine of `claas up`.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// Boxed future returned by [`Backend`] methods (keeps the trait object-safe).
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Failures talking to the inference server.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// No inference server is configured for this operation.
+    #[error("no inference server configured")]
+    NotConfigured,
+    /// Requests were still in flight when the drain timeout expired.
+    #[error(
+        "inference server still busy after {timeout_s}s: {running} running, {waiting} waiting"
+    )]
+    Busy {
+        running: u64,
+        waiting: u64,
+        timeout_s: f64,
+    },
+    /// The server answered with a non-success status.
+    #[error("{method} {url} returned HTTP {status}: {body}")]
+    Status {
+        method: &'static str,
+        url: String,
+        status: u16,
+        body: String,
+    },
+    /// The server could not be reached.
+    #[error("{method} {url} failed: {message}")]
+    Transport {
+        method: &'static str,
+        url: String,
+        message: String,
+    },
+    /// The server's answer did not have the expected shape.
+    #[error("unexpected answer from {url}: {message}")]
+    Protocol { url: String, message: String },
+}
+
+/// State of the inference server as `/v1/health` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackendHealth {
+    /// `healthy`, `unhealthy` or `not_configured`.
+    pub status: String,
+    /// Which backend (`vllm`, `none`, `in-process`).
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sleeping: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An inference server the feedback lifecycle drives. Object-safe so the binary can plug in
+/// the in-process engine (`claas up`).
+pub trait Backend: Send + Sync {
+    /// Short name for health output and logs.
+    fn kind(&self) -> &'static str;
+    /// True when training needs the server drained and asleep first (a separate process
+    /// sharing the accelerator). An in-process server hot-swaps instead.
+    fn needs_sleep(&self) -> bool;
+    /// True when the server serves adapters that must be reloaded after an update.
+    fn serves_adapters(&self) -> bool;
+    /// Liveness and state.
+    fn health(&self) -> BoxFut<'_, BackendHealth>;
+    /// Waits until no requests are running or waiting, or fails after `timeout`.
+    fn drain(&self, timeout: Duration) -> BoxFut<'_, Result<(), BackendError>>;
+    /// Per-token log-probabilities of `response` after `prompt` under the served `adapter`
+    /// (the rollout policy, for the importance ratio).
+    fn rollout_logprobs<'a>(
+        &'a self,
+        prompt: &'a str,
+        response: &'a str,
+        adapter: &'a str,
+    ) -> BoxFut<'a, Result<Vec<f32>, BackendError>>;
+    /// Frees accelerator memory (`level` 1 or 2, vLLM semantics).
+    fn sleep(&self, level: u8) -> BoxFut<'_, Result<(), BackendError>>;
+    /// Undoes [`Backend::sleep`].
+    fn wake(&self) -> BoxFut<'_, Result<(), BackendError>>;
+    /// Makes the server serve the adapter folder at `path` under `name` (unload + load).
+    fn reload_adapter<'a>(
+        &'a self,
+        name: &'a str,
+        path: &'a Path,
+    ) -> BoxFut<'a, Result<(), BackendError>>;
+}
+
+/// vLLM's served-adapter name for an adapter id: runs of characters outside
+/// `[a-zA-Z0-9._-]` become `-`, leading/trailing `-` are dropped (`openclaw/assistant-latest` ->
+/// `openclaw-assistant-latest`); empty gives `lora`.
+pub fn normalize_adapter_name(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    let mut in_run = false;
+    for ch in id.trim_matches('/').chars() {
+        if ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-') {
+            out.push(ch);
+            in_run = false;
+        } else if !in_run {
+            out.push('-');
+            in_run = true;
+        }
+    }
+    let trimmed = out.trim_matches('-');
+    if trimmed.is_empty() {
+        "lora".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// Sums `vllm:num_requests_running` and `vllm:num_requests_waiting` over all label sets of a
+/// Prometheus text exposition.
+pub fn parse_queue_metrics(text: &str) -> (u64, u64) {
+    let mut running = 0.0;
+    let mut waiting = 0.0;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        let value = || {
+            line.rsplit(char::is_whitespace)
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        if is_metric(line, "vllm:num_requests_running") {
+            running += value();
+        } else if is_metric(line, "vllm:num_requests_waiting") {
+            waiting += value();
+        }
+    }
+    (running.max(0.0) as u64, waiting.max(0.0) as u64)
+}
+
+fn is_metric(line: &str, name: &str) -> bool {
+    line.strip_prefix(name)
+        .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(char::is_whitespace))
+}
+
+/// No inference server: nothing to drain, sleep or reload.
+#[derive(Debug, Default, Clone)]
+pub struct NoBackend;
+
+impl Backend for NoBackend {
+    fn kind(&self) -> &'static str {
+        "none"
+    }
+    fn needs_sleep(&self) -> bool {
+        false
+    }
+    fn serves_adapters(&self) -> bool {
+        false
+    }
+    fn health(&self) -> BoxFut<'_, BackendHealth> {
+        Box::pin(async {
+            BackendHealth {
+                status: "not_configured".into(),
+                kind: "none".into(),
+                url: None,
+                sleeping: None,
+                error: None,
+            }
+        })
+    }
+    fn drain(&self, _timeout: Duration) -> BoxFut<'_, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn rollout_logprobs<'a>(
+        &'a self,
+        _prompt: &'a str,
+        _response: &'a str,
+        _adapter: &'a str,
+    ) -> BoxFut<'a, Result<Vec<f32>, BackendError>> {
+        Box::pin(async { Err(BackendError::NotConfigured) })
+    }
+    fn sleep(&self, _level: u8) -> BoxFut<'_, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn wake(&self) -> BoxFut<'_, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn reload_adapter<'a>(
+        &'a self,
+        _name: &'a str,
+        _path: &'a Path,
+    ) -> BoxFut<'a, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A vLLM-compatible server (`claas serve` or vLLM with `--enable-sleep-mode` and
+/// `VLLM_ALLOW_RUNTIME_LORA_UPDATING=1`).
+#[derive(Debug, Clone)]
+pub struct HttpBackend {
+    base_url: String,
+    api_key: Option<String>,
+    client: reqwest::Client,
+    poll_interval: Duration,
+}
+
+impl HttpBackend {
+    /// `base_url` may end in `/` or `/v1` (both accepted, as the reference's entrypoint does).
+    pub fn new(base_url: &str, api_key: Option<String>) -> Self {
+        let mut base = base_url.trim().trim_end_matches('/').to_string();
+        if let Some(b) = base.strip_suffix("/v1") {
+            base = b.to_string();
+        }
+        HttpBackend {
+            base_url: base,
+            api_key: api_key.filter(|k| !k.trim().is_empty()),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap_or_default(),
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+
+    /// Changes how often `drain` polls `/metrics` (default 0.5 s, as the reference).
+    pub fn with_poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
+        self
+    }
+
+    /// The normalised base URL (no trailing `/v1`).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(k) => rb.bearer_auth(k),
+            None => rb,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: &'static str,
+        rb: reqwest::RequestBuilder,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, BackendError> {
+        let resp =
+            self.auth(rb)
+                .timeout(timeout)
+                .send()
+                .await
+                .map_err(|e| BackendError::Transport {
+                    method,
+                    url: url.to_string(),
+                    message: e.to_string(),
+                })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let mut body = resp.text().await.unwrap_or_default();
+        body.truncate(500);
+        Err(BackendError::Status {
+            method,
+            url: url.to_string(),
+            status,
+            body,
+        })
+    }
+
+    async fn post_json(&self, path: &str, body: &Value) -> Result<reqwest::Response, BackendError> {
+        let url = self.url(path);
+        self.send(
+            "POST",
+            self.client.post(&url).json(body),
+            &url,
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    async fn json_of(url: &str, resp: reqwest::Response) -> Result<Value, BackendError> {
+        resp.json::<Value>()
+            .await
+            .map_err(|e| BackendError::Protocol {
+                url: url.to_string(),
+                message: format!("invalid JSON: {e}"),
+            })
+    }
+
+    async fn queue_sizes(&self) -> Result<(u64, u64), BackendError> {
+        let url = self.url("/metrics");
+        let resp = self
+            .send("GET", self.client.get(&url), &url, Duration::from_secs(10))
+            .await?;
+        let text = resp.text().await.map_err(|e| BackendError::Protocol {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(parse_queue_metrics(&text))
+    }
+
+    async fn fetch_logprobs(
+        &self,
+        prompt: &str,
+        response: &str,
+        model: &str,
+    ) -> Result<Vec<f32>, BackendError> {
+        // Same recipe as the reference: count the prompt's tokens, score prompt + response with
+        // prompt_logprobs and keep the entries after the prompt.
+        let tok_url = self.url("/tokenize");
+        let tok = self
+            .post_json("/tokenize", &json!({ "model": model, "prompt": prompt }))
+            .await?;
+        let tok = Self::json_of(&tok_url, tok).await?;
+        let count = tok
+            .get("count")
+            .and_then(Value::as_u64)
+            .or_else(|| {
+                tok.get("tokens")
+                    .and_then(Value::as_array)
+                    .map(|a| a.len() as u64)
+            })
+            .ok_or_else(|| BackendError::Protocol {
+                url: tok_url.clone(),
+                message: "no `count` in the /tokenize answer".into(),
+            })? as usize;
+        let comp_url = self.url("/v1/completions");
+        let comp = self
+            .post_json(
+                "/v1/completions",
+                &json!({
+                    "model": model,
+                    "prompt": format!("{prompt}{response}"),
+                    "max_tokens": 0,
+                    "prompt_logprobs": 1,
+                }),
+            )
+            .await?;
+        let comp = Self::json_of(&comp_url, comp).await?;
+        let proto = |m: &str| BackendError::Protocol {
+            url: comp_url.clone(),
+            message: m.to_string(),
+        };
+        let entries = comp
+            .pointer("/choices/0/prompt_logprobs")
+            .and_then(Value::as_array)
+            .ok_or_else(|| proto("no choices[0].prompt_logprobs in the completion"))?;
+        let mut out = Vec::new();
+        for entry in entries.iter().skip(count) {
+            let Some(map) = entry.as_object() else {
+                continue;
+            };
+            // vLLM lists the actual prompt token first, then the top-k alternatives.
+            let lp = map
+                .values()
+                .next()
+                .and_then(|v| v.get("logprob").or(Some(v)))
+                .and_then(Value::as_f64)
+                .ok_or_else(|| proto("a prompt_logprobs entry has no logprob"))?;
+            out.push(lp as f32);
+        }
+        Ok(out)
+    }
+}
+
+impl Backend for HttpBackend {
+    fn kind(&self) -> &'static str {
+        "vllm"
+    }
+    fn needs_sleep(&self) -> bool {
+        true
+    }
+    fn serves_adapters(&self) -> bool {
+        true
+    }
+
+    fn health(&self) -> BoxFut<'_, BackendHealth> {
+        Box::pin(async move {
+            let url = self.url("/health");
+            let mut h = BackendHealth {
+                status: "healthy".into(),
+                kind: "vllm".into(),
+                url: Some(self.base_url.clone()),
+                sleeping: None,
+                error: None,
+            };
+            if let Err(e) = self
+                .send("GET", self.client.get(&url), &url, Duration::from_secs(5))
+                .await
+            {
+                h.status = "unhealthy".into();
+                h.error = Some(e.to_string());
+                return h;
+            }
+            let sl_url = self.url("/is_sleeping");
+            if let Ok(resp) = self
+                .send(
+                    "GET",
+                    self.client.get(&sl_url),
+                    &sl_url,
+                    Duration::from_secs(5),
+                )
+                .await
+            {
+                if let Ok(v) = resp.json::<Value>().await {
+                    h.sleeping = v.get("is_sleeping").and_then(Value::as_bool);
+                }
+            }
+            h
+        })
+    }
+
+    fn drain(&self, timeout: Duration) -> BoxFut<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let (running, waiting) = self.queue_sizes().await?;
+                if running == 0 && waiting == 0 {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(BackendError::Busy {
+                        running,
+                        waiting,
+                        timeout_s: timeout.as_secs_f64(),
+                    });
+                }
+                tracing::info!(running, waiting, "inference server busy; polling again");
+                tokio::time::sleep(self.poll_interval).await;
+            }
+        })
+    }
+
+    fn rollout_logprobs<'a>(
+        &'a self,
+        prompt: &'a str,
+        response: &'a str,
+        adapter: &'a str,
+    ) -> BoxFut<'a, Result<Vec<f32>, BackendError>> {
+        Box::pin(self.fetch_logprobs(prompt, response, adapter))
+    }
+
+    fn sleep(&self, level: u8) -> BoxFut<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let url = self.url("/sleep");
+            self.send(
+                "POST",
+                self.client.post(&url).query(&[("level", level)]),
+                &url,
+                Duration::from_secs(120),
+            )
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn wake(&self) -> BoxFut<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let url = self.url("/wake_up");
+            self.send(
+                "POST",
+                self.client.post(&url),
+                &url,
+                Duration::from_secs(120),
+            )
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn reload_adapter<'a>(
+        &'a self,
+        name: &'a str,
+        path: &'a Path,
+    ) -> BoxFut<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            match self
+                .post_json("/v1/unload_lora_adapter", &json!({ "lora_name": name }))
+                .await
+            {
+                Ok(_) => {}
+                // Not loaded yet (first run or already unloaded): vLLM answers 404 or 400.
+                Err(BackendError::Status { status, .. }) if status == 404 || status == 400 => {}
+                Err(e) => return Err(e),
+            }
+            self.post_json(
+                "/v1/load_lora_adapter",
+                &json!({ "lora_name": name, "lora_path": path.to_string_lossy() }),
+            )
+            .await
+            .map(|_| ())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adapter_names() {
+        assert_eq!(
+            normalize_adapter_name("openclaw/assistant-latest"),
+            "openclaw-assistant-latest"
+        );
+        assert_eq!(normalize_adapter_name("/a//b c/"), "a-b-c");
+        assert_eq!(normalize_adapter_name("x.y_z-1"), "x.y_z-1");
+        assert_eq!(normalize_adapter_name("///"), "lora");
+    }
+
+    #[test]
+    fn queue_metrics() {
+        let text = "# HELP vllm:num_requests_running x\n\
+            vllm:num_requests_running{model_name=\"a\"} 2.0\n\
+            vllm:num_requests_running{model_name=\"b\"} 1.0\n\
+            vllm:num_requests_waiting 3\n\
+            vllm:num_requests_waiting_by_reason{r=\"x\"} 7\n";
+        assert_eq!(parse_queue_metrics(text), (3, 3));
+        assert_eq!(parse_queue_metrics(""), (0, 0));
+    }
+
+    #[test]
+    fn base_url_forms() {
+        assert_eq!(
+            HttpBackend::new("http://h:8000/v1/", None).base_url(),
+            "http://h:8000"
+        );
+        assert_eq!(
+            HttpBackend::new("http://h:8000", None).base_url(),
+            "http://h:8000"
+        );
+    }
+}

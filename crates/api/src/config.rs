@@ -1,0 +1,172 @@
+//! API settings, read from the same environment variables as the reference compose file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the API needs to know at start-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiConfig {
+    /// `CLAAS_LORA_ROOT` (default `./loras`).
+    pub lora_root: PathBuf,
+    /// `CLAAS_BASE_MODEL_ID`: the model the trainer loads (folder, hub id or `builtin:tiny`;
+    /// default `Qwen/Qwen3-8B`).
+    pub base_model_id: String,
+    /// `VLLM_BASE_URL`: the inference server to orchestrate; unset or empty = none.
+    pub vllm_base_url: Option<String>,
+    /// `VLLM_API_KEY`.
+    pub vllm_api_key: Option<String>,
+    /// `VLLM_ROLLOUT_MODEL`: served model used for rollout log-probabilities. `None` = derive
+    /// from the adapter id; `Some("")` = never fetch.
+    pub vllm_rollout_model: Option<String>,
+    /// `FEEDBACK_LOG_DIR` (default `./feedback_logs`).
+    pub feedback_log_dir: PathBuf,
+    /// `CLAAS_ALLOWED_INIT_BASE_MODELS` (comma-separated; default `Qwen/Qwen3-8B` plus the
+    /// configured base model).
+    pub allowed_init_base_models: Vec<String>,
+    /// `CLAAS_FEEDBACK_LOCK_TIMEOUT_S` (or the reference's `FEEDBACK_LOCK_TIMEOUT_S`; 120 s).
+    pub lock_timeout: Duration,
+    /// `FEEDBACK_DRAIN_TIMEOUT_S` (30 s).
+    pub drain_timeout: Duration,
+    /// `FEEDBACK_WAKE_ON_FAILURE` (true): wake after a failure even if the request said not to.
+    pub wake_on_failure: bool,
+}
+
+/// A setting that could not be parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name}={value:?}: {message}")]
+pub struct ConfigError {
+    pub name: String,
+    pub value: String,
+    pub message: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            lora_root: PathBuf::from("./loras"),
+            base_model_id: "Qwen/Qwen3-8B".into(),
+            vllm_base_url: None,
+            vllm_api_key: None,
+            vllm_rollout_model: None,
+            feedback_log_dir: PathBuf::from("./feedback_logs"),
+            allowed_init_base_models: vec!["Qwen/Qwen3-8B".into()],
+            lock_timeout: Duration::from_secs(120),
+            drain_timeout: Duration::from_secs(30),
+            wake_on_failure: true,
+        }
+    }
+}
+
+fn seconds(name: &str, raw: &str) -> Result<Duration, ConfigError> {
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| ConfigError {
+            name: name.into(),
+            value: raw.into(),
+            message: "expected a non-negative number of seconds".into(),
+        })
+}
+
+fn flag(raw: &str) -> bool {
+    matches!(
+        raw.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "on"
+    )
+}
+
+impl ApiConfig {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads settings through `get` (testable without touching the process environment).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut c = ApiConfig::default();
+        if let Some(v) = get("CLAAS_LORA_ROOT").filter(|v| !v.trim().is_empty()) {
+            c.lora_root = PathBuf::from(v);
+        }
+        if let Some(v) = get("CLAAS_BASE_MODEL_ID").filter(|v| !v.trim().is_empty()) {
+            c.base_model_id = v.trim().to_string();
+        }
+        c.vllm_base_url = get("VLLM_BASE_URL")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty());
+        c.vllm_api_key = get("VLLM_API_KEY")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty());
+        c.vllm_rollout_model = get("VLLM_ROLLOUT_MODEL").map(|v| v.trim().to_string());
+        if let Some(v) = get("FEEDBACK_LOG_DIR").filter(|v| !v.trim().is_empty()) {
+            c.feedback_log_dir = PathBuf::from(v);
+        }
+        match get("CLAAS_ALLOWED_INIT_BASE_MODELS") {
+            Some(v) => {
+                c.allowed_init_base_models = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
+            None => {
+                if !c.allowed_init_base_models.contains(&c.base_model_id) {
+                    c.allowed_init_base_models.push(c.base_model_id.clone());
+                }
+            }
+        }
+        for name in ["CLAAS_FEEDBACK_LOCK_TIMEOUT_S", "FEEDBACK_LOCK_TIMEOUT_S"] {
+            if let Some(v) = get(name) {
+                c.lock_timeout = seconds(name, &v)?;
+                break;
+            }
+        }
+        if let Some(v) = get("FEEDBACK_DRAIN_TIMEOUT_S") {
+            c.drain_timeout = seconds("FEEDBACK_DRAIN_TIMEOUT_S", &v)?;
+        }
+        if let Some(v) = get("FEEDBACK_WAKE_ON_FAILURE") {
+            c.wake_on_failure = flag(&v);
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<ApiConfig, ConfigError> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ApiConfig::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn env_defaults_and_overrides() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c, ApiConfig::default());
+        let c = cfg(&[
+            ("CLAAS_LORA_ROOT", "/l"),
+            ("CLAAS_BASE_MODEL_ID", "builtin:tiny"),
+            ("VLLM_BASE_URL", "http://x:8000"),
+            ("VLLM_API_KEY", "sk-local"),
+            ("CLAAS_FEEDBACK_LOCK_TIMEOUT_S", "2.5"),
+        ])
+        .unwrap();
+        assert_eq!(c.lora_root, PathBuf::from("/l"));
+        assert_eq!(c.vllm_base_url.as_deref(), Some("http://x:8000"));
+        assert_eq!(c.lock_timeout, Duration::from_millis(2500));
+        assert_eq!(
+            c.allowed_init_base_models,
+            vec!["Qwen/Qwen3-8B".to_string(), "builtin:tiny".to_string()]
+        );
+        let c = cfg(&[("CLAAS_ALLOWED_INIT_BASE_MODELS", " a/b, c ,")]).unwrap();
+        assert_eq!(c.allowed_init_base_models, vec!["a/b", "c"]);
+        assert!(cfg(&[("FEEDBACK_LOCK_TIMEOUT_S", "soon")]).is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! The training side of the API, behind an object-safe trait so the HTTP layer can be built
+//! and tested without a model, and the binary chooses what to plug in (the SDPO trainer).
+//! Every method is blocking; the API calls them inside `tokio::task::spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::types::{FeedbackItem, TrainingSettings};
+
+/// Failures of the trainer.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request cannot be trained on as given (HTTP 422), e.g. a `rollout_logprobs` length
+    /// that does not match the response's token count, or an unsupported teacher mode.
+    #[error("{0}")]
+    BadInput(String),
+    /// Anything else (HTTP 500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// One SDPO update to run.
+#[derive(Debug, Clone)]
+pub struct DistillJob {
+    /// Resolved adapter id.
+    pub adapter_id: String,
+    /// The adapter folder to start from.
+    pub adapter_dir: PathBuf,
+    /// Saved optimizer state of this adapter, if any (fresh AdamW otherwise).
+    pub optimizer_dir: Option<PathBuf>,
+    /// The feedback items, applied together as one batch.
+    pub items: Vec<FeedbackItem>,
+    /// Shared hyper-parameters.
+    pub training: TrainingSettings,
+}
+
+/// The trained adapter and optimizer, kept in memory until the API saves them atomically.
+pub trait TrainedArtifacts: Send {
+    /// Writes the PEFT adapter files into `dir` (a staging folder).
+    fn save_adapter(&self, dir: &Path) -> Result<(), EngineError>;
+    /// Writes the optimizer state into `dir` (a staging folder).
+    fn save_optimizer(&self, dir: &Path) -> Result<(), EngineError>;
+}
+
+/// Result of [`TrainingEngine::distill`].
+pub struct DistillOutput {
+    /// `total_loss, distill_loss, kl_reg, mean_is_ratio, clip_fraction, grad_norm,
+    /// tokens_processed, teacher_mode` (and any extra diagnostics).
+    pub metadata: Map<String, Value>,
+    /// What to save.
+    pub artifacts: Box<dyn TrainedArtifacts>,
+}
+
+/// Per-token scoring of a response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreOutput {
+    /// One log-probability per response token.
+    pub logprobs: Vec<f32>,
+    /// The response tokens as text pieces (may be empty if the engine does not decode).
+    pub tokens: Vec<String>,
+    /// Number of prompt tokens.
+    pub prompt_tokens: usize,
+}
+
+/// The SDPO trainer on the base model.
+pub trait TrainingEngine: Send + Sync {
+    /// The base model this engine trains (`CLAAS_BASE_MODEL_ID`).
+    fn base_model_id(&self) -> &str;
+    /// The base model's `config.json` (used to shape fresh adapters).
+    fn base_model_config(&self) -> Option<Value> {
+        None
+    }
+    /// Runs one SDPO update (`training.steps_per_batch` optimizer steps on the batch).
+    fn distill(&self, job: &DistillJob) -> Result<DistillOutput, EngineError>;
+    /// Log-probabilities of `response` after `prompt` with the adapter at `adapter_dir` applied
+    /// (`None` = base model).
+    fn score(
+        &self,
+        adapter_dir: Option<&Path>,
+        prompt: &str,
+        response: &str,
+    ) -> Result<ScoreOutput, EngineError>;
+}

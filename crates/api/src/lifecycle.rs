@@ -1,0 +1,406 @@
+//! The feedback lifecycle: resolve -> lock -> drain -> rollout log-probs -> sleep -> SDPO step ->
+//! atomic save -> wake + adapter reload -> log -> response; and the versioned `/v1/distill`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use claas_store::{LoraStore, ResolvedAdapter, StoreError};
+use serde_json::{json, Value};
+
+use crate::backend::normalize_adapter_name;
+use crate::engine::{DistillJob, DistillOutput, EngineError, TrainingEngine};
+use crate::error::ApiError;
+use crate::feedback_log::write_feedback_log;
+use crate::locks::AdapterGuard;
+use crate::state::ApiState;
+use crate::types::{DistillResponse, FeedbackRequest, FeedbackResponse, TimingMs, VllmState};
+
+/// Name of the optimizer side state in the store.
+pub const OPTIMIZER_STATE: &str = "optimizer";
+
+/// Runs the SDPO step on a blocking thread. The single place training is invoked.
+pub async fn run_distill(
+    engine: Arc<dyn TrainingEngine>,
+    job: DistillJob,
+) -> Result<DistillOutput, EngineError> {
+    tokio::task::spawn_blocking(move || engine.distill(&job))
+        .await
+        .map_err(|e| EngineError::Internal(format!("training task failed: {e}")))?
+}
+
+/// Saves a trained adapter at `target_id` (in place, atomically) and its optimizer state
+/// beside it; returns the adapter's new version.
+async fn save_in_place(
+    store: LoraStore,
+    target_id: String,
+    output: DistillOutput,
+) -> Result<u64, StoreError> {
+    tokio::task::spawn_blocking(move || {
+        let artifacts = output.artifacts;
+        let version = store.save_atomic(&target_id, |dir| artifacts.save_adapter(dir))?;
+        store.save_state(&target_id, OPTIMIZER_STATE, |dir| {
+            artifacts.save_optimizer(dir)
+        })?;
+        Ok(version)
+    })
+    .await
+    .map_err(|e| StoreError::Write(format!("save task failed: {e}").into()))?
+}
+
+/// Resolves an id for a route: 422 for an invalid id, 404 for a missing one.
+pub async fn resolve(store: &LoraStore, id: &str) -> Result<ResolvedAdapter, ApiError> {
+    let store = store.clone();
+    let id_owned = id.to_string();
+    let res = tokio::task::spawn_blocking(move || store.resolve(&id_owned))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    match res {
+        Ok(r) => Ok(r),
+        Err(StoreError::NotFound(_)) => Err(ApiError::NotFound(format!("LoRA not found: {id}"))),
+        Err(e @ StoreError::InvalidId { .. }) => Err(ApiError::invalid(
+            vec![json!("body"), json!("lora_id")],
+            "value_error",
+            format!("Value error, {e}"),
+        )),
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
+}
+
+async fn lock(
+    state: &ApiState,
+    resolved: &ResolvedAdapter,
+    requested: &str,
+) -> Result<AdapterGuard, ApiError> {
+    let timeout = state.config().lock_timeout;
+    state
+        .locks()
+        .acquire(&resolved.id, timeout)
+        .await
+        .ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "Timed out waiting for lock on LoRA '{requested}' after {:.0}s: another update of this adapter is in progress; try again later",
+                timeout.as_secs_f64()
+            ))
+        })
+}
+
+fn ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}
+
+fn engine_error(phase: &str, e: EngineError) -> ApiError {
+    match e {
+        EngineError::BadInput(m) => ApiError::Unprocessable(m),
+        EngineError::Internal(m) => {
+            ApiError::Internal(format!("Feedback update failed in phase '{phase}': {m}"))
+        }
+    }
+}
+
+fn no_engine() -> ApiError {
+    ApiError::Unavailable(
+        "the SDPO trainer is not loaded (base model still loading or not configured)".into(),
+    )
+}
+
+struct Progress {
+    phase: &'static str,
+    vllm: VllmState,
+    timing: TimingMs,
+    distill_result: Option<DistillResponse>,
+    resolved: Option<ResolvedAdapter>,
+}
+
+/// Handles a parsed `/v1/feedback`: always writes a log record, success or failure.
+pub async fn feedback(
+    state: &ApiState,
+    req: FeedbackRequest,
+) -> Result<FeedbackResponse, ApiError> {
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let started = Instant::now();
+    let mut p = Progress {
+        phase: "validate",
+        vllm: VllmState::default(),
+        timing: TimingMs::default(),
+        distill_result: None,
+        resolved: None,
+    };
+    let result = feedback_inner(state, &req, &mut p).await;
+
+    // Wake the server if we put it to sleep and the normal path did not wake it.
+    let orch = &req.orchestration;
+    if p.vllm.slept
+        && !p.vllm.woke
+        && orch.wake_after
+        && (orch.wake_on_failure || state.config().wake_on_failure)
+    {
+        match state.backend().wake().await {
+            Ok(()) => {
+                p.vllm.woke = true;
+                tracing::info!(
+                    request_id,
+                    phase = p.phase,
+                    "woke inference server after failure"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(request_id, error = %e, "failed to wake inference server after error")
+            }
+        }
+    }
+    p.timing.total = ms(started);
+
+    let error = result.as_ref().err();
+    let record = json!({
+        "request_id": request_id,
+        "timestamp_utc": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "status": if error.is_none() { "ok" } else { "error" },
+        "phase": p.phase,
+        "lora_id": req.lora_id(),
+        "resolved_lora_id": p.resolved.as_ref().map(|r| r.id.clone()),
+        "teacher_mode": req.training().teacher_mode,
+        "batch_size": req.items.len(),
+        "request": req.log_value(),
+        "vllm": p.vllm,
+        "timing_ms": p.timing,
+        "distill_result": p.distill_result,
+        "error": error.map(|e| e.to_string()),
+        "http_status": error.map(|e| e.status().as_u16()).unwrap_or(200),
+    });
+    let dir = state.config().feedback_log_dir.clone();
+    let rid = request_id.clone();
+    let log_path =
+        match tokio::task::spawn_blocking(move || write_feedback_log(&dir, &rid, record)).await {
+            Ok(Ok(path)) => path.to_string_lossy().to_string(),
+            Ok(Err(e)) => {
+                tracing::warn!(request_id, error = %e, "failed to write feedback log");
+                String::new()
+            }
+            Err(e) => {
+                tracing::warn!(request_id, error = %e, "feedback log task failed");
+                String::new()
+            }
+        };
+    state.metrics().feedback_done(error.map(|_| p.phase));
+
+    match result {
+        Ok(()) => {
+            let lora_id = p
+                .distill_result
+                .as_ref()
+                .map(|d| d.lora_id.clone())
+                .unwrap_or_else(|| req.lora_id().to_string());
+            Ok(FeedbackResponse {
+                status: "ok".into(),
+                request_id,
+                lora_id,
+                distill_result: p.distill_result,
+                vllm: p.vllm,
+                feedback_log_path: log_path,
+                timing_ms: p.timing,
+                batch_size: req.items.len(),
+            })
+        }
+        Err(e) => {
+            tracing::error!(request_id, phase = p.phase, error = %e, "feedback failed");
+            Err(e)
+        }
+    }
+}
+
+async fn feedback_inner(
+    state: &ApiState,
+    req: &FeedbackRequest,
+    p: &mut Progress,
+) -> Result<(), ApiError> {
+    let requested = req.lora_id().to_string();
+    let resolved = resolve(state.store(), &requested).await?;
+    p.resolved = Some(resolved.clone());
+
+    p.phase = "lock";
+    let _guard = lock(state, &resolved, &requested).await?;
+    // The alias may have moved while we waited.
+    let resolved = resolve(state.store(), &requested).await?;
+    p.resolved = Some(resolved.clone());
+
+    // Refuse before touching the inference server when training is impossible.
+    let engine = state.engine().ok_or_else(no_engine)?;
+    let backend = state.backend().clone();
+    let orch = &req.orchestration;
+    let mut items = req.items.clone();
+
+    if orch.sleep_before && backend.needs_sleep() {
+        p.phase = "drain";
+        backend
+            .drain(state.config().drain_timeout)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("vLLM not idle: {e}")))?;
+    }
+
+    if backend.serves_adapters() && items.iter().any(|i| i.rollout_logprobs.is_none()) {
+        let model = match &state.config().vllm_rollout_model {
+            Some(m) if m.is_empty() => None,
+            Some(m) => Some(m.clone()),
+            None => Some(normalize_adapter_name(&requested)),
+        };
+        if let Some(model) = model {
+            p.phase = "logprobs";
+            let t = Instant::now();
+            for item in items.iter_mut().filter(|i| i.rollout_logprobs.is_none()) {
+                match backend
+                    .rollout_logprobs(&item.prompt, &item.response, &model)
+                    .await
+                {
+                    Ok(lp) => item.rollout_logprobs = Some(lp),
+                    Err(e) => {
+                        tracing::warn!(error = %e, model, "failed to fetch rollout logprobs; the trainer will use the current policy")
+                    }
+                }
+            }
+            p.timing.logprobs = ms(t);
+        }
+    }
+
+    if orch.sleep_before && backend.needs_sleep() {
+        p.phase = "sleep";
+        let t = Instant::now();
+        backend.sleep(orch.sleep_level).await.map_err(|e| {
+            ApiError::Internal(format!("Feedback update failed in phase 'sleep': {e}"))
+        })?;
+        p.vllm.slept = true;
+        p.timing.sleep = ms(t);
+    }
+
+    p.phase = "distill";
+    let optimizer_dir = state
+        .store()
+        .load_state(&resolved.id, OPTIMIZER_STATE)
+        .map_err(|e| {
+            ApiError::Internal(format!("Feedback update failed in phase 'distill': {e}"))
+        })?;
+    let job = DistillJob {
+        adapter_id: resolved.id.clone(),
+        adapter_dir: resolved.dir.clone(),
+        optimizer_dir,
+        training: req.training(),
+        items,
+    };
+    let t = Instant::now();
+    let output = run_distill(engine, job)
+        .await
+        .map_err(|e| engine_error("distill", e))?;
+    p.timing.distill = ms(t);
+    let metadata = output.metadata.clone();
+
+    p.phase = "save";
+    let t = Instant::now();
+    let version = save_in_place(state.store().clone(), resolved.id.clone(), output)
+        .await
+        .map_err(|e| ApiError::Internal(format!("Feedback update failed in phase 'save': {e}")))?;
+    p.timing.save = ms(t);
+    state.metrics().step(
+        (p.timing.distill + p.timing.save) as f64 / 1000.0,
+        metadata.get("total_loss").and_then(Value::as_f64),
+    );
+    let mut metadata = metadata;
+    metadata.insert("adapter_version".into(), json!(version));
+    p.distill_result = Some(DistillResponse {
+        lora_id: resolved.id.clone(),
+        metadata,
+    });
+
+    if backend.serves_adapters() && (orch.wake_after || !p.vllm.slept) {
+        p.phase = "wake";
+        let t = Instant::now();
+        if p.vllm.slept {
+            backend.wake().await.map_err(|e| {
+                ApiError::Internal(format!("Feedback update failed in phase 'wake': {e}"))
+            })?;
+            p.vllm.woke = true;
+        }
+        reload_names(state, &resolved).await.map_err(|e| {
+            ApiError::Internal(format!("Feedback update failed in phase 'wake': {e}"))
+        })?;
+        p.timing.wake = ms(t);
+    }
+    Ok(())
+}
+
+/// Reloads the adapter under its own normalised name and, when reached through an alias,
+/// under the alias's name too (what clients such as OpenClaw request, e.g.
+/// `openclaw-assistant-latest`).
+pub async fn reload_names(
+    state: &ApiState,
+    resolved: &ResolvedAdapter,
+) -> Result<(), crate::backend::BackendError> {
+    let backend = state.backend();
+    let mut names = vec![normalize_adapter_name(&resolved.id)];
+    if let Some(alias) = &resolved.alias {
+        let n = normalize_adapter_name(alias);
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    for name in names {
+        backend.reload_adapter(&name, &resolved.dir).await?;
+    }
+    Ok(())
+}
+
+/// Handles a parsed `/v1/distill`: one SDPO step saved as a new version `{base}-{timestamp}`,
+/// with `{base}-latest` moved to it. The optimizer state moves along to the new version.
+pub async fn distill(state: &ApiState, req: FeedbackRequest) -> Result<DistillResponse, ApiError> {
+    let res = distill_inner(state, &req).await;
+    state.metrics().distill_done(res.is_ok());
+    res
+}
+
+async fn distill_inner(
+    state: &ApiState,
+    req: &FeedbackRequest,
+) -> Result<DistillResponse, ApiError> {
+    let requested = req.lora_id().to_string();
+    let resolved = resolve(state.store(), &requested).await?;
+    let _guard = lock(state, &resolved, &requested).await?;
+    let resolved = resolve(state.store(), &requested).await?;
+    let engine = state.engine().ok_or_else(no_engine)?;
+    let optimizer_dir = state
+        .store()
+        .load_state(&resolved.id, OPTIMIZER_STATE)
+        .map_err(|e| ApiError::Internal(format!("Distillation failed: {e}")))?;
+    let job = DistillJob {
+        adapter_id: resolved.id.clone(),
+        adapter_dir: resolved.dir.clone(),
+        optimizer_dir,
+        training: req.training(),
+        items: req.items.clone(),
+    };
+    let t = Instant::now();
+    let output = run_distill(engine, job).await.map_err(|e| match e {
+        EngineError::BadInput(m) => ApiError::Unprocessable(m),
+        EngineError::Internal(m) => ApiError::Internal(format!("Distillation failed: {m}")),
+    })?;
+    let mut metadata = output.metadata.clone();
+    let store = state.store().clone();
+    let base = requested.clone();
+    let saved = tokio::task::spawn_blocking(move || {
+        let artifacts = output.artifacts;
+        let saved = store.save_versioned(&base, None, true, |dir| artifacts.save_adapter(dir))?;
+        store.save_state(&saved.id, OPTIMIZER_STATE, |dir| {
+            artifacts.save_optimizer(dir)
+        })?;
+        Ok::<_, StoreError>(saved)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("Distillation failed: {e}")))?
+    .map_err(|e| ApiError::Internal(format!("Distillation failed: {e}")))?;
+    state.metrics().step(
+        t.elapsed().as_secs_f64(),
+        metadata.get("total_loss").and_then(Value::as_f64),
+    );
+    metadata.insert("adapter_version".into(), json!(saved.version));
+    Ok(DistillResponse {
+        lora_id: saved.id,
+        metadata,
+    })
+}

@@ -1,0 +1,323 @@
+//! HTTP handlers.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use claas_store::{validate_id, StoreError, LATEST_SUFFIX};
+use serde_json::{json, Value};
+
+use crate::backend::normalize_adapter_name;
+use crate::engine::EngineError;
+use crate::error::ApiError;
+use crate::init::{build_adapter, model_config_json};
+use crate::lifecycle::{self, OPTIMIZER_STATE};
+use crate::state::ApiState;
+use crate::types::{parse_feedback, parse_init, parse_score};
+use crate::validate::parse_json;
+
+/// API name reported by `GET /`.
+pub const API_NAME: &str = "CLaaS API";
+/// API version reported by `GET /` and the OpenAPI document (the reference's).
+pub const API_VERSION: &str = "0.1.0";
+/// Description reported by `GET /`.
+pub const API_DESCRIPTION: &str = "Continual Learning as a Service - SDPO-style distillation";
+
+/// The CLaaS API router. The binary only binds it: `axum::serve(listener, router(state))`.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/v1/health", get(health))
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi))
+        .route("/docs", get(docs))
+        .route("/v1/lora/init", post(init_lora))
+        .route("/v1/lora", get(list_loras))
+        .route("/v1/lora/export", get(export_lora))
+        .route("/v1/distill", post(distill))
+        .route("/v1/feedback", post(feedback))
+        .route("/v1/score", post(score))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(64 << 20))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({"detail": "Not Found"}))).into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({"detail": "Method Not Allowed"})),
+    )
+        .into_response()
+}
+
+async fn root() -> Json<Value> {
+    Json(json!({
+        "name": API_NAME,
+        "version": API_VERSION,
+        "description": API_DESCRIPTION,
+        "docs": "/docs",
+    }))
+}
+
+async fn health(State(st): State<ApiState>) -> Json<Value> {
+    let inference = st.backend().health().await;
+    let engine = st.engine();
+    let worker = match &engine {
+        Some(e) => json!({"status": "healthy", "error": null, "model": e.base_model_id()}),
+        None => json!({"status": "unavailable", "error": "SDPO trainer not loaded"}),
+    };
+    let status = if engine.is_some() && inference.status != "unhealthy" {
+        "healthy"
+    } else {
+        "degraded"
+    };
+    Json(json!({
+        "status": status,
+        "worker": worker,
+        // Self-distillation: the teacher is the same base model as the worker.
+        "teacher": worker,
+        "inference": inference,
+        "base_model": st.config().base_model_id,
+    }))
+}
+
+async fn openapi() -> Json<Value> {
+    Json(crate::openapi::document())
+}
+
+async fn docs() -> Html<&'static str> {
+    Html(crate::openapi::DOCS_HTML)
+}
+
+async fn metrics(State(st): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics().render(),
+    )
+        .into_response()
+}
+
+fn blocking_failed(what: &str, e: tokio::task::JoinError) -> ApiError {
+    ApiError::Internal(format!("{what}: {e}"))
+}
+
+async fn init_lora(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req = parse_init(&parse_json(&body)?)?;
+    let allowed = &st.config().allowed_init_base_models;
+    if !allowed.contains(&req.base_model) {
+        tracing::warn!(
+            base_model = req.base_model,
+            "rejected /v1/lora/init for disallowed base_model"
+        );
+        let mut list = allowed.clone();
+        list.sort();
+        return Err(ApiError::Forbidden(format!(
+            "base_model '{}' is not allowed for initialization. Allowed models: {}",
+            req.base_model,
+            list.join(", ")
+        )));
+    }
+    let base = req.lora_id.trim_end_matches('/');
+    let base = base.strip_suffix(LATEST_SUFFIX).unwrap_or(base);
+    let new_id = format!("{base}-init");
+    validate_id(&new_id).map_err(|e| {
+        ApiError::invalid(
+            vec![json!("body"), json!("lora_id")],
+            "value_error",
+            format!("Value error, {e}"),
+        )
+    })?;
+    let timeout = st.config().lock_timeout;
+    let _guard = st.locks().acquire(&new_id, timeout).await.ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "Timed out waiting for lock on LoRA '{new_id}': another update of this adapter is in progress"
+        ))
+    })?;
+    let engine_cfg = st
+        .engine()
+        .filter(|e| e.base_model_id() == req.base_model)
+        .and_then(|e| e.base_model_config());
+    let store = st.store().clone();
+    let fail = |m: String| ApiError::Internal(format!("LoRA initialization failed: {m}"));
+    let saved = tokio::task::spawn_blocking(move || {
+        let config = match engine_cfg {
+            Some(c) => c,
+            None => model_config_json(&req.base_model).map_err(|e| e.to_string())?,
+        };
+        let seed = uuid::Uuid::new_v4().as_u64_pair().0;
+        let adapter = build_adapter(&req, &config, seed).map_err(|e| e.to_string())?;
+        let saved = store
+            .save_versioned(&req.lora_id, Some("init"), true, |dir| adapter.save(dir))
+            .map_err(|e| e.to_string())?;
+        // A re-initialised adapter starts with a fresh optimizer.
+        store
+            .clear_state(&saved.id, OPTIMIZER_STATE)
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(saved)
+    })
+    .await
+    .map_err(|e| blocking_failed("LoRA initialization failed", e))?
+    .map_err(fail)?;
+    st.metrics().init_done();
+
+    if st.backend().serves_adapters() {
+        // Best effort, as the reference: the adapter exists even if the server is down.
+        let mut names = vec![normalize_adapter_name(&saved.id)];
+        if let Some(a) = &saved.latest_alias {
+            names.push(normalize_adapter_name(a));
+        }
+        if let Ok(dir) = st.store().adapter_dir(&saved.id) {
+            for name in names {
+                if let Err(e) = st.backend().reload_adapter(&name, &dir).await {
+                    tracing::warn!(name, error = %e, "failed to load the new adapter into the inference server");
+                }
+            }
+        }
+    }
+    Ok(Json(json!({ "lora_id": saved.id })))
+}
+
+async fn list_loras(
+    State(st): State<ApiState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let prefix = q.get("prefix").cloned().unwrap_or_default();
+    let store = st.store().clone();
+    let loras = tokio::task::spawn_blocking(move || store.list(&prefix))
+        .await
+        .map_err(|e| blocking_failed("Failed to list LoRAs", e))?
+        .map_err(|e| ApiError::Internal(format!("Failed to list LoRAs: {e}")))?;
+    Ok(Json(json!({ "loras": loras })))
+}
+
+/// The reference's export filename: `/` -> `__`, only `[A-Za-z0-9._-]` kept.
+fn safe_export_name(lora_id: &str) -> String {
+    let base = lora_id.trim_matches('/').replace('/', "__");
+    let safe: String = base
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .collect();
+    if safe.is_empty() {
+        "lora_export".into()
+    } else {
+        safe
+    }
+}
+
+async fn export_lora(
+    State(st): State<ApiState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let loc = vec![json!("query"), json!("lora_id")];
+    let Some(id) = q.get("lora_id").cloned() else {
+        return Err(ApiError::invalid(loc, "missing", "Field required"));
+    };
+    validate_id(&id)
+        .map_err(|e| ApiError::invalid(loc, "value_error", format!("Value error, {e}")))?;
+    let store = st.store().clone();
+    let id2 = id.clone();
+    let (_, bytes) = tokio::task::spawn_blocking(move || store.export_zip(&id2))
+        .await
+        .map_err(|e| blocking_failed("LoRA export failed", e))?
+        .map_err(|e| match e {
+            StoreError::NotFound(_) => ApiError::NotFound(format!("LoRA not found: {id}")),
+            other => ApiError::Internal(format!("LoRA export failed: {other}")),
+        })?;
+    let disposition = format!("attachment; filename=\"{}.zip\"", safe_export_name(&id));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/zip".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+async fn feedback(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req = parse_feedback(&parse_json(&body)?)?;
+    let resp = lifecycle::feedback(&st, req).await?;
+    Ok(Json(
+        serde_json::to_value(resp).map_err(|e| ApiError::Internal(e.to_string()))?,
+    ))
+}
+
+async fn distill(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req = parse_feedback(&parse_json(&body)?)?;
+    let resp = lifecycle::distill(&st, req).await?;
+    Ok(Json(
+        serde_json::to_value(resp).map_err(|e| ApiError::Internal(e.to_string()))?,
+    ))
+}
+
+async fn score(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req = parse_score(&parse_json(&body)?)?;
+    let resolved = match &req.lora_id {
+        Some(id) => Some(lifecycle::resolve(st.store(), id).await?),
+        None => None,
+    };
+    let (logprobs, tokens, prompt_tokens, source) = if let Some(engine) = st.engine() {
+        let dir = resolved.as_ref().map(|r| r.dir.clone());
+        let (prompt, response) = (req.prompt.clone(), req.response.clone());
+        let out =
+            tokio::task::spawn_blocking(move || engine.score(dir.as_deref(), &prompt, &response))
+                .await
+                .map_err(|e| blocking_failed("Scoring failed", e))?
+                .map_err(|e| match e {
+                    EngineError::BadInput(m) => ApiError::Unprocessable(m),
+                    EngineError::Internal(m) => ApiError::Internal(format!("Scoring failed: {m}")),
+                })?;
+        (out.logprobs, out.tokens, Some(out.prompt_tokens), "trainer")
+    } else if st.backend().serves_adapters() {
+        let name = match &req.lora_id {
+            Some(id) => normalize_adapter_name(id),
+            None => st.config().base_model_id.clone(),
+        };
+        let lp = st
+            .backend()
+            .rollout_logprobs(&req.prompt, &req.response, &name)
+            .await
+            .map_err(|e| ApiError::BadGateway(format!("Scoring failed: {e}")))?;
+        (lp, Vec::new(), None, "inference_server")
+    } else {
+        return Err(ApiError::Unavailable(
+            "scoring needs the SDPO trainer or an inference server; neither is available".into(),
+        ));
+    };
+    let sum: f64 = logprobs.iter().map(|x| *x as f64).sum();
+    Ok(Json(json!({
+        "lora_id": req.lora_id,
+        "resolved_lora_id": resolved.map(|r| r.id),
+        "logprobs": logprobs,
+        "tokens": tokens,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": logprobs.len(),
+        "logprob_sum": sum,
+        "source": source,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_names() {
+        assert_eq!(safe_export_name("user/coder-v1"), "user__coder-v1");
+        assert_eq!(safe_export_name("/a b/"), "ab");
+        assert_eq!(safe_export_name("//"), "lora_export");
+    }
+}
