@@ -1,0 +1,27 @@
+//! Qwen3 model core for claas: Hugging Face model folders (local, hub cache, built-in demo),
+//! the Qwen3 forward pass (KV-cached, batched with a per-sequence LoRA, and a differentiable
+//! path for training), and PEFT-format LoRA adapters.
+
+mod builtin;
+mod config;
+mod error;
+mod frozen;
+mod kv;
+mod lora;
+mod qwen3;
+mod source;
+mod weights;
+
+pub use builtin::{builtin_model_dir, write_builtin_model, BUILTIN_TINY};
+pub use config::Qwen3Config;
+pub use error::ModelError;
+pub use kv::KvCache;
+pub use lora::{LoraAdapter, LoraConfig, LoraInit, LoraPair, Module, TrainableLora, ALL_MODULES};
+pub use qwen3::{ForwardMode, Qwen3, SeqInput};
+pub use source::{resolve_model, ModelSource};
+pub use weights::LoadOptions;
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+pub use candle_core::{DType, Device, Tensor, Var};

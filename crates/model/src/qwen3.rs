@@ -1,0 +1,547 @@
+//! The Qwen3 decoder: packed multi-sequence inference with KV caches and per-sequence LoRA,
+//! and a differentiable full-sequence path for training.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::frozen::frozen_linear;
+use crate::lora::{LoraAdapter, Module, ALL_MODULES};
+use crate::weights::{load_tensors, weight_files, LoadOptions};
+use crate::{KvCache, ModelError, Qwen3Config, Result};
+
+/// Which kernels to use: fused ones for inference, differentiable compositions for training
+/// (several fused candle kernels have no backward and would silently cut the gradient).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardMode {
+    Inference,
+    Training,
+}
+
+struct Layer {
+    w: [Tensor; 7],
+    q_norm: Tensor,
+    k_norm: Tensor,
+    input_norm: Tensor,
+    post_norm: Tensor,
+}
+
+/// A loaded Qwen3 causal LM.
+pub struct Qwen3 {
+    config: Qwen3Config,
+    device: Device,
+    dtype: DType,
+    embed: Tensor,
+    lm_head: Option<Tensor>,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// `[max_positions, head_dim / 2]`
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// One sequence of a packed batch: new tokens to run, its cache, its adapter.
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    pub adapter: Option<&'a LoraAdapter>,
+    /// Return logits for every new token instead of only the last one.
+    pub all_logits: bool,
+}
+
+fn take(map: &mut HashMap<String, Tensor>, name: &str, shape: &[usize]) -> Result<Tensor> {
+    let t = map
+        .remove(name)
+        .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+    if t.dims() != shape {
+        return Err(ModelError::ShapeMismatch {
+            name: name.to_string(),
+            got: t.dims().to_vec(),
+            expected: shape.to_vec(),
+        });
+    }
+    Ok(t)
+}
+
+impl Qwen3 {
+    /// Loads `config.json` and the safetensors weights of a model folder.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+        let files = weight_files(dir)?;
+        let dtype = opts.compute_dtype();
+        let tensors = load_tensors(&files, &opts.device, dtype)?;
+        Self::from_tensors(config, tensors, &opts.device, dtype)
+    }
+
+    /// Builds the model from transformers-named tensors (`model.layers.0.self_attn.q_proj.weight`, ...).
+    pub fn from_tensors(
+        config: Qwen3Config,
+        mut t: HashMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let c = &config;
+        let (h, v) = (c.hidden_size, c.vocab_size);
+        let embed = take(&mut t, "model.embed_tokens.weight", &[v, h])?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(take(&mut t, "lm_head.weight", &[v, h])?)
+        };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let mut w = Vec::with_capacity(7);
+            for m in ALL_MODULES {
+                let (i, o) = m.dims(c);
+                w.push(take(
+                    &mut t,
+                    &format!("{}.weight", m.module_path(l)),
+                    &[o, i],
+                )?);
+            }
+            let w: [Tensor; 7] = w
+                .try_into()
+                .map_err(|_| ModelError::Config("internal: projection count".into()))?;
+            let p = format!("model.layers.{l}");
+            layers.push(Layer {
+                w,
+                q_norm: take(
+                    &mut t,
+                    &format!("{p}.self_attn.q_norm.weight"),
+                    &[c.head_dim],
+                )?,
+                k_norm: take(
+                    &mut t,
+                    &format!("{p}.self_attn.k_norm.weight"),
+                    &[c.head_dim],
+                )?,
+                input_norm: take(&mut t, &format!("{p}.input_layernorm.weight"), &[h])?,
+                post_norm: take(
+                    &mut t,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    &[h],
+                )?,
+            });
+        }
+        let norm = take(&mut t, "model.norm.weight", &[h])?;
+        let (cos, sin) = rope_tables(c, device, dtype)?;
+        Ok(Qwen3 {
+            config,
+            device: device.clone(),
+            dtype,
+            embed,
+            lm_head,
+            layers,
+            norm,
+            cos,
+            sin,
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &Qwen3Config {
+        &self.config
+    }
+
+    /// Device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Bytes of weights held.
+    pub fn weight_bytes(&self) -> usize {
+        let mut n = self.embed.elem_count() + self.norm.elem_count();
+        if let Some(l) = &self.lm_head {
+            n += l.elem_count();
+        }
+        for l in &self.layers {
+            n += l.w.iter().map(Tensor::elem_count).sum::<usize>();
+            n += l.q_norm.elem_count() + l.k_norm.elem_count();
+            n += l.input_norm.elem_count() + l.post_norm.elem_count();
+        }
+        n * self.dtype.size_in_bytes()
+    }
+
+    /// Bytes read from weights to decode one token (all projections, norms and the LM head;
+    /// one embedding row).
+    pub fn bytes_per_token(&self) -> usize {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed).elem_count();
+        let mut n = head + self.config.hidden_size + self.norm.elem_count();
+        for l in &self.layers {
+            n += l.w.iter().map(Tensor::elem_count).sum::<usize>();
+            n += l.q_norm.elem_count() + l.k_norm.elem_count();
+            n += l.input_norm.elem_count() + l.post_norm.elem_count();
+        }
+        n * self.dtype.size_in_bytes()
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        for &id in ids {
+            if id as usize >= self.config.vocab_size {
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    vocab: self.config.vocab_size,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_adapter(&self, a: Option<&LoraAdapter>) -> Result<()> {
+        if let Some(a) = a {
+            if a.num_layers() != self.layers.len() {
+                return Err(ModelError::AdapterMismatch(format!(
+                    "adapter built for {} layers, model has {}",
+                    a.num_layers(),
+                    self.layers.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor, mode: ForwardMode) -> Result<Tensor> {
+        let eps = self.config.rms_norm_eps as f32;
+        Ok(match mode {
+            ForwardMode::Inference => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps)?,
+            ForwardMode::Training => candle_nn::ops::rms_norm_slow(x, w, eps)?,
+        })
+    }
+
+    /// `x @ W^T` plus each segment's LoRA delta. `segs` are `(row offset, rows, adapter)`.
+    fn linear(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        m: Module,
+        segs: &[(usize, usize, Option<&LoraAdapter>)],
+        mode: ForwardMode,
+    ) -> Result<Tensor> {
+        let w = &self.layers[layer].w[m as usize];
+        let y = match mode {
+            ForwardMode::Inference => x.matmul(&w.t()?)?,
+            ForwardMode::Training => frozen_linear(x, w)?,
+        };
+        // Merge consecutive segments that share an adapter so a single-adapter batch does one
+        // LoRA matmul pair.
+        let mut groups: Vec<(usize, usize, Option<&LoraAdapter>)> = Vec::new();
+        for &(off, n, a) in segs {
+            match groups.last_mut() {
+                Some(g) if same_adapter(g.2, a) && g.0 + g.1 == off => g.1 += n,
+                _ => groups.push((off, n, a)),
+            }
+        }
+        if groups
+            .iter()
+            .all(|g| g.2.and_then(|a| a.pair(layer, m)).is_none())
+        {
+            return Ok(y);
+        }
+        if groups.len() == 1 {
+            if let Some(p) = groups[0].2.and_then(|a| a.pair(layer, m)) {
+                return Ok((y + p.delta(x)?)?);
+            }
+        }
+        let mut parts = Vec::with_capacity(groups.len());
+        for (off, n, a) in groups {
+            let yi = y.narrow(0, off, n)?;
+            match a.and_then(|a| a.pair(layer, m)) {
+                Some(p) => parts.push((yi + p.delta(&x.narrow(0, off, n)?)?)?),
+                None => parts.push(yi),
+            }
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    fn rope(&self, x: &Tensor, pos: usize, mode: ForwardMode) -> Result<Tensor> {
+        // x: [1, heads, t, head_dim]
+        let t = x.dim(2)?;
+        let cos = self.cos.narrow(0, pos, t)?;
+        let sin = self.sin.narrow(0, pos, t)?;
+        Ok(match mode {
+            ForwardMode::Inference => candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?,
+            ForwardMode::Training => {
+                let half = self.config.head_dim / 2;
+                let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?;
+                let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?;
+                let x1 = x.narrow(D::Minus1, 0, half)?;
+                let x2 = x.narrow(D::Minus1, half, half)?;
+                let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+                (x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?
+            }
+        })
+    }
+
+    /// Attention for one sequence. q: `[t, heads*d]`, k/v: `[t, kv_heads*d]` (already projected).
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pos: usize,
+        cache: Option<&mut KvCache>,
+        mode: ForwardMode,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (t, _) = q.dims2()?;
+        let (hq, hk, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let l = &self.layers[layer];
+        let q = self.rms_norm(&q.reshape((t, hq, d))?, &l.q_norm, mode)?;
+        let k = self.rms_norm(&k.reshape((t, hk, d))?, &l.k_norm, mode)?;
+        let q = self
+            .rope(&q.transpose(0, 1)?.unsqueeze(0)?, pos, mode)?
+            .squeeze(0)?;
+        let k = self
+            .rope(&k.transpose(0, 1)?.unsqueeze(0)?, pos, mode)?
+            .squeeze(0)?;
+        let v = v.reshape((t, hk, d))?.transpose(0, 1)?;
+        let (k, v) = match cache {
+            Some(cache) => cache.append(layer, self.layers.len(), &k, &v)?,
+            None => (k, v.contiguous()?),
+        };
+        let total = k.dim(1)?;
+        // Group the query heads that share a KV head: [hk, rep*t, d], so keys are never copied.
+        let rep = hq / hk;
+        let q = q.contiguous()?.reshape((hk, rep * t, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = if t > 1 {
+            let mask = causal_mask(t, total, pos, &self.device, scores.dtype())?;
+            let scores = scores.reshape((hk, rep, t, total))?.broadcast_add(&mask)?;
+            scores.reshape((hk, rep * t, total))?
+        } else {
+            scores
+        };
+        let probs = match mode {
+            ForwardMode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
+            ForwardMode::Training => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        let out = probs.matmul(&v)?; // [hk, rep*t, d]
+        Ok(out
+            .reshape((hq, t, d))?
+            .transpose(0, 1)?
+            .reshape((t, hq * d))?)
+    }
+
+    fn head(&self, x: &Tensor, mode: ForwardMode) -> Result<Tensor> {
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Ok(match mode {
+            ForwardMode::Inference => x.matmul(&w.t()?)?,
+            ForwardMode::Training => frozen_linear(x, w)?,
+        })
+    }
+
+    fn layer_forward(
+        &self,
+        x: &Tensor,
+        li: usize,
+        segs: &[(usize, usize, Option<&LoraAdapter>)],
+        caches: &mut [Option<&mut KvCache>],
+        positions: &[usize],
+        mode: ForwardMode,
+    ) -> Result<Tensor> {
+        let l = &self.layers[li];
+        let hn = self.rms_norm(x, &l.input_norm, mode)?;
+        let q = self.linear(&hn, li, Module::Q, segs, mode)?;
+        let k = self.linear(&hn, li, Module::K, segs, mode)?;
+        let v = self.linear(&hn, li, Module::V, segs, mode)?;
+        let mut outs = Vec::with_capacity(segs.len());
+        for (i, &(off, n, _)) in segs.iter().enumerate() {
+            let cache = caches[i].as_deref_mut();
+            outs.push(self.attend(
+                li,
+                &q.narrow(0, off, n)?,
+                &k.narrow(0, off, n)?,
+                &v.narrow(0, off, n)?,
+                positions[i],
+                cache,
+                mode,
+            )?);
+        }
+        let attn = if outs.len() == 1 {
+            outs.pop()
+                .ok_or_else(|| ModelError::Config("empty batch".into()))?
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
+        let x = (x + self.linear(&attn, li, Module::O, segs, mode)?)?;
+        let hn = self.rms_norm(&x, &l.post_norm, mode)?;
+        let g = self.linear(&hn, li, Module::Gate, segs, mode)?;
+        let u = self.linear(&hn, li, Module::Up, segs, mode)?;
+        let act = (candle_nn::ops::silu(&g)? * u)?;
+        Ok((x + self.linear(&act, li, Module::Down, segs, mode)?)?)
+    }
+
+    /// Runs new tokens of several sequences in one packed forward, each continuing its own KV
+    /// cache with its own adapter (or none). Returns per sequence the logits `[n, vocab]` of
+    /// every new token (`all_logits`) or `[1, vocab]` of the last.
+    pub fn forward_batch(&self, seqs: &mut [SeqInput<'_>]) -> Result<Vec<Tensor>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::new();
+        let mut segs = Vec::with_capacity(seqs.len());
+        let mut positions = Vec::with_capacity(seqs.len());
+        for s in seqs.iter() {
+            if s.tokens.is_empty() {
+                return Err(ModelError::Config(
+                    "a sequence in the batch has no new tokens".into(),
+                ));
+            }
+            self.check_ids(s.tokens)?;
+            self.check_adapter(s.adapter)?;
+            let pos = s.cache.len();
+            if pos + s.tokens.len() > self.config.max_position_embeddings {
+                return Err(ModelError::TooLong {
+                    len: pos + s.tokens.len(),
+                    max: self.config.max_position_embeddings,
+                });
+            }
+            segs.push((ids.len(), s.tokens.len(), s.adapter));
+            positions.push(pos);
+            ids.extend_from_slice(s.tokens);
+        }
+        let idt = Tensor::new(ids.as_slice(), &self.device)?;
+        let mut x = self.embed.index_select(&idt, 0)?;
+        let mut caches: Vec<Option<&mut KvCache>> =
+            seqs.iter_mut().map(|s| Some(&mut *s.cache)).collect();
+        for li in 0..self.layers.len() {
+            x = self.layer_forward(
+                &x,
+                li,
+                &segs,
+                &mut caches,
+                &positions,
+                ForwardMode::Inference,
+            )?;
+        }
+        drop(caches);
+        // Only the rows whose logits are wanted go through the final norm and LM head.
+        let mut rows = Vec::with_capacity(seqs.len());
+        for (s, &(off, n, _)) in seqs.iter_mut().zip(&segs) {
+            s.cache.advance(n);
+            rows.push(if s.all_logits {
+                x.narrow(0, off, n)?
+            } else {
+                x.narrow(0, off + n - 1, 1)?
+            });
+        }
+        let sizes: Vec<usize> = rows
+            .iter()
+            .map(|r| r.dim(0))
+            .collect::<candle_core::Result<_>>()?;
+        let h = if rows.len() == 1 {
+            rows.pop()
+                .ok_or_else(|| ModelError::Config("empty batch".into()))?
+        } else {
+            Tensor::cat(&rows, 0)?
+        };
+        let h = self.rms_norm(&h, &self.norm, ForwardMode::Inference)?;
+        let logits = self.head(&h, ForwardMode::Inference)?;
+        let mut out = Vec::with_capacity(sizes.len());
+        let mut off = 0;
+        for n in sizes {
+            out.push(logits.narrow(0, off, n)?);
+            off += n;
+        }
+        Ok(out)
+    }
+
+    /// Logits `[len, vocab]` of a whole sequence without gradients, computed in chunks of
+    /// `chunk` tokens so long prompts never build a full `len x len` score matrix.
+    pub fn logits(
+        &self,
+        ids: &[u32],
+        adapter: Option<&LoraAdapter>,
+        chunk: usize,
+    ) -> Result<Tensor> {
+        let mut cache = KvCache::new();
+        let mut parts = Vec::new();
+        for piece in ids.chunks(chunk.max(1)) {
+            let mut seq = [SeqInput {
+                tokens: piece,
+                cache: &mut cache,
+                adapter,
+                all_logits: true,
+            }];
+            parts.extend(self.forward_batch(&mut seq)?);
+        }
+        if parts.is_empty() {
+            return Err(ModelError::Config("empty sequence".into()));
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// Differentiable logits `[len, vocab]` of one whole sequence: gradients flow into the
+    /// adapter's tensors (e.g. a [`crate::TrainableLora`]), never into base weights.
+    pub fn forward_train(&self, ids: &[u32], adapter: Option<&LoraAdapter>) -> Result<Tensor> {
+        if ids.is_empty() {
+            return Err(ModelError::Config("empty sequence".into()));
+        }
+        self.check_ids(ids)?;
+        self.check_adapter(adapter)?;
+        if ids.len() > self.config.max_position_embeddings {
+            return Err(ModelError::TooLong {
+                len: ids.len(),
+                max: self.config.max_position_embeddings,
+            });
+        }
+        let idt = Tensor::new(ids, &self.device)?;
+        let mut x = self.embed.index_select(&idt, 0)?;
+        let segs = [(0, ids.len(), adapter)];
+        let mut caches: [Option<&mut KvCache>; 1] = [None];
+        for li in 0..self.layers.len() {
+            x = self.layer_forward(&x, li, &segs, &mut caches, &[0], ForwardMode::Training)?;
+        }
+        let h = self.rms_norm(&x, &self.norm, ForwardMode::Training)?;
+        self.head(&h, ForwardMode::Training)
+    }
+}
+
+fn same_adapter(a: Option<&LoraAdapter>, b: Option<&LoraAdapter>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => std::ptr::eq(a, b),
+        _ => false,
+    }
+}
+
+fn causal_mask(t: usize, total: usize, pos: usize, dev: &Device, dtype: DType) -> Result<Tensor> {
+    let mut m = vec![0f32; t * total];
+    for i in 0..t {
+        for j in (pos + i + 1)..total {
+            m[i * total + j] = f32::NEG_INFINITY;
+        }
+    }
+    Ok(Tensor::from_vec(m, (t, total), dev)?.to_dtype(dtype)?)
+}
+
+fn rope_tables(c: &Qwen3Config, dev: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+    // Same arithmetic as transformers: inv_freq and the angle in float32.
+    let half = c.head_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0f32 / (c.rope_theta as f32).powf((2 * i) as f32 / c.head_dim as f32))
+        .collect();
+    let n = c.max_position_embeddings;
+    let mut cos = Vec::with_capacity(n * half);
+    let mut sin = Vec::with_capacity(n * half);
+    for p in 0..n {
+        for f in &inv {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (n, half), dev)?.to_dtype(dtype)?,
+        Tensor::from_vec(sin, (n, half), dev)?.to_dtype(dtype)?,
+    ))
+}

@@ -1,0 +1,92 @@
+//! Logit parity with transformers + PEFT on the shared tiny-qwen3 fixtures.
+
+mod common;
+
+use claas_model::{KvCache, LoadOptions, LoraAdapter, Qwen3, SeqInput};
+use common::*;
+
+/// The fixture README's tolerance for forward logits.
+const ATOL: f64 = 1e-4;
+
+fn model() -> Qwen3 {
+    Qwen3::load(&fixtures().join("tiny-qwen3"), &LoadOptions::default()).unwrap()
+}
+
+fn adapter(m: &Qwen3) -> LoraAdapter {
+    let dev = m.device().clone();
+    LoraAdapter::load(&fixtures().join("lora-r4"), m.config(), &dev, m.dtype()).unwrap()
+}
+
+fn check_full(file: &str, lora: bool) {
+    let m = model();
+    let a = lora.then(|| adapter(&m));
+    let fx = read_json(file);
+    let seqs = fx["sequences"].as_array().unwrap();
+    assert!(!seqs.is_empty());
+    for (i, s) in seqs.iter().enumerate() {
+        let ids = ids(&s["input_ids"]);
+        let want = matrix(&s["logits"]);
+        let got = m.logits(&ids, a.as_ref(), 512).unwrap();
+        let d = max_abs_diff(&got, &want);
+        assert!(d <= ATOL, "{file} seq {i}: max |d| = {d:e}");
+        // The differentiable training path must compute the same function.
+        let got = m.forward_train(&ids, a.as_ref()).unwrap();
+        let d = max_abs_diff(&got, &want);
+        assert!(d <= ATOL, "{file} seq {i} (training path): max |d| = {d:e}");
+    }
+}
+
+#[test]
+fn parity_base_logits() {
+    check_full("forward.json", false);
+}
+
+#[test]
+fn parity_lora_logits() {
+    check_full("forward_lora.json", true);
+}
+
+/// Token-by-token decoding through the KV cache, all fixture sequences (with and without the
+/// adapter) packed into one batch per step, must reproduce the full-sequence logits.
+#[test]
+fn parity_kv_cached_batched_decode() {
+    let m = model();
+    let a = adapter(&m);
+    let base = read_json("forward.json");
+    let lora = read_json("forward_lora.json");
+    let mut jobs: Vec<(Vec<u32>, Vec<Vec<f64>>, bool)> = Vec::new();
+    for (fx, with) in [(&base, false), (&lora, true)] {
+        for s in fx["sequences"].as_array().unwrap() {
+            jobs.push((ids(&s["input_ids"]), matrix(&s["logits"]), with));
+        }
+    }
+    let mut caches: Vec<KvCache> = jobs.iter().map(|_| KvCache::new()).collect();
+    // Prefill a prefix of 3 tokens (chunked prefill), then one token per step.
+    let prefix = 3;
+    let max_len = jobs.iter().map(|j| j.0.len()).max().unwrap();
+    let mut step = 0;
+    while step < max_len {
+        let width = if step == 0 { prefix } else { 1 };
+        let mut batch = Vec::new();
+        let mut which = Vec::new();
+        for (idx, (cache, job)) in caches.iter_mut().zip(&jobs).enumerate() {
+            if step >= job.0.len() {
+                continue;
+            }
+            let end = (step + width).min(job.0.len());
+            batch.push(SeqInput {
+                tokens: &job.0[step..end],
+                cache,
+                adapter: if job.2 { Some(&a) } else { None },
+                all_logits: true,
+            });
+            which.push((idx, step, end));
+        }
+        let out = m.forward_batch(&mut batch).unwrap();
+        for (logits, (idx, s, e)) in out.iter().zip(which) {
+            let d = max_abs_diff(logits, &jobs[idx].1[s..e]);
+            assert!(d <= ATOL, "job {idx} positions {s}..{e}: max |d| = {d:e}");
+        }
+        step += width;
+    }
+}
