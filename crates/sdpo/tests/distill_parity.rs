@@ -346,7 +346,7 @@ fn persisted_optimizer_state_continues() {
     let fx = read_json("distill_step.json");
     let (item, cfg) = request(&fx);
     let first = t
-        .distill(&start_adapter(&t), None, &[item.clone()], &cfg)
+        .distill(&start_adapter(&t), None, std::slice::from_ref(&item), &cfg)
         .unwrap();
     assert_eq!(first.optimizer.step, 1);
 
@@ -362,7 +362,12 @@ fn persisted_optimizer_state_continues() {
     assert_eq!(loaded, first.optimizer, "state round trip");
 
     let continued = t
-        .distill(&first.adapter, Some(loaded), &[item.clone()], &cfg)
+        .distill(
+            &first.adapter,
+            Some(loaded),
+            std::slice::from_ref(&item),
+            &cfg,
+        )
         .unwrap();
     let fresh = t.distill(&first.adapter, None, &[item], &cfg).unwrap();
     assert_eq!(continued.optimizer.step, 2);
@@ -401,7 +406,7 @@ fn batched_items_average_the_losses() {
     other.rollout_logprobs = None;
     let a = start_adapter(&t);
     let (_, ta) = t
-        .distill_traced(&a, None, &[item.clone()], &cfg, true)
+        .distill_traced(&a, None, std::slice::from_ref(&item), &cfg, true)
         .unwrap();
     let (_, tb) = t
         .distill_traced(&a, None, &[other.clone()], &cfg, true)
@@ -492,7 +497,9 @@ fn bad_inputs_are_typed_errors() {
 
     let mut remote = cfg.clone();
     remote.teacher_mode = TeacherMode::Remote;
-    let e = t.distill(&a, None, &[item.clone()], &remote).unwrap_err();
+    let e = t
+        .distill(&a, None, std::slice::from_ref(&item), &remote)
+        .unwrap_err();
     assert!(
         matches!(e, SdpoError::Unsupported(_)) && e.is_bad_input(),
         "{e}"
