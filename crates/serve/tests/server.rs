@@ -1,0 +1,767 @@
+//! End-to-end tests: the real server on 127.0.0.1:0 over the tiny fixture model, driven with
+//! reqwest and with the official `openai` Python client.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use claas_serve::{AppState, ServeConfig};
+use serde_json::{json, Value};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ))
+}
+
+fn base_cfg() -> ServeConfig {
+    ServeConfig {
+        model: fixtures().join("tiny-qwen3").display().to_string(),
+        served_model_name: vec!["tiny".into()],
+        enable_lora: true,
+        enable_sleep_mode: true,
+        lora_modules: vec![format!("r4={}", fixtures().join("lora-r4").display())],
+        ..ServeConfig::default()
+    }
+}
+
+struct Server {
+    url: String,
+    state: Arc<AppState>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(cfg: ServeConfig) -> Server {
+    let state = tokio::task::spawn_blocking(move || AppState::from_config(&cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    let state = Arc::new(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let st = state.clone();
+    tokio::spawn(async move {
+        claas_serve::serve_on(listener, st, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    Server {
+        url,
+        state,
+        _stop: tx,
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn post(s: &Server, path: &str, body: Value) -> (u16, Value) {
+    let r = client()
+        .post(format!("{}{path}", s.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn get(s: &Server, path: &str) -> (u16, String) {
+    let r = client()
+        .get(format!("{}{path}", s.url))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Parses an SSE body into its JSON events; asserts it ends with `[DONE]`.
+fn sse_events(body: &str) -> Vec<Value> {
+    let datas: Vec<&str> = body
+        .split("\n\n")
+        .filter_map(|b| b.strip_prefix("data: "))
+        .collect();
+    assert_eq!(
+        datas.last().copied(),
+        Some("[DONE]"),
+        "stream must end with [DONE]: {body}"
+    );
+    datas[..datas.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+async fn post_stream(s: &Server, path: &str, body: Value) -> Vec<Value> {
+    let r = client()
+        .post(format!("{}{path}", s.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    sse_events(&r.text().await.unwrap())
+}
+
+fn assert_openai_error(v: &Value, code: u16) {
+    let e = &v["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    assert!(e.get("param").is_some(), "{v}");
+    assert_eq!(e["code"], json!(code), "{v}");
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing in\n{text}"))
+}
+
+fn log_softmax(row: &[f64]) -> Vec<f64> {
+    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+    row.iter().map(|x| x - lse).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_models_tokenize_health_metrics() {
+    let s = start(base_cfg()).await;
+    assert_eq!(get(&s, "/health").await.0, 200);
+    let (c, v) = get(&s, "/version").await;
+    assert_eq!(c, 200);
+    assert!(serde_json::from_str::<Value>(&v).unwrap()["version"].is_string());
+
+    let (c, v) = get(&s, "/v1/models").await;
+    assert_eq!(c, 200);
+    let v: Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(v["object"], "list");
+    let data = v["data"].as_array().unwrap();
+    let base = data.iter().find(|m| m["id"] == "tiny").unwrap();
+    assert_eq!(base["parent"], Value::Null);
+    assert_eq!(base["max_model_len"], 512);
+    let lora = data.iter().find(|m| m["id"] == "r4").unwrap();
+    assert_eq!(lora["parent"], "tiny");
+
+    // tokenize / detokenize round trip, vLLM shapes.
+    let (c, v) = post(
+        &s,
+        "/tokenize",
+        json!({"model": "tiny", "prompt": "Write a function"}),
+    )
+    .await;
+    assert_eq!(c, 200, "{v}");
+    let toks = v["tokens"].as_array().unwrap().clone();
+    assert_eq!(v["count"], json!(toks.len()));
+    assert_eq!(v["max_model_len"], 512);
+    let want = s.state.tokenizer.encode("Write a function", true).unwrap();
+    assert_eq!(toks, want.iter().map(|&t| json!(t)).collect::<Vec<_>>());
+    let (c, v) = post(&s, "/detokenize", json!({"model": "tiny", "tokens": toks})).await;
+    assert_eq!(c, 200);
+    assert_eq!(v["prompt"], "Write a function");
+
+    // Chat form: equals the chat template rendering, with and without the generation prompt.
+    let msgs = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]}]);
+    let (c, v) = post(
+        &s,
+        "/tokenize",
+        json!({"model": "tiny", "messages": msgs, "add_generation_prompt": true}),
+    )
+    .await;
+    assert_eq!(c, 200, "{v}");
+    let rendered = s
+        .state
+        .template
+        .as_ref()
+        .unwrap()
+        .render(
+            &claas_chat::normalize_messages(msgs.as_array().unwrap()).unwrap(),
+            None,
+            true,
+            None,
+        )
+        .unwrap();
+    assert!(rendered.contains("hi\nthere"), "{rendered}");
+    let want = s.state.tokenizer.encode(&rendered, false).unwrap();
+    assert_eq!(v["tokens"], json!(want));
+    let (_, v2) = post(
+        &s,
+        "/tokenize",
+        json!({"model": "tiny", "messages": msgs, "add_generation_prompt": false}),
+    )
+    .await;
+    assert!(v2["count"].as_u64().unwrap() < v["count"].as_u64().unwrap());
+
+    let (c, m) = get(&s, "/metrics").await;
+    assert_eq!(c, 200);
+    assert_eq!(metric(&m, "vllm:num_requests_running"), 0.0);
+    assert_eq!(metric(&m, "vllm:num_requests_waiting"), 0.0);
+    assert!(m.contains("vllm:time_to_first_token_seconds_bucket"));
+    assert!(m.contains("vllm:e2e_request_latency_seconds_count"));
+
+    let (c, v) = get(&s, "/is_sleeping").await;
+    assert_eq!(c, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&v).unwrap()["is_sleeping"],
+        false
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_and_completions_stream_and_non_stream() {
+    let s = start(base_cfg()).await;
+    let msgs =
+        json!([{"role": "user", "content": "Hello there"}, {"role": "user", "content": "again"}]);
+    for model in ["tiny", "r4"] {
+        let body = json!({"model": model, "messages": msgs, "max_tokens": 12, "temperature": 0.8, "seed": 3, "ignore_eos": true});
+        let (c, a) = post(&s, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(c, 200, "{a}");
+        assert_eq!(a["object"], "chat.completion");
+        assert_eq!(a["model"], model);
+        let ch = &a["choices"][0];
+        assert_eq!(ch["message"]["role"], "assistant");
+        assert_eq!(ch["finish_reason"], "length");
+        assert_eq!(a["usage"]["completion_tokens"], 12);
+        let pt = a["usage"]["prompt_tokens"].as_u64().unwrap();
+        assert_eq!(a["usage"]["total_tokens"].as_u64().unwrap(), pt + 12);
+        // same seed, same output
+        let (_, b) = post(&s, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(
+            a["choices"][0]["message"]["content"],
+            b["choices"][0]["message"]["content"]
+        );
+
+        let mut sb = body.clone();
+        sb["stream"] = json!(true);
+        sb["stream_options"] = json!({"include_usage": true});
+        let ev = post_stream(&s, "/v1/chat/completions", sb).await;
+        assert_eq!(ev[0]["choices"][0]["delta"]["role"], "assistant");
+        let mut text = String::new();
+        let mut finish = None;
+        for e in &ev {
+            assert_eq!(e["object"], "chat.completion.chunk");
+            if let Some(c) = e["choices"].as_array().and_then(|c| c.first()) {
+                if let Some(t) = c["delta"]["content"].as_str() {
+                    text.push_str(t);
+                }
+                if c["finish_reason"].is_string() {
+                    finish = Some(c["finish_reason"].clone());
+                }
+            }
+        }
+        assert_eq!(json!(text), a["choices"][0]["message"]["content"]);
+        assert_eq!(finish, Some(json!("length")));
+        let last = ev.last().unwrap();
+        assert_eq!(last["choices"], json!([]));
+        assert_eq!(last["usage"]["completion_tokens"], 12);
+    }
+
+    // n = 2 with logprobs
+    let (c, v) = post(
+        &s,
+        "/v1/chat/completions",
+        json!({"model": "tiny", "messages": msgs, "max_tokens": 5, "n": 2,
+        "logprobs": true, "top_logprobs": 3, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    for ch in v["choices"].as_array().unwrap() {
+        let content = ch["logprobs"]["content"].as_array().unwrap();
+        assert_eq!(content.len(), 5);
+        for e in content {
+            assert!(e["logprob"].as_f64().unwrap() <= 0.0);
+            assert_eq!(e["top_logprobs"].as_array().unwrap().len(), 3);
+        }
+    }
+    assert_eq!(v["usage"]["completion_tokens"], 10);
+
+    // completions: text prompt, non-stream vs stream, stop string
+    let body = json!({"model": "tiny", "prompt": "Write a function", "max_tokens": 10, "temperature": 0, "ignore_eos": true});
+    let (c, a) = post(&s, "/v1/completions", body.clone()).await;
+    assert_eq!(c, 200, "{a}");
+    assert_eq!(a["object"], "text_completion");
+    let text = a["choices"][0]["text"].as_str().unwrap().to_string();
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let ev = post_stream(&s, "/v1/completions", sb).await;
+    let streamed: String = ev
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, text);
+    // echo
+    let mut eb = body.clone();
+    eb["echo"] = json!(true);
+    let (_, e) = post(&s, "/v1/completions", eb).await;
+    assert_eq!(
+        e["choices"][0]["text"],
+        json!(format!("Write a function{text}"))
+    );
+    // stop string taken from the greedy output: the text is cut before it
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() >= 4 {
+        let stop: String = chars[2..4].iter().collect();
+        let mut sb = body.clone();
+        sb["stop"] = json!([stop.clone()]);
+        let (_, v) = post(&s, "/v1/completions", sb).await;
+        let cut = &text[..text.find(&stop).unwrap()];
+        assert_eq!(v["choices"][0]["text"], json!(cut));
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(v["choices"][0]["stop_reason"], json!(stop));
+    }
+    // stop token id: greedy's first token ends generation at once
+    let first = s.state.tokenizer.encode(&text, false).unwrap()[0];
+    let mut sb = body.clone();
+    sb["stop_token_ids"] = json!([first]);
+    let (_, v) = post(&s, "/v1/completions", sb).await;
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["choices"][0]["stop_reason"], json!(first));
+    assert_eq!(v["usage"]["completion_tokens"], 1);
+
+    // tools are rendered into the prompt (the random model will not call them)
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let (c, with) = post(&s, "/v1/chat/completions", json!({"model": "tiny", "messages": msgs, "tools": tools, "tool_choice": "auto", "max_tokens": 3})).await;
+    assert_eq!(c, 200, "{with}");
+    let (_, without) = post(
+        &s,
+        "/v1/chat/completions",
+        json!({"model": "tiny", "messages": msgs, "max_tokens": 3}),
+    )
+    .await;
+    assert!(with["usage"]["prompt_tokens"].as_u64() > without["usage"]["prompt_tokens"].as_u64());
+    let mut stream_tools =
+        json!({"model": "tiny", "messages": msgs, "tools": tools, "max_tokens": 3, "stream": true});
+    stream_tools["chat_template_kwargs"] = json!({"enable_thinking": false});
+    post_stream(&s, "/v1/chat/completions", stream_tools).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parity_prompt_logprobs_match_fixture_logits() {
+    let s = start(base_cfg()).await;
+    for (file, model) in [("forward.json", "tiny"), ("forward_lora.json", "r4")] {
+        let fx: Value =
+            serde_json::from_str(&std::fs::read_to_string(fixtures().join(file)).unwrap()).unwrap();
+        for seq in fx["sequences"].as_array().unwrap() {
+            let ids: Vec<u32> = seq["input_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            let logits: Vec<Vec<f64>> = seq["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    r.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_f64().unwrap())
+                        .collect()
+                })
+                .collect();
+            assert_eq!(logits.len(), ids.len());
+            let (c, v) = post(
+                &s,
+                "/v1/completions",
+                json!({"model": model, "prompt": ids, "max_tokens": 1,
+                "temperature": 0, "prompt_logprobs": 2, "logprobs": 2}),
+            )
+            .await;
+            assert_eq!(c, 200, "{v}");
+            let plp = v["choices"][0]["prompt_logprobs"].as_array().unwrap();
+            assert_eq!(plp.len(), ids.len());
+            assert_eq!(plp[0], Value::Null);
+            let mut worst = 0f64;
+            for i in 1..ids.len() {
+                let want = log_softmax(&logits[i - 1]);
+                let got = &plp[i][ids[i].to_string()];
+                worst = worst.max((got["logprob"].as_f64().unwrap() - want[ids[i] as usize]).abs());
+                let rank = 1 + want.iter().filter(|&&x| x > want[ids[i] as usize]).count();
+                assert_eq!(got["rank"], json!(rank));
+                // the top-2 alternatives are there too
+                let mut order: Vec<usize> = (0..want.len()).collect();
+                order.sort_by(|a, b| want[*b].partial_cmp(&want[*a]).unwrap());
+                for &t in &order[..2] {
+                    let e = &plp[i][t.to_string()];
+                    assert!(
+                        (e["logprob"].as_f64().unwrap() - want[t]).abs() < 1e-4,
+                        "{file} pos {i} top {t}"
+                    );
+                }
+            }
+            assert!(worst < 1e-4, "{file}: prompt logprob max error {worst}");
+            // the greedy token is the argmax of the last row, with its logprob
+            let last = log_softmax(logits.last().unwrap());
+            let (best, best_lp) =
+                last.iter()
+                    .enumerate()
+                    .fold(
+                        (0, f64::NEG_INFINITY),
+                        |a, (i, &x)| if x > a.1 { (i, x) } else { a },
+                    );
+            let lp = &v["choices"][0]["logprobs"];
+            assert!((lp["token_logprobs"][0].as_f64().unwrap() - best_lp).abs() < 1e-4);
+            let tok = s.state.tokenizer.decode(&[best as u32], false).unwrap();
+            assert_eq!(lp["tokens"][0], json!(tok));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_auth_and_not_found() {
+    let mut cfg = base_cfg();
+    cfg.api_key = Some("sekret".into());
+    let s = start(cfg).await;
+    let c = client();
+    let r = c.get(format!("{}/v1/models", s.url)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_openai_error(&r.json().await.unwrap(), 401);
+    let r = c
+        .post(format!("{}/v1/chat/completions", s.url))
+        .bearer_auth("wrong")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(get(&s, "/health").await.0, 200);
+    assert_eq!(get(&s, "/metrics").await.0, 200);
+    let authed = |path: &str, body: Value| {
+        c.post(format!("{}{path}", s.url))
+            .bearer_auth("sekret")
+            .json(&body)
+            .send()
+    };
+    let r = c
+        .get(format!("{}/v1/models", s.url))
+        .bearer_auth("sekret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    let bad = [
+        json!({"model": "nope", "messages": msgs}),
+        json!({"model": "tiny", "messages": msgs, "temperature": -1}),
+        json!({"model": "tiny", "messages": msgs, "top_p": 2.0}),
+        json!({"model": "tiny", "messages": msgs, "max_tokens": 100000}),
+        json!({"model": "tiny", "messages": "not a list"}),
+        json!({"model": "tiny", "messages": msgs, "top_logprobs": 2}),
+        json!({"model": "tiny"}),
+    ];
+    for b in bad {
+        let r = authed("/v1/chat/completions", b.clone()).await.unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{b}");
+        assert_openai_error(&r.json().await.unwrap(), 400);
+    }
+    // a prompt longer than max-model-len (512)
+    let long: Vec<u32> = (0..600).map(|i| (i % 900) as u32).collect();
+    let r = authed("/v1/completions", json!({"model": "tiny", "prompt": long}))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_openai_error(&r.json().await.unwrap(), 400);
+    let r = authed(
+        "/v1/completions",
+        json!({"model": "tiny", "prompt": [5000]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    // malformed JSON
+    let r = c
+        .post(format!("{}/v1/completions", s.url))
+        .bearer_auth("sekret")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_openai_error(&r.json().await.unwrap(), 400);
+    // unknown route and unknown adapter
+    let r = c
+        .get(format!("{}/v1/nothing", s.url))
+        .bearer_auth("sekret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert_openai_error(&r.json().await.unwrap(), 404);
+    let r = c.get(format!("{}/nothing", s.url)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let r = authed("/v1/unload_lora_adapter", json!({"lora_name": "ghost"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let r = authed(
+        "/v1/load_lora_adapter",
+        json!({"lora_name": "x", "lora_path": "/does/not/exist"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    // the server still works
+    let r = authed(
+        "/v1/chat/completions",
+        json!({"model": "tiny", "messages": msgs, "max_tokens": 2}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+async fn greedy(s: &Server, model: &str, max_tokens: usize) -> (u16, Value) {
+    post(
+        s,
+        "/v1/completions",
+        json!({"model": model, "prompt": "Once upon", "max_tokens": max_tokens,
+        "temperature": 0, "ignore_eos": true, "prompt_logprobs": 0}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapters_load_unload_replace_while_in_flight() {
+    let root = tempfile::tempdir().unwrap();
+    for name in ["orig", "after"] {
+        let src = if name == "orig" {
+            fixtures().join("lora-r4")
+        } else {
+            fixtures().join("lora-r4-after-step")
+        };
+        let dst = root.path().join("adapters").join(name);
+        std::fs::create_dir_all(&dst).unwrap();
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            std::fs::copy(src.join(f), dst.join(f)).unwrap();
+        }
+    }
+    let aliases = root.path().join(".aliases.json");
+    std::fs::write(
+        &aliases,
+        r#"{"openclaw/assistant-latest": "adapters/orig"}"#,
+    )
+    .unwrap();
+    let mut cfg = base_cfg();
+    cfg.lora_root = Some(root.path().to_path_buf());
+    cfg.lora_alias_file = Some(aliases);
+    let s = start(cfg).await;
+    let orig = root.path().join("adapters/orig").display().to_string();
+    let after = root.path().join("adapters/after").display().to_string();
+
+    // alias served under its normalised name, same weights as r4 (same files)
+    let (c, al) = greedy(&s, "openclaw-assistant-latest", 4).await;
+    assert_eq!(c, 200, "{al}");
+    let (_, r4) = greedy(&s, "r4", 4).await;
+    assert_eq!(
+        al["choices"][0]["prompt_logprobs"],
+        r4["choices"][0]["prompt_logprobs"]
+    );
+
+    // outside the root: 403, nothing registered
+    let (c, v) = post(
+        &s,
+        "/v1/load_lora_adapter",
+        json!({"lora_name": "evil", "lora_path": fixtures().join("lora-r4")}),
+    )
+    .await;
+    assert_eq!(c, 403, "{v}");
+    assert_openai_error(&v, 403);
+    let (c, _) = post(&s, "/v1/load_lora_adapter", json!({"lora_name": "evil", "lora_path": format!("{}/adapters/../../", root.path().display())})).await;
+    assert!(c == 403 || c == 400);
+    assert_eq!(greedy(&s, "evil", 1).await.0, 400);
+
+    let (c, v) = post(
+        &s,
+        "/v1/load_lora_adapter",
+        json!({"lora_name": "a", "lora_path": orig}),
+    )
+    .await;
+    assert_eq!(c, 200, "{v}");
+    assert!(v.as_str().unwrap().contains("added successfully"));
+    let (_, models) = get(&s, "/v1/models").await;
+    assert!(models.contains("\"a\""));
+    let (c, v) = post(
+        &s,
+        "/v1/load_lora_adapter",
+        json!({"lora_name": "b", "lora_path": after}),
+    )
+    .await;
+    assert_eq!(c, 200, "{v}");
+    let (_, ref_orig) = greedy(&s, "a", 300).await;
+    let (_, ref_after) = greedy(&s, "b", 300).await;
+    assert_ne!(
+        ref_orig["choices"][0]["prompt_logprobs"],
+        ref_after["choices"][0]["prompt_logprobs"]
+    );
+
+    // a stream on "a" starts; "a" is replaced by the after-step weights mid-stream; the stream
+    // finishes on the weights it started with.
+    let req = client()
+        .post(format!("{}/v1/completions", s.url))
+        .json(&json!({"model": "a", "prompt": "Once upon", "max_tokens": 300, "temperature": 0, "ignore_eos": true, "stream": true}))
+        .send();
+    let mut resp = req.await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut body = String::new();
+    body.push_str(&String::from_utf8_lossy(
+        &resp.chunk().await.unwrap().unwrap(),
+    ));
+    let v_before = s.state.engine.adapter("a").unwrap().version;
+    let (c, _) = post(
+        &s,
+        "/v1/load_lora_adapter",
+        json!({"lora_name": "a", "lora_path": after}),
+    )
+    .await;
+    assert_eq!(c, 200);
+    assert!(s.state.engine.adapter("a").unwrap().version > v_before);
+    while let Some(ch) = resp.chunk().await.unwrap() {
+        body.push_str(&String::from_utf8_lossy(&ch));
+    }
+    let streamed: String = sse_events(&body)
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(json!(streamed), ref_orig["choices"][0]["text"]);
+    // new requests see the new weights
+    let (_, now_a) = greedy(&s, "a", 300).await;
+    assert_eq!(
+        now_a["choices"][0]["prompt_logprobs"],
+        ref_after["choices"][0]["prompt_logprobs"]
+    );
+    assert_eq!(now_a["choices"][0]["text"], ref_after["choices"][0]["text"]);
+
+    // unload while a request is in flight: it completes; later requests get 400
+    let s2 = &s;
+    let inflight = async move { greedy(s2, "a", 40).await };
+    let unload = async { post(&s, "/v1/unload_lora_adapter", json!({"lora_name": "a"})).await };
+    let ((c1, v1), (c2, v2)) = tokio::join!(inflight, unload);
+    assert_eq!(c2, 200, "{v2}");
+    assert!(c1 == 200 || c1 == 400, "{v1}");
+    if c1 == 200 {
+        assert_eq!(v1["usage"]["completion_tokens"], 40);
+    }
+    assert_eq!(greedy(&s, "a", 1).await.0, 400);
+    let (_, models) = get(&s, "/v1/models").await;
+    assert!(!models.contains("\"a\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleep_wake_round_trip_same_outputs() {
+    let s = start(base_cfg()).await;
+    let body = json!({"model": "r4", "messages": [{"role": "user", "content": "tell me"}], "max_tokens": 16,
+        "temperature": 1.0, "top_p": 0.9, "seed": 1234, "ignore_eos": true});
+    let (c, before) = post(&s, "/v1/chat/completions", body.clone()).await;
+    assert_eq!(c, 200);
+    for level in [1, 2] {
+        let r = client()
+            .post(format!("{}/sleep?level={level}", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let (_, v) = get(&s, "/is_sleeping").await;
+        assert_eq!(
+            serde_json::from_str::<Value>(&v).unwrap()["is_sleeping"],
+            true
+        );
+        let (c, v) = post(&s, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(c, 503, "{v}");
+        assert_openai_error(&v, 503);
+        let r = client()
+            .post(format!("{}/wake_up", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let (_, v) = get(&s, "/is_sleeping").await;
+        assert_eq!(
+            serde_json::from_str::<Value>(&v).unwrap()["is_sleeping"],
+            false
+        );
+        let (c, after) = post(&s, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(c, 200);
+        assert_eq!(
+            before["choices"][0]["message"]["content"], after["choices"][0]["message"]["content"],
+            "level {level}"
+        );
+    }
+    let r = client()
+        .post(format!("{}/sleep?level=3", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_frees_the_slot() {
+    let s = start(base_cfg()).await;
+    let mut resp = client()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "go"}], "max_tokens": 400, "ignore_eos": true, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let _ = resp.chunk().await.unwrap();
+    let (_, m) = get(&s, "/metrics").await;
+    assert_eq!(metric(&m, "vllm:num_requests_running"), 1.0);
+    drop(resp);
+    // Poll until the engine notices; bounded by the request's own length, not by a clock.
+    let mut freed = false;
+    for _ in 0..2000 {
+        let (_, m) = get(&s, "/metrics").await;
+        if metric(&m, "vllm:num_requests_running") == 0.0 {
+            assert_eq!(
+                metric(&m, "vllm:request_aborted_total"),
+                1.0,
+                "the request was aborted, not completed"
+            );
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(freed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_client() {
+    let mut cfg = base_cfg();
+    cfg.api_key = Some("py-key".into());
+    let s = start(cfg).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("{}/v1", s.url))
+        .arg("py-key")
+        .arg(fixtures())
+        .output()
+        .await
+        .expect("python3 must be installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "openai client script failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("ALL OK"), "{stdout}");
+}
