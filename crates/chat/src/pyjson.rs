@@ -4,7 +4,8 @@
 use serde_json::Value;
 
 /// Options of Python's `json.dumps` that chat templates use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The default is transformers' `tojson`: `ensure_ascii=False`, one line, default separators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PyJsonOptions {
     /// Escape non-ASCII as `\uXXXX` (Python's default is true; transformers passes false).
     pub ensure_ascii: bool,
@@ -13,17 +14,6 @@ pub struct PyJsonOptions {
     /// `(item, key)` separators; default `(", ", ": ")`, or `(",", ": ")` with an indent.
     pub separators: Option<(String, String)>,
     pub sort_keys: bool,
-}
-
-impl Default for PyJsonOptions {
-    fn default() -> Self {
-        Self {
-            ensure_ascii: false,
-            indent: None,
-            separators: None,
-            sort_keys: false,
-        }
-    }
 }
 
 /// Python `json.dumps(value, ensure_ascii=False)` (with `opts` for the other arguments).
