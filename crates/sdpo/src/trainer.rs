@@ -239,17 +239,22 @@ fn gather_logprobs(logits: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
     Ok(lp.gather(&idx, 1)?.squeeze(1)?.to_vec1::<f32>()?)
 }
 
-/// Top-k of each row of `[T, V]` log-probabilities, sorted descending (ties: lower id first).
-fn topk_rows(lp: &[Vec<f32>], k: usize) -> (Vec<f32>, Vec<u32>) {
-    let mut vals = Vec::with_capacity(lp.len() * k);
-    let mut idxs = Vec::with_capacity(lp.len() * k);
-    let mut order: Vec<u32> = Vec::new();
-    for row in lp {
+/// Top-k of each row of a row-major `[rows, v]` log-probability matrix, sorted descending
+/// (ties: lower id first).
+fn topk_rows(lp: &[f32], v: usize, k: usize) -> (Vec<f32>, Vec<u32>) {
+    let k = k.min(v);
+    let rows = if v == 0 { 0 } else { lp.len() / v };
+    let mut vals = Vec::with_capacity(rows * k);
+    let mut idxs = Vec::with_capacity(rows * k);
+    let mut order: Vec<u32> = Vec::with_capacity(v);
+    for row in lp.chunks_exact(v.max(1)) {
         let desc = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
         order.clear();
-        order.extend(0..row.len() as u32);
-        let k = k.min(row.len());
-        if k < order.len() {
+        order.extend(0..v as u32);
+        if k == 0 {
+            continue;
+        }
+        if k < v {
             order.select_nth_unstable_by(k - 1, desc);
             order.truncate(k);
         }
@@ -336,8 +341,9 @@ impl Trainer {
         let lp = log_softmax_last(&rows)?;
         let idx = Tensor::new(p.response_ids.as_slice(), lp.device())?.unsqueeze(1)?;
         let teacher_logprob_of_response = lp.gather(&idx, 1)?.squeeze(1)?.to_vec1::<f32>()?;
-        let k = top_k.min(lp.dim(D::Minus1)?).max(1);
-        let (topk_logprobs, topk_indices) = topk_rows(&lp.to_vec2::<f32>()?, k);
+        let v = lp.dim(D::Minus1)?;
+        let k = top_k.min(v).max(1);
+        let (topk_logprobs, topk_indices) = topk_rows(&lp.flatten_all()?.to_vec1::<f32>()?, v, k);
         drop((logits, rows, lp));
 
         let start = p.prompt_ids.len();
@@ -363,11 +369,33 @@ impl Trainer {
         response: &str,
     ) -> Result<Vec<f32>> {
         let (prompt_ids, response_ids) = self.encode_student(prompt, response)?;
-        let ids = [prompt_ids.as_slice(), response_ids.as_slice()].concat();
+        self.score_ids(adapter, &prompt_ids, &response_ids)
+    }
+
+    /// [`Trainer::score`] on token ids (e.g. a chat-templated prompt tokenised by the caller).
+    pub fn score_ids(
+        &self,
+        adapter: Option<&LoraAdapter>,
+        prompt_ids: &[u32],
+        response_ids: &[u32],
+    ) -> Result<Vec<f32>> {
+        if prompt_ids.is_empty() || response_ids.is_empty() {
+            return Err(SdpoError::InvalidInput(
+                "scoring needs at least one prompt token and one response token".into(),
+            ));
+        }
+        let max = self.model.config().max_position_embeddings;
+        if prompt_ids.len() + response_ids.len() > max {
+            return Err(SdpoError::TooLong(format!(
+                "prompt + response are {} tokens, the model's context is {max}",
+                prompt_ids.len() + response_ids.len()
+            )));
+        }
+        let ids = [prompt_ids, response_ids].concat();
         let logits = self.model.logits(&ids, adapter, self.chunk)?;
         gather_logprobs(
             &logits.narrow(0, prompt_ids.len() - 1, response_ids.len())?,
-            &response_ids,
+            response_ids,
         )
     }
 

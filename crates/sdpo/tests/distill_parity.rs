@@ -564,3 +564,60 @@ fn score_matches_the_step_student_logprobs() {
     let (worst, ok) = within(&f64s(&base), &floats(&fx["base_logprobs"]), 1e-4, 0.0);
     assert!(ok, "base logprobs: {worst:e}");
 }
+
+#[test]
+fn mismatched_optimizer_state_starts_fresh() {
+    let t = trainer();
+    let fx = read_json("distill_step.json");
+    let (item, cfg) = request(&fx);
+    let mut stale = AdamState::new();
+    claas_sdpo::adamw_step(
+        &mut stale,
+        &mut [("other.lora_A.weight".to_string(), vec![1], vec![0.0])],
+        &[vec![1.0]],
+        1e-3,
+    );
+    let a = start_adapter(&t);
+    let out = t
+        .distill(&a, Some(stale), std::slice::from_ref(&item), &cfg)
+        .unwrap();
+    let fresh = t.distill(&a, None, &[item], &cfg).unwrap();
+    assert_eq!(out.optimizer.step, 1);
+    assert_eq!(out.optimizer, fresh.optimizer);
+}
+
+/// The seed version computed the teacher and the KL-to-base with the adapter left on: its
+/// "base" log-probs are the student's, so its KL term is 0. Our fixed step must not be.
+#[test]
+fn parity_contaminated_fixture_differs_as_documented() {
+    let t = trainer();
+    let fixed = run_fixture_step(&t);
+    let bad = read_json("distill_step_0f67ae6_contaminated.json");
+    assert_eq!(bad["metadata"]["kl_reg"].as_f64().unwrap(), 0.0);
+    assert!(fixed.metadata.kl_reg > 1e-3, "{}", fixed.metadata.kl_reg);
+    let it = &fixed.trace.items[0];
+    // Contaminated base log-probs = our student log-probs (adapter on) ...
+    let (worst, ok) = within(
+        &f64s(&it.student_logprobs),
+        &floats(&bad["base_logprobs"]),
+        1e-4,
+        0.0,
+    );
+    assert!(ok, "contaminated base vs student: {worst:e}");
+    // ... and differ from our adapter-free base log-probs.
+    let (worst, _) = within(
+        &f64s(&it.targets.base_logprobs),
+        &floats(&bad["base_logprobs"]),
+        0.0,
+        0.0,
+    );
+    assert!(
+        worst > 1e-3,
+        "base log-probs should differ, max |d| {worst:e}"
+    );
+    // Same ids either way.
+    assert_eq!(
+        it.prepared.teacher_input_ids(),
+        ids(&bad["teacher_input_ids"])
+    );
+}
