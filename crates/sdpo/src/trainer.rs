@@ -243,7 +243,7 @@ fn gather_logprobs(logits: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
 /// (ties: lower id first).
 fn topk_rows(lp: &[f32], v: usize, k: usize) -> (Vec<f32>, Vec<u32>) {
     let k = k.min(v);
-    let rows = if v == 0 { 0 } else { lp.len() / v };
+    let rows = lp.len().checked_div(v).unwrap_or(0);
     let mut vals = Vec::with_capacity(rows * k);
     let mut idxs = Vec::with_capacity(rows * k);
     let mut order: Vec<u32> = Vec::with_capacity(v);
