@@ -24,6 +24,7 @@ fn clip_grad_norm_scales_by_total_norm_like_torch() {
 
 /// Three AdamW steps against the textbook formulas evaluated in f64.
 #[test]
+#[allow(clippy::needless_range_loop)]
 fn adamw_matches_decoupled_adam_formula() {
     let (lr, b1, b2, eps, wd) = (1e-2, 0.9f64, 0.999f64, 1e-8, 0.01);
     let grads = [
