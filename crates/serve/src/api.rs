@@ -696,6 +696,7 @@ struct Run {
     open: usize,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start_run(
     st: &AppState,
     prompts: Vec<Vec<u32>>,
@@ -1311,12 +1312,12 @@ async fn completions(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
             };
             let mut offsets = vec![0usize; run.choices.len()];
             if echo {
-                for i in 0..run.choices.len() {
+                for (i, off) in offsets.iter_mut().enumerate() {
                     let text = st
                         .tokenizer
                         .decode(&run.prompts[i / n], skip)
                         .unwrap_or_default();
-                    offsets[i] = text.len();
+                    *off = text.len();
                     let c = json!([{"index": i, "text": text, "logprobs": null, "finish_reason": null, "stop_reason": null}]);
                     if tx.send(sse(&chunk(c, None))).await.is_err() {
                         return;
@@ -1333,10 +1334,7 @@ async fn completions(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
                 };
                 for d in deltas {
                     let lp = match (&d.lp, want_lp) {
-                        (Some(l), true) => {
-                            let v = completion_lps(&st, &[(l.token, Some(l))], offsets[d.index]);
-                            v
-                        }
+                        (Some(l), true) => completion_lps(&st, &[(l.token, Some(l))], offsets[d.index]),
                         _ => Value::Null,
                     };
                     if d.text.is_empty() && d.finish.is_none() && lp.is_null() {
