@@ -102,3 +102,84 @@ fn tiny_vocab_size_parity() {
     let tok = Tokenizer::from_file(fixtures().join("tiny-qwen3/tokenizer.json")).unwrap();
     assert_eq!(tok.vocab_size() as u64, cfg["vocab_size"].as_u64().unwrap());
 }
+
+#[test]
+fn distill_step_tokenization_parity() {
+    // The reference's student input = encode(prompt, add_special_tokens=True) ++ encode(response);
+    // teacher input = chat template over teacher_messages with a generation prompt, then the
+    // response ids.
+    let fx = load_json("distill_step.json");
+    let dir = fixtures().join("tiny-qwen3");
+    let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let tmpl = ChatTemplate::from_config(&TokenizerConfig::from_dir(&dir).unwrap()).unwrap();
+    let req = &fx["request"];
+    let prompt_ids = tok.encode(req["prompt"].as_str().unwrap(), true).unwrap();
+    let response_ids = tok
+        .encode(req["response"].as_str().unwrap(), false)
+        .unwrap();
+    assert_eq!(prompt_ids, ids(&fx["prompt_ids"]));
+    assert_eq!(response_ids, ids(&fx["response_ids"]));
+    let student: Vec<u32> = prompt_ids.iter().chain(&response_ids).copied().collect();
+    assert_eq!(student, ids(&fx["student_input_ids"]));
+
+    let text = tmpl
+        .render(fx["teacher_messages"].as_array().unwrap(), None, true, None)
+        .unwrap();
+    assert_eq!(text, fx["teacher_prompt_text"].as_str().unwrap());
+    let teacher_prompt = tok.encode(&text, false).unwrap();
+    assert_eq!(teacher_prompt, ids(&fx["teacher_prompt_ids"]));
+    let teacher: Vec<u32> = teacher_prompt
+        .iter()
+        .chain(&response_ids)
+        .copied()
+        .collect();
+    assert_eq!(teacher, ids(&fx["teacher_input_ids"]));
+}
+
+#[test]
+fn builtin_tokenizer_transformers_parity() {
+    // tests/data/builtin_transformers.json was recorded by loading the builtin files with
+    // transformers' AutoTokenizer (see its description).
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/builtin_transformers.json"
+    );
+    let fx: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let tok = Tokenizer::from_json_str(&claas_chat::builtin::tokenizer_json()).unwrap();
+    let cfg =
+        TokenizerConfig::from_json_str(&claas_chat::builtin::tokenizer_config_json()).unwrap();
+    let tmpl = ChatTemplate::from_config(&cfg).unwrap();
+    assert_eq!(
+        tok.vocab_size() as u64,
+        fx["len_tokenizer"].as_u64().unwrap()
+    );
+    let eos = cfg.eos_token.as_deref().unwrap();
+    let pad = cfg.pad_token.as_deref().unwrap();
+    assert_eq!(
+        tok.token_to_id(eos).map(u64::from),
+        fx["eos_token_id"].as_u64()
+    );
+    assert_eq!(
+        tok.token_to_id(pad).map(u64::from),
+        fx["pad_token_id"].as_u64()
+    );
+    let cases = fx["cases"].as_array().unwrap();
+    assert!(!cases.is_empty());
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let text = tmpl
+            .render(
+                case["messages"].as_array().unwrap(),
+                case["tools"].as_array().map(|t| t.as_slice()),
+                case["add_generation_prompt"].as_bool().unwrap(),
+                case["chat_template_kwargs"].as_object(),
+            )
+            .unwrap();
+        assert_eq!(text, case["expected_text"].as_str().unwrap(), "{name}");
+        assert_eq!(
+            tok.encode(&text, false).unwrap(),
+            ids(&case["expected_ids"]),
+            "{name}"
+        );
+    }
+}
