@@ -475,7 +475,29 @@ fn merged_json(path: &Path, ours: Value, drop_rejected: bool) -> Result<Value, O
         }
     }
     merge(&mut base, ours);
+    if drop_rejected {
+        allow_plugin(&mut base);
+    }
     Ok(base)
+}
+
+/// `plugins.allow` is an exclusive list: when a user has one, the plugin must be on it to load.
+/// Without one OpenClaw auto-loads discovered plugins, and creating it would shut out others.
+fn allow_plugin(config: &mut Value) {
+    if let Some(allow) = config
+        .pointer_mut("/plugins/allow")
+        .and_then(Value::as_array_mut)
+    {
+        if !allow.iter().any(|v| v == PLUGIN_ID) {
+            allow.push(json!(PLUGIN_ID));
+        }
+    }
+    if let Some(deny) = config
+        .pointer_mut("/plugins/deny")
+        .and_then(Value::as_array_mut)
+    {
+        deny.retain(|v| v != PLUGIN_ID);
+    }
 }
 
 /// Objects merge recursively; anything else in `ours` replaces what is there.

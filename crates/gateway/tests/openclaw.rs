@@ -161,7 +161,11 @@ fn an_existing_config_is_merged_and_the_rejected_seed_keys_dropped() {
             "discord": {"enabled": true}
         },
         "agents": {"defaults": {"models": {"openai/gpt-5": {"alias": "gpt"}}}},
-        "plugins": {"entries": {"claas-feedback": {"enabled": false}, "other": {"enabled": true}}}
+        "plugins": {
+            "allow": ["other"],
+            "deny": ["claas-feedback"],
+            "entries": {"claas-feedback": {"enabled": false}, "other": {"enabled": true}}
+        }
     });
     fs::write(&s.config_path, serde_json::to_string(&existing).unwrap()).unwrap();
     #[cfg(unix)]
@@ -192,6 +196,9 @@ fn an_existing_config_is_merged_and_the_rejected_seed_keys_dropped() {
     );
     assert_eq!(c["plugins"]["entries"]["claas-feedback"]["enabled"], true);
     assert_eq!(c["plugins"]["entries"]["other"]["enabled"], true);
+    // An exclusive allow-list must name the plugin or OpenClaw will not load it.
+    assert_eq!(c["plugins"]["allow"], json!(["other", "claas-feedback"]));
+    assert_eq!(c["plugins"]["deny"], json!([]));
     #[cfg(unix)]
     assert_eq!(
         mode(&s.config_path),
@@ -259,6 +266,10 @@ fn the_adapter_name_follows_lora_name() {
     s.base_model_id = "claas-demo".into();
     let report = write_openclaw_config(&s).unwrap();
     let c = read_json(&report.config_path);
+    assert!(
+        c["plugins"].get("allow").is_none(),
+        "no allow-list is created"
+    );
     assert_eq!(
         c["agents"]["defaults"]["model"]["primary"],
         "local/team-helper-latest"

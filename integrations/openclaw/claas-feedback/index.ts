@@ -155,6 +155,7 @@ const plugin = {
         fromQueue = state.pendingSenders.shift();
       }
       const sender = fromCtx ?? fromRun ?? fromQueue;
+      const source = fromCtx ? "context" : fromRun ? "run" : fromQueue ? "queue" : "none";
       const session = str(ctx.sessionKey);
 
       if (!Array.isArray(messages) || messages.length === 0) return;
@@ -167,7 +168,7 @@ const plugin = {
       const sessionKey = sessionStoreKey(session);
       if (sessionKey) state.store.set(sessionKey, entry);
       logDebug(
-        `[claas-feedback] agent_end: sender=${sender ? redact(sender) : "-"} session=${session ? "yes" : "no"} messages=${messages.length}`,
+        `[claas-feedback] agent_end: sender=${sender ? redact(sender) : "-"} (from ${source}) session=${session ? "yes" : "no"} messages=${messages.length}`,
       );
     });
 
@@ -180,19 +181,25 @@ const plugin = {
         if (!feedbackText) return { text: "Usage: /feedback <your feedback here>" };
 
         const channel = str(ctx.channel) ?? str(ctx.channelId);
+        // Sender first: OpenClaw's default DM scope shares one session between all direct
+        // chats, so the session key alone could find someone else's exchange.
         const candidates = [
-          sessionStoreKey(str(ctx.sessionKey)),
           senderKey(channel, str(ctx.from)),
           senderKey(channel, str(ctx.senderId)),
+          sessionStoreKey(str(ctx.sessionKey)),
         ].filter((k): k is string => Boolean(k));
         if (candidates.length === 0) return { text: "Could not identify sender. Please try again." };
 
         let cached;
+        let matched = "-";
         for (const key of candidates) {
           cached = state.store.get(key);
-          if (cached) break;
+          if (cached) {
+            matched = redact(key);
+            break;
+          }
         }
-        logDebug(`[claas-feedback] /feedback lookup: keys=${candidates.map(redact).join(",")} found=${Boolean(cached)}`);
+        logDebug(`[claas-feedback] /feedback lookup: keys=${candidates.map(redact).join(",")} matched=${matched}`);
         if (!cached) {
           return { text: "No recent conversation found. Chat with the bot first, then use /feedback." };
         }
