@@ -228,6 +228,8 @@ async fn feedback_inner(
     let backend = state.backend().clone();
     let orch = &req.orchestration;
     let mut items = req.items.clone();
+    // Items whose rollout log-probs we fetched (not given by the client).
+    let mut fetched: Vec<usize> = Vec::new();
 
     if orch.sleep_before && backend.needs_sleep() {
         p.phase = "drain";
@@ -246,12 +248,18 @@ async fn feedback_inner(
         if let Some(model) = model {
             p.phase = "logprobs";
             let t = Instant::now();
-            for item in items.iter_mut().filter(|i| i.rollout_logprobs.is_none()) {
+            for (i, item) in items.iter_mut().enumerate() {
+                if item.rollout_logprobs.is_some() {
+                    continue;
+                }
                 match backend
                     .rollout_logprobs(&item.prompt, &item.response, &model)
                     .await
                 {
-                    Ok(lp) => item.rollout_logprobs = Some(lp),
+                    Ok(lp) => {
+                        item.rollout_logprobs = Some(lp);
+                        fetched.push(i);
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, model, "failed to fetch rollout logprobs; the trainer will use the current policy")
                     }
@@ -278,7 +286,7 @@ async fn feedback_inner(
         .map_err(|e| {
             ApiError::Internal(format!("Feedback update failed in phase 'distill': {e}"))
         })?;
-    let job = DistillJob {
+    let mut job = DistillJob {
         adapter_id: resolved.id.clone(),
         adapter_dir: resolved.dir.clone(),
         optimizer_dir,
@@ -286,9 +294,22 @@ async fn feedback_inner(
         items,
     };
     let t = Instant::now();
-    let output = run_distill(engine, job)
-        .await
-        .map_err(|e| engine_error("distill", e))?;
+    let output = match run_distill(engine.clone(), job.clone()).await {
+        Ok(o) => o,
+        // The server tokenises prompt + response as one string, which can split the boundary
+        // differently from the trainer; then drop the fetched values and train on-policy
+        // rather than fail a request the client made correctly.
+        Err(EngineError::BadInput(m)) if !fetched.is_empty() => {
+            tracing::warn!(error = %m, "fetched rollout logprobs rejected by the trainer; retrying without them");
+            for i in &fetched {
+                job.items[*i].rollout_logprobs = None;
+            }
+            run_distill(engine, job)
+                .await
+                .map_err(|e| engine_error("distill", e))?
+        }
+        Err(e) => return Err(engine_error("distill", e)),
+    };
     p.timing.distill = ms(t);
     let metadata = output.metadata.clone();
 
