@@ -2,9 +2,10 @@
 //! library crates together behind a command line.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "claas", version, about = "Continual learning as a service")]
@@ -15,11 +16,50 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole stack in one process: serving (:8000), the feedback API (:8080) and, with
+    /// TELEGRAM_BOT_TOKEN set, the Telegram gateway. Runs `init` first.
+    Up(UpArgs),
+    /// vLLM-compatible inference server (same flags as `vllm serve`).
+    Serve(claas_serve::ServeConfig),
+    /// The CLaaS feedback API with the SDPO trainer (configured by environment variables).
+    Api(ApiArgs),
+    /// The Telegram chat gateway (TELEGRAM_BOT_TOKEN, VLLM_BASE_URL, CLAAS_API_URL).
+    Gateway,
+    /// Idempotent set-up: initial adapter, `-latest` alias, OpenClaw config and plugin.
+    Init,
     /// Benchmarks (figures printed as ratios against baselines measured in the same run).
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
     },
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Base model: `builtin:tiny` (demo), a folder, or a hub id such as Qwen/Qwen3-0.6B.
+    #[arg(long, env = "MODEL", default_value = "builtin:tiny")]
+    model: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port of the OpenAI/vLLM-compatible server.
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Port of the CLaaS feedback API.
+    #[arg(long, env = "CLAAS_API_PORT", default_value_t = 8080)]
+    api_port: u16,
+    /// Key required on the serving /v1 routes.
+    #[arg(long, env = "VLLM_API_KEY", default_value = "sk-local")]
+    api_key: String,
+    #[arg(long, env = "MAX_MODEL_LEN")]
+    max_model_len: Option<usize>,
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
 }
 
 #[derive(Subcommand)]
@@ -35,9 +75,66 @@ enum BenchWhat {
     },
 }
 
+/// Where adapters and logs live when the environment does not say: the user's data folder.
+fn data_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("CLAAS_HOME") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("claas")
+}
+
+fn env_path(name: &str, default: PathBuf) -> PathBuf {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or(default)
+}
+
+fn lora_root() -> PathBuf {
+    env_path("CLAAS_LORA_ROOT", data_dir().join("loras"))
+}
+
+fn feedback_log_dir() -> PathBuf {
+    env_path("FEEDBACK_LOG_DIR", data_dir().join("feedback-logs"))
+}
+
+fn lora_name() -> String {
+    std::env::var("LORA_NAME")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "openclaw/assistant".to_string())
+}
+
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
+        Command::Up(a) => rt.block_on(up(a)),
+        Command::Serve(cfg) => rt.block_on(async {
+            claas_serve::serve(cfg, ctrl_c()).await?;
+            Ok(())
+        }),
+        Command::Api(a) => rt.block_on(api(a)),
+        Command::Gateway => rt.block_on(async {
+            let cfg = claas_gateway::GatewayConfig::from_env()?;
+            claas_gateway::run(cfg, ctrl_c()).await?;
+            Ok(())
+        }),
+        Command::Init => init(),
         Command::Bench { what } => match what {
             BenchWhat::Model { torch_json, quick } => {
                 let torch = torch_json
@@ -45,8 +142,159 @@ fn main() -> anyhow::Result<()> {
                     .transpose()
                     .context("reading the torch anchor JSON")?;
                 claas_bench::model::run(torch.as_ref(), quick)?;
+                Ok(())
             }
         },
     }
+}
+
+fn openclaw_settings(
+    api_url: &str,
+    serve_url: &str,
+) -> anyhow::Result<claas_gateway::openclaw::OpenClawSettings> {
+    let defaults = [("VLLM_BASE_URL", serve_url), ("CLAAS_API_URL", api_url)];
+    let lookup = |k: &str| {
+        std::env::var(k).ok().or_else(|| {
+            defaults
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    };
+    Ok(claas_gateway::openclaw::OpenClawSettings::from_lookup(
+        lookup,
+    )?)
+}
+
+fn init() -> anyhow::Result<()> {
+    let settings = claas_stack::InitSettings {
+        lora_root: lora_root(),
+        lora_name: lora_name(),
+        model: std::env::var("MODEL").unwrap_or_else(|_| "builtin:tiny".into()),
+        lora_r: 32,
+        lora_alpha: 64,
+        openclaw: Some(openclaw_settings(
+            "http://localhost:8080",
+            "http://localhost:8000/v1",
+        )?),
+    };
+    let summary = claas_stack::run_init(&settings)?;
+    for line in summary.lines() {
+        println!("{line}");
+    }
+    if !summary.changed() {
+        println!("(second run: nothing to do)");
+    }
     Ok(())
+}
+
+async fn up(a: UpArgs) -> anyhow::Result<()> {
+    let host_for_urls = if a.host == "0.0.0.0" {
+        "localhost"
+    } else {
+        a.host.as_str()
+    };
+    let serve_url = format!("http://{host_for_urls}:{}/v1", a.port);
+    let api_url = format!("http://{host_for_urls}:{}", a.api_port);
+    // Only touch OpenClaw's config when the user has OpenClaw (or points us at a home for it).
+    let has_openclaw = std::env::var_os("OPENCLAW_HOME").is_some()
+        || std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".openclaw").is_dir())
+            .unwrap_or(false);
+    let openclaw = if has_openclaw {
+        Some(openclaw_settings(&api_url, &serve_url)?)
+    } else {
+        None
+    };
+    let telegram = match std::env::var("TELEGRAM_BOT_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => Some(claas_gateway::GatewayConfig::from_env()?),
+        _ => None,
+    };
+    let gateway_on = telegram.is_some();
+    let cfg = claas_stack::UpConfig {
+        model: a.model.clone(),
+        host: a.host.clone(),
+        serve_port: a.port,
+        api_port: a.api_port,
+        api_key: Some(a.api_key.clone()).filter(|k| !k.is_empty()),
+        lora_root: lora_root(),
+        feedback_log_dir: feedback_log_dir(),
+        lora_name: lora_name(),
+        max_model_len: a.max_model_len,
+        telegram,
+        openclaw,
+        api: claas_api::ApiConfig::from_env()?,
+    };
+    let key = a.api_key.clone();
+    let lora_served = format!("{}-latest", lora_name()).replace('/', "-");
+    claas_stack::up(cfg, ctrl_c(), move |addrs| {
+        println!();
+        println!("claas is up (model {})", a.model);
+        println!("  OpenAI/vLLM-compatible server  http://{}/v1   (key {key})", addrs.serve);
+        println!("  CLaaS feedback API             http://{}      (docs at /docs)", addrs.api);
+        println!(
+            "  Telegram gateway               {}",
+            if gateway_on { "on" } else { "off (set TELEGRAM_BOT_TOKEN)" }
+        );
+        println!();
+        println!("Try:");
+        println!(
+            "  curl http://{}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    -d '{{\"model\": \"{lora_served}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}], \"max_tokens\": 32}}'",
+            addrs.serve
+        );
+        println!(
+            "  curl -X POST http://{}/v1/feedback -H 'Content-Type: application/json' \\\n    -d '{{\"lora_id\": \"{}-latest\", \"prompt\": \"hi\", \"response\": \"hello\", \"feedback\": \"good\", \"training\": {{\"teacher_mode\": \"self\"}}}}'",
+            addrs.api,
+            lora_name()
+        );
+        println!("Ctrl-C stops everything.");
+    })
+    .await?;
+    Ok(())
+}
+
+async fn api(a: ApiArgs) -> anyhow::Result<()> {
+    let mut cfg = claas_api::ApiConfig::from_env()?;
+    cfg.lora_root = lora_root();
+    cfg.feedback_log_dir = feedback_log_dir();
+    let state = claas_api::ApiState::from_config(cfg.clone())?;
+    // The API answers at once; the trainer is installed when the base model has loaded.
+    let st = state.clone();
+    let spec = cfg.base_model_id.clone();
+    tokio::task::spawn_blocking(move || match load_trainer(&spec) {
+        Ok(engine) => {
+            st.set_engine(engine);
+            tracing::info!("SDPO trainer ready on {spec}");
+        }
+        Err(e) => tracing::error!("cannot load base model {spec} for training: {e:#}"),
+    });
+    let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port)).await?;
+    tracing::info!("claas api on http://{}", listener.local_addr()?);
+    axum::serve(listener, claas_api::router(state))
+        .with_graceful_shutdown(ctrl_c())
+        .await?;
+    Ok(())
+}
+
+fn load_trainer(spec: &str) -> anyhow::Result<Arc<claas_stack::SdpoEngine>> {
+    let dir = claas_model::resolve_model(spec)?;
+    let model = Arc::new(claas_model::Qwen3::load(
+        &dir,
+        &claas_model::LoadOptions::default(),
+    )?);
+    let tokenizer = Arc::new(claas_chat::Tokenizer::from_file(
+        dir.join("tokenizer.json"),
+    )?);
+    let template =
+        claas_chat::ChatTemplate::from_config(&claas_chat::TokenizerConfig::from_dir(&dir)?)?;
+    let trainer = Arc::new(claas_sdpo::Trainer::new(
+        model,
+        tokenizer.clone(),
+        Arc::new(template),
+    ));
+    Ok(Arc::new(claas_stack::SdpoEngine::new(
+        trainer,
+        tokenizer,
+        spec.to_string(),
+    )))
 }

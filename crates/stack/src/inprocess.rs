@@ -1,0 +1,163 @@
+//! The feedback API's view of a serving engine in the same process (`claas up`): no drain,
+//! no sleep (serving and training share one copy of the base weights), and an adapter swap is
+//! a registry update that in-flight requests never see (they keep the adapter they started with).
+
+use std::path::Path;
+use std::time::Duration;
+
+use claas_api::backend::{Backend, BackendError, BackendHealth, BoxFut};
+use claas_chat::Tokenizer;
+use claas_engine::{Engine, Event, GenerateRequest, SamplingParams};
+
+/// [`Backend`] over an in-process [`Engine`].
+#[derive(Clone)]
+pub struct InProcessBackend {
+    engine: Engine,
+    tokenizer: Tokenizer,
+}
+
+impl InProcessBackend {
+    /// Wraps a running engine and the tokenizer of its model.
+    pub fn new(engine: Engine, tokenizer: Tokenizer) -> Self {
+        InProcessBackend { engine, tokenizer }
+    }
+
+    fn fail(message: String) -> BackendError {
+        BackendError::Protocol {
+            url: "in-process engine".into(),
+            message,
+        }
+    }
+
+    /// The reference's recipe, without HTTP: count the prompt's tokens, score prompt + response
+    /// with prompt log-probabilities, keep the entries after the prompt.
+    async fn logprobs(
+        &self,
+        prompt: &str,
+        response: &str,
+        adapter: &str,
+    ) -> Result<Vec<f32>, BackendError> {
+        let count = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| Self::fail(e.to_string()))?
+            .len();
+        let ids = self
+            .tokenizer
+            .encode(&format!("{prompt}{response}"), true)
+            .map_err(|e| Self::fail(e.to_string()))?;
+        let adapter = (!adapter.is_empty() && self.engine.adapter(adapter).is_some())
+            .then(|| adapter.to_string());
+        let req = GenerateRequest {
+            prompt: ids,
+            adapter,
+            params: SamplingParams {
+                temperature: 0.0,
+                max_tokens: 1,
+                ..SamplingParams::default()
+            },
+            n: 1,
+            prompt_logprobs: Some(0),
+        };
+        let mut handle = self
+            .engine
+            .submit(req)
+            .map_err(|e| Self::fail(e.to_string()))?;
+        while let Some(ev) = handle.events.recv().await {
+            match ev {
+                Event::PromptLogprobs(entries) => {
+                    return Ok(entries
+                        .into_iter()
+                        .skip(count)
+                        .map(|e| e.map(|t| t.logprob).unwrap_or(0.0))
+                        .collect());
+                }
+                Event::Error(e) => return Err(Self::fail(e)),
+                _ => {}
+            }
+        }
+        Err(Self::fail(
+            "the engine ended the request without prompt logprobs".into(),
+        ))
+    }
+}
+
+impl Backend for InProcessBackend {
+    fn kind(&self) -> &'static str {
+        "in-process"
+    }
+
+    fn needs_sleep(&self) -> bool {
+        false
+    }
+
+    fn serves_adapters(&self) -> bool {
+        true
+    }
+
+    fn health(&self) -> BoxFut<'_, BackendHealth> {
+        Box::pin(async move {
+            let sleeping = self.engine.sleep_level() > 0;
+            BackendHealth {
+                status: if sleeping { "sleeping" } else { "ok" }.into(),
+                kind: "in-process".into(),
+                url: None,
+                sleeping: Some(sleeping),
+                error: None,
+            }
+        })
+    }
+
+    fn drain(&self, _timeout: Duration) -> BoxFut<'_, Result<(), BackendError>> {
+        // Training does not need the engine idle: it uses the same frozen weights read-only.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn rollout_logprobs<'a>(
+        &'a self,
+        prompt: &'a str,
+        response: &'a str,
+        adapter: &'a str,
+    ) -> BoxFut<'a, Result<Vec<f32>, BackendError>> {
+        Box::pin(self.logprobs(prompt, response, adapter))
+    }
+
+    fn sleep(&self, level: u8) -> BoxFut<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let engine = self.engine.clone();
+            tokio::task::spawn_blocking(move || engine.sleep(level))
+                .await
+                .map_err(|e| Self::fail(e.to_string()))?
+                .map(|_| ())
+                .map_err(|e| Self::fail(e.to_string()))
+        })
+    }
+
+    fn wake(&self) -> BoxFut<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let engine = self.engine.clone();
+            tokio::task::spawn_blocking(move || engine.wake_up())
+                .await
+                .map_err(|e| Self::fail(e.to_string()))?
+                .map(|_| ())
+                .map_err(|e| Self::fail(e.to_string()))
+        })
+    }
+
+    fn reload_adapter<'a>(
+        &'a self,
+        name: &'a str,
+        path: &'a Path,
+    ) -> BoxFut<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let engine = self.engine.clone();
+            let (name, path) = (name.to_string(), path.to_path_buf());
+            // Loading under an existing name replaces it atomically: no unload gap.
+            tokio::task::spawn_blocking(move || engine.load_adapter(&name, &path))
+                .await
+                .map_err(|e| Self::fail(e.to_string()))?
+                .map(|_| ())
+                .map_err(|e| Self::fail(e.to_string()))
+        })
+    }
+}

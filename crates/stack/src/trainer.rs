@@ -1,0 +1,157 @@
+//! The feedback API's training engine: the SDPO trainer on a shared base model.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use claas_api::engine::{
+    DistillJob, DistillOutput, EngineError, ScoreOutput, TrainedArtifacts, TrainingEngine,
+};
+use claas_chat::Tokenizer;
+use claas_model::{LoraAdapter, Qwen3};
+use claas_sdpo::{AdamState, FeedbackItem, SdpoError, TeacherMode, Trainer, TrainingConfig};
+use serde_json::{Map, Value};
+
+/// [`TrainingEngine`] over [`claas_sdpo::Trainer`].
+pub struct SdpoEngine {
+    trainer: Arc<Trainer>,
+    tokenizer: Arc<Tokenizer>,
+    base_model_id: String,
+    config_json: Value,
+}
+
+impl SdpoEngine {
+    /// `base_model_id` is the spec the model was loaded from (what `/v1/lora/init` compares).
+    pub fn new(trainer: Arc<Trainer>, tokenizer: Arc<Tokenizer>, base_model_id: String) -> Self {
+        let config_json = trainer.model().config().to_json();
+        SdpoEngine {
+            trainer,
+            tokenizer,
+            base_model_id,
+            config_json,
+        }
+    }
+
+    fn model(&self) -> &Arc<Qwen3> {
+        self.trainer.model()
+    }
+
+    fn load_adapter(&self, dir: &Path) -> Result<LoraAdapter, EngineError> {
+        let m = self.model();
+        LoraAdapter::load(dir, m.config(), m.device(), m.dtype())
+            .map_err(|e| EngineError::BadInput(format!("cannot load adapter: {e}")))
+    }
+}
+
+fn map_err(e: SdpoError) -> EngineError {
+    if e.is_bad_input() {
+        EngineError::BadInput(e.to_string())
+    } else {
+        EngineError::Internal(e.to_string())
+    }
+}
+
+struct Artifacts {
+    adapter: LoraAdapter,
+    optimizer: AdamState,
+}
+
+impl TrainedArtifacts for Artifacts {
+    fn save_adapter(&self, dir: &Path) -> Result<(), EngineError> {
+        self.adapter
+            .save(dir)
+            .map_err(|e| EngineError::Internal(e.to_string()))
+    }
+
+    fn save_optimizer(&self, dir: &Path) -> Result<(), EngineError> {
+        self.optimizer.save(dir).map_err(map_err)
+    }
+}
+
+impl TrainingEngine for SdpoEngine {
+    fn base_model_id(&self) -> &str {
+        &self.base_model_id
+    }
+
+    fn base_model_config(&self) -> Option<Value> {
+        Some(self.config_json.clone())
+    }
+
+    fn distill(&self, job: &DistillJob) -> Result<DistillOutput, EngineError> {
+        let adapter = self.load_adapter(&job.adapter_dir)?;
+        let opt = match &job.optimizer_dir {
+            Some(dir) => AdamState::load(dir).map_err(map_err)?,
+            None => None,
+        };
+        let t = &job.training;
+        let teacher_mode = match t.teacher_mode.as_str() {
+            "self" => TeacherMode::SelfTeacher,
+            "remote" => TeacherMode::Remote,
+            other => {
+                return Err(EngineError::BadInput(format!(
+                    "teacher_mode must be 'self' or 'remote', got {other:?}"
+                )))
+            }
+        };
+        let cfg = TrainingConfig {
+            learning_rate: t.learning_rate,
+            alpha: t.alpha,
+            is_clip: t.is_clip,
+            max_grad_norm: t.max_grad_norm,
+            kl_reg_weight: t.kl_reg_weight,
+            teacher_top_k: t.teacher_top_k as usize,
+            steps_per_batch: t.steps_per_batch as usize,
+            teacher_mode,
+        };
+        let items: Vec<FeedbackItem> = job
+            .items
+            .iter()
+            .map(|i| FeedbackItem {
+                prompt: i.prompt.clone(),
+                response: i.response.clone(),
+                feedback: i.feedback.clone(),
+                rollout_logprobs: i.rollout_logprobs.clone(),
+            })
+            .collect();
+        let out = self
+            .trainer
+            .distill(&adapter, opt, &items, &cfg)
+            .map_err(map_err)?;
+        let mut metadata = match serde_json::to_value(&out.metadata) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        if let Ok(timings) = serde_json::to_value(&out.timings) {
+            metadata.insert("timings_ms".into(), timings);
+        }
+        Ok(DistillOutput {
+            metadata,
+            artifacts: Box::new(Artifacts {
+                adapter: out.adapter,
+                optimizer: out.optimizer,
+            }),
+        })
+    }
+
+    fn score(
+        &self,
+        adapter_dir: Option<&Path>,
+        prompt: &str,
+        response: &str,
+    ) -> Result<ScoreOutput, EngineError> {
+        let adapter = adapter_dir.map(|d| self.load_adapter(d)).transpose()?;
+        let logprobs = self
+            .trainer
+            .score(adapter.as_ref(), prompt, response)
+            .map_err(map_err)?;
+        let prompt_tokens = self
+            .tokenizer
+            .encode(prompt, true)
+            .map(|v| v.len())
+            .unwrap_or(0);
+        Ok(ScoreOutput {
+            logprobs,
+            tokens: Vec::new(),
+            prompt_tokens,
+        })
+    }
+}
