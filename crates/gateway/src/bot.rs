@@ -61,7 +61,7 @@ where
         .build()
         .map_err(GatewayError::HttpClient)?;
     let tg = TelegramClient::new(http.clone(), &cfg.telegram_api_url, &cfg.telegram_bot_token);
-    let bot = Arc::new(Bot {
+    let mut bot = Bot {
         chat: ChatBackend::new(
             http.clone(),
             &cfg.vllm_base_url,
@@ -77,8 +77,9 @@ where
             cfg.max_history_messages,
         )),
         tg: tg.clone(),
+        username: None,
         cfg,
-    });
+    };
     tokio::pin!(shutdown);
 
     let mut backoff = Backoff::new(bot.cfg.retry_base, bot.cfg.retry_max);
@@ -96,6 +97,7 @@ where
                     bot.cfg.model,
                     bot.cfg.claas_api_url
                 );
+                bot.username = me.username;
                 break;
             }
             Err(e) => {
@@ -113,6 +115,7 @@ where
         }
     }
 
+    let bot = Arc::new(bot);
     let mut offset: i64 = 0;
     let mut tasks = JoinSet::new();
     let mut chains: HashMap<i64, oneshot::Receiver<()>> = HashMap::new();
@@ -257,6 +260,8 @@ struct Bot {
     chat: ChatBackend,
     claas: ClaasClient,
     convs: Mutex<Conversations>,
+    /// Our @username, to ignore `/command@OtherBot` in groups.
+    username: Option<String>,
 }
 
 impl Bot {
@@ -287,7 +292,8 @@ impl Bot {
             return;
         };
         match parse_command(text) {
-            Some((cmd, args)) => match cmd.as_str() {
+            Some(cmd) if cmd.target.as_deref().is_some_and(|t| !self.is_me(t)) => {}
+            Some(Command { name, args, .. }) => match name.as_str() {
                 "start" => self.say(chat, START_TEXT).await,
                 "help" => self.say(chat, HELP_TEXT).await,
                 "reset" => {
@@ -302,6 +308,12 @@ impl Bot {
             },
             None => self.reply(chat, text).await,
         }
+    }
+
+    fn is_me(&self, username: &str) -> bool {
+        self.username
+            .as_deref()
+            .is_some_and(|me| me.eq_ignore_ascii_case(username))
     }
 
     /// One chat turn: history + message to the model, typing indicator meanwhile, answer back.
@@ -451,18 +463,33 @@ impl Bot {
     }
 }
 
-/// `/cmd@BotName args` -> `("cmd", "args")`; `None` for ordinary text.
-fn parse_command(text: &str) -> Option<(String, &str)> {
+/// A parsed `/name@target args` command.
+#[derive(Debug, PartialEq, Eq)]
+struct Command<'a> {
+    name: String,
+    target: Option<String>,
+    args: &'a str,
+}
+
+/// `/cmd@BotName args`; `None` for ordinary text.
+fn parse_command(text: &str) -> Option<Command<'_>> {
     let rest = text.strip_prefix('/')?;
     let (head, args) = match rest.find(char::is_whitespace) {
         Some(i) => (&rest[..i], rest[i..].trim_start()),
         None => (rest, ""),
     };
-    let name = head.split('@').next().unwrap_or_default();
+    let (name, target) = match head.split_once('@') {
+        Some((n, t)) => (n, Some(t.to_string())),
+        None => (head, None),
+    };
     if name.is_empty() {
         return None;
     }
-    Some((name.to_ascii_lowercase(), args))
+    Some(Command {
+        name: name.to_ascii_lowercase(),
+        target,
+        args,
+    })
 }
 
 /// Exponential back-off: base, 2×base, … up to max.
@@ -498,14 +525,21 @@ mod tests {
 
     #[test]
     fn commands_are_parsed() {
-        assert_eq!(parse_command("/start"), Some(("start".into(), "")));
+        let c = |name: &str, target: Option<&str>, args| {
+            Some(Command {
+                name: name.into(),
+                target: target.map(String::from),
+                args,
+            })
+        };
+        assert_eq!(parse_command("/start"), c("start", None, ""));
         assert_eq!(
             parse_command("/feedback@MyBot  be shorter please"),
-            Some(("feedback".into(), "be shorter please"))
+            c("feedback", Some("MyBot"), "be shorter please")
         );
         assert_eq!(
             parse_command("/Feedback\nline two"),
-            Some(("feedback".into(), "line two"))
+            c("feedback", None, "line two")
         );
         assert_eq!(parse_command("hello /start"), None);
         assert_eq!(parse_command("/ hi"), None);

@@ -299,6 +299,7 @@ async fn commands_and_non_text_messages_are_answered() {
     let h = Harness::start(|_| {}).await;
     h.tg.push_text(ALICE, "/start");
     h.tg.push_text(ALICE, "/help@test_bot");
+    h.tg.push_text(ALICE, "/reset@some_other_bot");
     h.tg.push_text(ALICE, "/frobnicate");
     h.tg.push_raw(json!({
         "message": {"message_id": 9, "date": 0, "chat": {"id": ALICE, "type": "private"},
