@@ -28,7 +28,8 @@ impl ChatTemplate {
         env.set_keep_trailing_newline(false);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson_filter);
-        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+        env.add_function("strftime_now", strftime_now);
+        env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(source))
             .map_err(|e| ChatError::TemplateSyntax(e.to_string()))?;
         Ok(Self {
             env,
@@ -130,6 +131,130 @@ impl ChatTemplate {
             }
         })
     }
+}
+
+/// transformers' `{% generation %}...{% endgeneration %}` (marks assistant tokens for masks)
+/// renders its body unchanged; minijinja has no such tag, so it becomes an always-true `if`
+/// with the same whitespace-control markers.
+fn rewrite_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(i) = rest.find("{%") {
+        out.push_str(&rest[..i]);
+        let tag = &rest[i..];
+        let Some(end) = tag.find("%}") else {
+            out.push_str(tag);
+            return out;
+        };
+        let inner = &tag[2..end];
+        let (lead, body) = match inner.chars().next() {
+            Some(c @ ('-' | '+')) => (c.to_string(), &inner[1..]),
+            _ => (String::new(), inner),
+        };
+        let (body, trail) = match body.trim_end_matches(char::is_whitespace).chars().last() {
+            Some(c @ ('-' | '+')) => {
+                let b = body.trim_end_matches(char::is_whitespace);
+                (&b[..b.len() - 1], c.to_string())
+            }
+            _ => (body, String::new()),
+        };
+        match body.trim() {
+            "generation" => out.push_str(&format!("{{%{lead} if true {trail}%}}")),
+            "endgeneration" => out.push_str(&format!("{{%{lead} endif {trail}%}}")),
+            _ => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// transformers' `strftime_now(format)` global (Llama-style templates print today's date).
+/// Uses UTC; supports the common `%` codes.
+fn strftime_now(format: String) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    strftime(&format, secs)
+}
+
+pub(crate) fn strftime(format: &str, unix_secs: i64) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
+    let days = unix_secs.div_euclid(86_400);
+    let sod = unix_secs.rem_euclid(86_400);
+    let (h, mi, s) = (sod / 3600, sod % 3600 / 60, sod % 60);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let weekday = (days + 3).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let cum = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let yday = cum[(m - 1) as usize] + d + i64::from(leap && m > 2);
+    let month = MONTHS[(m - 1) as usize];
+    let day = DAYS[weekday];
+    let h12 = if h % 12 == 0 { 12 } else { h % 12 };
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&y.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", y.rem_euclid(100))),
+            Some('m') => out.push_str(&format!("{m:02}")),
+            Some('d') => out.push_str(&format!("{d:02}")),
+            Some('e') => out.push_str(&format!("{d:>2}")),
+            Some('j') => out.push_str(&format!("{yday:03}")),
+            Some('H') => out.push_str(&format!("{h:02}")),
+            Some('I') => out.push_str(&format!("{h12:02}")),
+            Some('M') => out.push_str(&format!("{mi:02}")),
+            Some('S') => out.push_str(&format!("{s:02}")),
+            Some('p') => out.push_str(if h < 12 { "AM" } else { "PM" }),
+            Some('B') => out.push_str(month),
+            Some('b') | Some('h') => out.push_str(&month[..3]),
+            Some('A') => out.push_str(day),
+            Some('a') => out.push_str(&day[..3]),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
 }
 
 /// transformers' `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
@@ -285,4 +410,40 @@ fn normalize_tool_call(call: &Json) -> std::result::Result<Json, String> {
         func.insert("arguments".into(), args);
     }
     Ok(Json::Object(call))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strftime_known_dates() {
+        // 2024-02-29 13:05:09 UTC was a Thursday (day 60 of a leap year).
+        let t = 1_709_211_909;
+        assert_eq!(strftime("%Y-%m-%d %H:%M:%S", t), "2024-02-29 13:05:09");
+        assert_eq!(
+            strftime("%d %b %Y, %A %j %I%p %%", t),
+            "29 Feb 2024, Thursday 060 01PM %"
+        );
+        assert_eq!(strftime("%B %e %y %a", 0), "January  1 70 Thu");
+    }
+
+    #[test]
+    fn generation_tags_become_transparent() {
+        let src =
+            "{%- for m in messages %}{%- generation -%} [{{ m }}] {%- endgeneration %}{% endfor %}";
+        let t = ChatTemplate::new(src).unwrap();
+        let msgs = [Json::from("a"), Json::from("b")];
+        assert_eq!(t.render(&msgs, None, false, None).unwrap(), "[a][b]");
+        assert_eq!(
+            rewrite_generation_tags("{% if x %}{%generation%}"),
+            "{% if x %}{% if true %}"
+        );
+    }
+
+    #[test]
+    fn template_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<ChatTemplate>();
+    }
 }
