@@ -20,6 +20,7 @@ use serde_json::{json, Map, Value};
 struct RealEngine {
     trainer: Trainer,
     config: Value,
+    id: String,
 }
 
 fn map_err(e: SdpoError) -> EngineError {
@@ -48,14 +49,21 @@ impl TrainedArtifacts for Artifacts {
 
 impl RealEngine {
     fn load() -> Self {
-        let dir = claas_model::builtin_model_dir("tiny").unwrap();
-        let model = Qwen3::load(&dir, &LoadOptions::default()).unwrap();
+        Self::load_dir(
+            &claas_model::builtin_model_dir("tiny").unwrap(),
+            "builtin:tiny",
+        )
+    }
+
+    fn load_dir(dir: &Path, id: &str) -> Self {
+        let model = Qwen3::load(dir, &LoadOptions::default()).unwrap();
         let config = model.config().to_json();
         let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-        let tmpl = ChatTemplate::from_config(&TokenizerConfig::from_dir(&dir).unwrap()).unwrap();
+        let tmpl = ChatTemplate::from_config(&TokenizerConfig::from_dir(dir).unwrap()).unwrap();
         RealEngine {
             trainer: Trainer::new(Arc::new(model), Arc::new(tok), Arc::new(tmpl)),
             config,
+            id: id.to_string(),
         }
     }
 
@@ -68,7 +76,7 @@ impl RealEngine {
 
 impl TrainingEngine for RealEngine {
     fn base_model_id(&self) -> &str {
-        "builtin:tiny"
+        &self.id
     }
     fn base_model_config(&self) -> Option<Value> {
         Some(self.config.clone())
@@ -256,4 +264,154 @@ async fn feedback_trains_the_builtin_tiny_adapter() {
         .to_scalar()
         .unwrap();
     assert!(b_sum > 0.0, "trained B should be non-zero");
+}
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ))
+    .to_path_buf()
+}
+
+fn load_st(path: &Path) -> std::collections::HashMap<String, Vec<f64>> {
+    candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| {
+            let v: Vec<f32> = t
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            (
+                k.replace(".default.", "."),
+                v.into_iter().map(f64::from).collect(),
+            )
+        })
+        .collect()
+}
+
+fn close(name: &str, got: f64, want: f64, atol: f64, rtol: f64) {
+    let d = (got - want).abs();
+    assert!(
+        d <= atol + rtol * want.abs(),
+        "{name}: got {got:e}, fixture {want:e} (atol {atol:e}, rtol {rtol:e})"
+    );
+}
+
+/// The fixture's SDPO step through `POST /v1/feedback` and `GET /v1/lora/export`, on the
+/// fixture model, starting from the fixture adapter copied into the root by hand (no optimizer
+/// state yet, so a fresh AdamW as in the reference). Tolerances are check.py's.
+#[tokio::test]
+async fn parity_feedback_and_export_match_distill_step_fixture() {
+    let fx: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("distill_step.json")).unwrap(),
+    )
+    .unwrap();
+    let model_dir = fixtures().join(fx["model"].as_str().unwrap());
+    let engine = RealEngine::load_dir(&model_dir, &model_dir.to_string_lossy());
+    let api = start_api(None, Some(Arc::new(engine)), |_| {}).await;
+
+    let req = &fx["request"];
+    let id = req["lora_id"].as_str().unwrap();
+    let dest = api.root().join(id);
+    std::fs::create_dir_all(&dest).unwrap();
+    let src = fixtures().join(fx["start_adapter"].as_str().unwrap());
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(src.join(f), dest.join(f)).unwrap();
+    }
+
+    let mut body = req.clone();
+    body["training"]["steps_per_batch"] = json!(1);
+    let (s, b) = api.post("/v1/feedback", body).await;
+    assert_eq!(s, 200, "{b}");
+    let got = &b["distill_result"]["metadata"];
+    let want = &fx["metadata"];
+    for k in ["total_loss", "distill_loss", "kl_reg", "mean_is_ratio"] {
+        close(
+            k,
+            got[k].as_f64().unwrap(),
+            want[k].as_f64().unwrap(),
+            1e-6,
+            1e-4,
+        );
+    }
+    close(
+        "clip_fraction",
+        got["clip_fraction"].as_f64().unwrap(),
+        want["clip_fraction"].as_f64().unwrap(),
+        1e-6,
+        0.0,
+    );
+    close(
+        "grad_norm",
+        got["grad_norm"].as_f64().unwrap(),
+        want["grad_norm"].as_f64().unwrap(),
+        0.0,
+        1e-3,
+    );
+    assert_eq!(got["tokens_processed"], want["tokens_processed"]);
+    assert_eq!(got["teacher_mode"], want["teacher_mode"]);
+
+    let r = api
+        .http
+        .get(format!("{}/v1/lora/export?lora_id={id}", api.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec()))
+        .unwrap()
+        .extract(out.path())
+        .unwrap();
+    let got_ad = load_st(&out.path().join("adapter_model.safetensors"));
+    let want_ad = load_st(
+        &fixtures()
+            .join(fx["after_adapter"].as_str().unwrap())
+            .join("adapter_model.safetensors"),
+    );
+    let grads = load_st(&fixtures().join("distill_step_grads.safetensors"));
+    let hp = &fx["hyperparameters"];
+    let (lr, eps) = (hp["lr"].as_f64().unwrap(), hp["eps"].as_f64().unwrap());
+    let c = (hp["max_grad_norm"].as_f64().unwrap() / (want["grad_norm"].as_f64().unwrap() + 1e-6))
+        .min(1.0);
+    assert_eq!(got_ad.len(), want_ad.len(), "adapter tensor count");
+    for (key, w) in &want_ad {
+        let g = got_ad
+            .get(key)
+            .unwrap_or_else(|| panic!("exported adapter lacks {key}"));
+        let rg = &grads[key];
+        assert_eq!(g.len(), w.len(), "{key} size");
+        for i in 0..w.len() {
+            let sens = 1e-7 * eps / (c * rg[i].abs() + eps).powi(2);
+            let tol = 1e-5 + lr * sens.min(2.0);
+            assert!(
+                (g[i] - w[i]).abs() <= tol,
+                "{key}[{i}]: got {} want {} (tol {tol:e})",
+                g[i],
+                w[i]
+            );
+        }
+    }
+    // the optimizer state now sits beside the adapter, and the adapter folder stays plain PEFT
+    assert!(api
+        .state
+        .store()
+        .load_state(id, "optimizer")
+        .unwrap()
+        .is_some());
+    let mut files: Vec<String> = std::fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        vec!["adapter_config.json", "adapter_model.safetensors"]
+    );
 }
