@@ -1334,7 +1334,9 @@ async fn completions(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
                 };
                 for d in deltas {
                     let lp = match (&d.lp, want_lp) {
-                        (Some(l), true) => completion_lps(&st, &[(l.token, Some(l))], offsets[d.index]),
+                        (Some(l), true) => {
+                            completion_lps(&st, &[(l.token, Some(l))], offsets[d.index])
+                        }
                         _ => Value::Null,
                     };
                     if d.text.is_empty() && d.finish.is_none() && lp.is_null() {

@@ -1,0 +1,294 @@
+//! The engine over the tiny fixture model: mixed-adapter continuous batching against the
+//! PyTorch logits, seeds, n, back-pressure, cancellation, sleep, validation.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use claas_engine::{
+    Engine, EngineConfig, EngineError, Event, GenerateRequest, SamplingParams, TokenLogprob,
+};
+use claas_model::{LoadOptions, LoraAdapter, Qwen3};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ))
+}
+
+fn engine(cfg: EngineConfig) -> Engine {
+    let model =
+        Arc::new(Qwen3::load(&fixtures().join("tiny-qwen3"), &LoadOptions::default()).unwrap());
+    let e = Engine::start(model, cfg, None).unwrap();
+    e.load_adapter("r4", &fixtures().join("lora-r4")).unwrap();
+    e
+}
+
+fn req(prompt: Vec<u32>, adapter: Option<&str>, params: SamplingParams) -> GenerateRequest {
+    GenerateRequest {
+        prompt,
+        adapter: adapter.map(str::to_string),
+        params,
+        n: 1,
+        prompt_logprobs: None,
+    }
+}
+
+fn greedy(max_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        max_tokens,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    }
+}
+
+/// Drains a handle: (prompt logprobs, tokens per sequence, finish reasons).
+fn drain(
+    mut h: claas_engine::RequestHandle,
+    n: usize,
+) -> (
+    Option<Vec<Option<TokenLogprob>>>,
+    Vec<Vec<u32>>,
+    Vec<String>,
+) {
+    let mut plp = None;
+    let mut toks = vec![Vec::new(); n];
+    let mut fin = vec![String::new(); n];
+    let mut open = n;
+    while open > 0 {
+        match h
+            .events
+            .blocking_recv()
+            .expect("engine closed the stream early")
+        {
+            Event::PromptLogprobs(v) => plp = Some(v),
+            Event::Token { index, token, .. } => toks[index].push(token),
+            Event::Finished { index, reason, .. } => {
+                fin[index] = reason.as_str().to_string();
+                open -= 1;
+            }
+            Event::Error(e) => panic!("engine error: {e}"),
+        }
+    }
+    (plp, toks, fin)
+}
+
+fn log_softmax(row: &[f64]) -> Vec<f64> {
+    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+    row.iter().map(|x| x - lse).collect()
+}
+
+#[test]
+fn parity_mixed_adapter_chunked_batch_prompt_logprobs() {
+    // A small prefill chunk makes the longer prompts span several steps while the others decode.
+    let e = engine(EngineConfig {
+        prefill_chunk: 7,
+        ..EngineConfig::default()
+    });
+    let mut jobs = Vec::new();
+    for (file, adapter) in [("forward.json", None), ("forward_lora.json", Some("r4"))] {
+        let fx: Value =
+            serde_json::from_str(&std::fs::read_to_string(fixtures().join(file)).unwrap()).unwrap();
+        for seq in fx["sequences"].as_array().unwrap() {
+            let ids: Vec<u32> = seq["input_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            let logits: Vec<Vec<f64>> = seq["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    r.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_f64().unwrap())
+                        .collect()
+                })
+                .collect();
+            let mut r = req(ids.clone(), adapter, greedy(3));
+            r.prompt_logprobs = Some(1);
+            r.params.logprobs = Some(0);
+            jobs.push((file, ids, logits, e.submit(r).unwrap()));
+        }
+    }
+    for (file, ids, logits, h) in jobs {
+        let (plp, toks, fin) = drain(h, 1);
+        let plp = plp.expect("prompt logprobs");
+        assert_eq!(plp.len(), ids.len());
+        assert!(plp[0].is_none());
+        for i in 1..ids.len() {
+            let want = log_softmax(&logits[i - 1]);
+            let got = plp[i].as_ref().unwrap();
+            assert_eq!(got.token, ids[i]);
+            let err = (got.logprob as f64 - want[ids[i] as usize]).abs();
+            assert!(err < 1e-4, "{file} position {i}: error {err}");
+            let best = want.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            assert!((got.top[0].1 as f64 - best).abs() < 1e-4);
+        }
+        // first generated token = argmax of the last fixture row
+        let last = log_softmax(logits.last().unwrap());
+        let argmax = (0..last.len())
+            .max_by(|&a, &b| last[a].partial_cmp(&last[b]).unwrap())
+            .unwrap();
+        assert_eq!(toks[0][0] as usize, argmax, "{file}");
+        assert_eq!(toks[0].len(), 3);
+        assert_eq!(fin[0], "length");
+    }
+}
+
+#[test]
+fn seeds_repeat_and_n_sequences_differ() {
+    let e = engine(EngineConfig::default());
+    let params = SamplingParams {
+        temperature: 1.0,
+        seed: Some(99),
+        max_tokens: 20,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    };
+    let run = |adapter| {
+        let mut r = req(vec![5, 6, 7, 8], adapter, params.clone());
+        r.n = 3;
+        drain(e.submit(r).unwrap(), 3).1
+    };
+    let a = run(Some("r4"));
+    let b = run(Some("r4"));
+    assert_eq!(a, b, "same seed, same outputs");
+    assert!(a.iter().all(|s| s.len() == 20));
+    assert!(
+        a[0] != a[1] || a[1] != a[2],
+        "the n samples of one request should not all coincide"
+    );
+    // stop token ids end a sequence with that token
+    let first = a[0][0];
+    let mut p = params.clone();
+    p.stop_token_ids = vec![first];
+    let mut r = req(vec![5, 6, 7, 8], Some("r4"), p);
+    r.n = 1;
+    let (_, toks, fin) = drain(e.submit(r).unwrap(), 1);
+    assert_eq!(toks[0], vec![first]);
+    assert_eq!(fin[0], "stop");
+}
+
+#[test]
+fn validation_errors() {
+    let e = engine(EngineConfig::default());
+    let err = |r| e.submit(r).err().expect("must fail");
+    assert!(matches!(
+        err(req(vec![], None, greedy(1))),
+        EngineError::EmptyPrompt
+    ));
+    assert!(matches!(
+        err(req(vec![1, 5000], None, greedy(1))),
+        EngineError::TokenOutOfRange { .. }
+    ));
+    assert!(matches!(
+        err(req(vec![1; 500], None, greedy(100))),
+        EngineError::TooLong { .. }
+    ));
+    assert!(matches!(
+        err(req(vec![1], Some("nope"), greedy(1))),
+        EngineError::UnknownAdapter(_)
+    ));
+    let bad = SamplingParams {
+        top_p: 0.0,
+        ..greedy(1)
+    };
+    assert!(matches!(
+        err(req(vec![1], None, bad)),
+        EngineError::InvalidParams(_)
+    ));
+    // adapter of another model shape is refused at load
+    let other = Arc::new(
+        LoraAdapter::init(
+            &claas_model::LoraInit {
+                r: 2,
+                lora_alpha: 4.0,
+                target_modules: vec!["q_proj".into()],
+                use_rslora: false,
+                base_model_name_or_path: None,
+            },
+            &claas_engine::bench::qwen3_0_6b_config(),
+            1,
+            &claas_model::Device::Cpu,
+        )
+        .unwrap(),
+    );
+    assert!(matches!(
+        e.load_adapter_from("x", other),
+        Err(EngineError::Adapter(_))
+    ));
+    assert!(e.adapter("x").is_none());
+}
+
+#[test]
+fn back_pressure_cancel_and_sleep() {
+    let e = engine(EngineConfig {
+        max_num_seqs: 1,
+        max_queue: 2,
+        ..EngineConfig::default()
+    });
+    let mut handles = Vec::new();
+    let mut full = false;
+    for _ in 0..4 {
+        match e.submit(req(vec![1, 2, 3], None, greedy(400))) {
+            Ok(h) => handles.push(h),
+            Err(EngineError::QueueFull(_)) => {
+                full = true;
+                break;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert!(
+        full,
+        "a 1-slot engine with a 2-request queue must refuse the 4th long request"
+    );
+    // dropping every receiver cancels the requests and frees the slots
+    drop(handles);
+    // The engine frees the queue at its next step; until then QueueFull is the right answer.
+    let h = loop {
+        match e.submit(req(vec![1, 2, 3], None, greedy(2))) {
+            Ok(h) => break h,
+            Err(EngineError::QueueFull(_)) => {
+                std::thread::sleep(std::time::Duration::from_millis(2))
+            }
+            Err(other) => panic!("{other}"),
+        }
+    };
+    let (_, toks, _) = drain(h, 1);
+    assert_eq!(toks[0].len(), 2);
+    let m = e.metrics();
+    assert!(
+        m.requests_aborted
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+
+    // explicit cancel of one sequence
+    let h = e.submit(req(vec![1, 2, 3], None, greedy(400))).unwrap();
+    h.cancel(0);
+    let (_, toks, fin) = drain(h, 1);
+    assert_eq!(fin[0], "abort");
+    assert!(toks[0].len() < 400);
+
+    // level 2 needs a loader; level 1 refuses requests until wake
+    assert!(matches!(e.sleep(2), Err(EngineError::SleepMode(_))));
+    assert_eq!(e.sleep_level(), 0);
+    let before = drain(e.submit(req(vec![4, 5], Some("r4"), greedy(8))).unwrap(), 1).1;
+    let rep = e.sleep(1).unwrap();
+    assert_eq!(rep.level, 1);
+    assert!(matches!(
+        e.submit(req(vec![4, 5], None, greedy(1))),
+        Err(EngineError::Sleeping)
+    ));
+    e.wake_up().unwrap();
+    let after = drain(e.submit(req(vec![4, 5], Some("r4"), greedy(8))).unwrap(), 1).1;
+    assert_eq!(before, after);
+}
