@@ -1,0 +1,248 @@
+//! `claas up` end to end on the built-in model: real HTTP servers on 127.0.0.1, real files.
+
+use std::path::Path;
+use std::time::Duration;
+
+use claas_stack::{up, UpConfig};
+use serde_json::{json, Value};
+
+struct Stack {
+    serve: String,
+    api: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), claas_stack::StackError>>,
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    logs: std::path::PathBuf,
+}
+
+impl Stack {
+    async fn start() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("loras");
+        let logs = dir.path().join("logs");
+        let cfg = UpConfig {
+            model: "builtin:tiny".into(),
+            host: "127.0.0.1".into(),
+            serve_port: 0,
+            api_port: 0,
+            api_key: Some("sk-local".into()),
+            lora_root: root.clone(),
+            feedback_log_dir: logs.clone(),
+            lora_name: "openclaw/assistant".into(),
+            max_model_len: None,
+            telegram: None,
+            openclaw: None,
+            api: claas_api::ApiConfig::default(),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(up(
+            cfg,
+            async move {
+                let _ = stop_rx.await;
+            },
+            move |a| {
+                let _ = ready_tx.send(a);
+            },
+        ));
+        let addrs = tokio::time::timeout(Duration::from_secs(120), ready_rx)
+            .await
+            .expect("stack did not come up")
+            .expect("stack failed to start");
+        Stack {
+            serve: format!("http://{}", addrs.serve),
+            api: format!("http://{}", addrs.api),
+            stop: Some(stop_tx),
+            task,
+            _dir: dir,
+            root,
+            logs,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("stack did not stop")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+/// Per-token log-probabilities of a fixed text under the served adapter.
+async fn served_logprobs(c: &reqwest::Client, s: &Stack) -> Vec<f64> {
+    let r: Value = c
+        .post(format!("{}/v1/completions", s.serve))
+        .bearer_auth("sk-local")
+        .json(&json!({
+            "model": "openclaw-assistant-latest",
+            "prompt": "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello there",
+            "max_tokens": 1,
+            "temperature": 0,
+            "prompt_logprobs": 0,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = r["choices"][0]["prompt_logprobs"].as_array().unwrap_or_else(|| panic!("{r}"));
+    entries
+        .iter()
+        .skip(1)
+        .map(|e| {
+            let first = e.as_object().unwrap().values().next().unwrap();
+            first["logprob"].as_f64().unwrap()
+        })
+        .collect()
+}
+
+fn adapter_bytes(root: &Path) -> Vec<u8> {
+    std::fs::read(root.join("openclaw/assistant-init/adapter_model.safetensors")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_updates_the_served_adapter_in_place() {
+    let s = Stack::start().await;
+    let c = http();
+
+    // Init created the adapter and the alias; serving lists the alias under its served name.
+    let models: Value = c
+        .get(format!("{}/v1/models", s.serve))
+        .bearer_auth("sk-local")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"openclaw-assistant-latest"), "{ids:?}");
+
+    // A chat with the adapter, keeping the rollout log-probabilities as a client would.
+    let chat: Value = c
+        .post(format!("{}/v1/chat/completions", s.serve))
+        .bearer_auth("sk-local")
+        .json(&json!({
+            "model": "openclaw-assistant-latest",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 12,
+            "min_tokens": 4,
+            "seed": 7,
+            "logprobs": true,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answer = chat["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert!(!answer.is_empty());
+
+    let before_lp = served_logprobs(&c, &s).await;
+    let before_bytes = adapter_bytes(&s.root);
+
+    let r = c
+        .post(format!("{}/v1/feedback", s.api))
+        .json(&json!({
+            "lora_id": "openclaw/assistant-latest",
+            "prompt": "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+            "response": answer,
+            "feedback": "Be shorter and friendlier.",
+            "training": {"teacher_mode": "self", "learning_rate": 0.001, "steps_per_batch": 1},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "ok", "{body}");
+    let meta = &body["distill_result"]["metadata"];
+    assert!(meta["total_loss"].as_f64().unwrap().is_finite(), "{body}");
+    assert!(meta["tokens_processed"].as_u64().unwrap() > 0, "{body}");
+    // In one process the swap needs no sleep.
+    assert_eq!(body["vllm"]["slept"], false);
+
+    // Stored adapter changed, the log was written, and serving uses the new weights at once.
+    assert_ne!(adapter_bytes(&s.root), before_bytes);
+    let log = body["feedback_log_path"].as_str().unwrap();
+    assert!(Path::new(log).starts_with(&s.logs), "{log}");
+    let logged: Value = serde_json::from_str(&std::fs::read_to_string(log).unwrap()).unwrap();
+    assert!(logged.to_string().contains("Be shorter and friendlier."));
+    let after_lp = served_logprobs(&c, &s).await;
+    assert_eq!(before_lp.len(), after_lp.len());
+    let moved = before_lp
+        .iter()
+        .zip(&after_lp)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-6, "served log-probabilities did not change ({moved})");
+    s.stop().await;
+}
+
+/// The reference README's "Verification" curl lines, verbatim but for the ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_readme_verification_curls_work() {
+    let s = Stack::start().await;
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail-with-body"])
+            .args(args)
+            .output()
+            .expect("curl is installed");
+        assert!(
+            out.status.success(),
+            "curl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let serve = s.serve.clone();
+    let api = s.api.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let models = curl(&[&format!("{serve}/v1/models"), "-H", "Authorization: Bearer sk-local"]);
+        assert!(models["data"].as_array().unwrap().len() >= 2);
+        let root = curl(&[&format!("{api}/")]);
+        assert_eq!(root["name"], "CLaaS API");
+        let loras = curl(&[&format!("{api}/v1/lora")]);
+        assert!(loras.to_string().contains("openclaw/assistant-latest"), "{loras}");
+        curl(&[
+            "-X",
+            "POST",
+            &format!("{api}/v1/feedback"),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{
+    "lora_id": "openclaw/assistant-latest",
+    "prompt": "hi",
+    "response": "hello",
+    "feedback": "good",
+    "training": {"teacher_mode": "self"}
+  }"#,
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(body["status"], "ok", "{body}");
+    s.stop().await;
+}
