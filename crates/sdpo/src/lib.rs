@@ -5,6 +5,7 @@
 mod error;
 pub mod loss;
 pub mod optim;
+mod select;
 pub mod teacher;
 mod trainer;
 

@@ -20,6 +20,7 @@
 
 use candle_core::{DType, Tensor, D};
 
+use crate::select::select_log_softmax;
 use crate::Result;
 
 /// Inputs of [`sdpo_loss`]. Shapes: `B` sequences, `T` response positions, `V` vocabulary,
@@ -144,18 +145,37 @@ fn to_f64(t: &Tensor) -> Result<f64> {
 /// Computes the SDPO loss and its diagnostics (see the module docs).
 pub fn sdpo_loss(inp: &LossInput<'_>) -> Result<LossOutput> {
     let alpha = inp.alpha;
-    let student_lp = log_softmax_last(inp.student_logits)?; // [B,T,V]
-    let dt = student_lp.dtype();
+    let dt = inp.student_logits.dtype();
     let teacher_lp = inp.teacher_logprobs.to_dtype(dt)?;
     let response_ids = inp.response_ids.to_dtype(DType::U32)?;
-    let student_chosen = student_lp
-        .gather(&response_ids.unsqueeze(D::Minus1)?, D::Minus1)?
-        .squeeze(D::Minus1)?; // [B,T]
+    // Only the log-probs at the teacher's top-k and at the response token are needed: pick them
+    // with the fused op instead of materialising the full [B, T, V] log-softmax.
+    let resp_host: Vec<u32> = response_ids.flatten_all()?.to_vec1()?;
+    let k = if alpha < 1.0 {
+        inp.teacher_indices.dim(D::Minus1)?
+    } else {
+        0
+    };
+    let mut picks = Vec::with_capacity(resp_host.len() * (k + 1));
+    if k > 0 {
+        let tidx: Vec<u32> = inp
+            .teacher_indices
+            .to_dtype(DType::U32)?
+            .flatten_all()?
+            .to_vec1()?;
+        for (row, &r) in tidx.chunks_exact(k).zip(&resp_host) {
+            picks.extend_from_slice(row);
+            picks.push(r);
+        }
+    } else {
+        picks.extend_from_slice(&resp_host);
+    }
+    let picked = select_log_softmax(inp.student_logits, picks, k + 1)?; // [B,T,K+1]
+    let student_chosen = picked.narrow(D::Minus1, k, 1)?.squeeze(D::Minus1)?; // [B,T]
 
     let per_token = if alpha < 1.0 {
-        let idx = inp.teacher_indices.to_dtype(DType::U32)?.contiguous()?;
-        let student_k = student_lp.gather(&idx, D::Minus1)?; // [B,T,K]
-                                                             // Renormalise both distributions over the teacher's top-k support.
+        let student_k = picked.narrow(D::Minus1, 0, k)?; // [B,T,K]
+                                                         // Renormalise both distributions over the teacher's top-k support.
         let teacher_p = teacher_lp.exp()?;
         let student_p = student_k.exp()?;
         let t_sum = clamp_diff(&teacher_p.sum_keepdim(D::Minus1)?, Some(1e-8), None)?;

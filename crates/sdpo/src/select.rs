@@ -1,0 +1,237 @@
+//! Fused "log-softmax, then pick a few entries per row" with a hand-written backward.
+//!
+//! The SDPO loss only reads the student's log-probabilities at the teacher's top-k ids and at
+//! the response token, but over a real vocabulary (~152k) the composed candle version
+//! materialises several `[T, V]` temporaries forward and backward. This op makes one pass for
+//! the row statistics, returns `[.., S]` picked values, and produces the dense gradient
+//! `scatter(g) - softmax * sum(g)` (torch's log_softmax backward) in one pass.
+
+use std::sync::OnceLock;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
+
+trait Real: Copy + Send + Sync + 'static {
+    fn to64(self) -> f64;
+    fn from64(v: f64) -> Self;
+    fn minus(self, o: Self) -> Self;
+    fn exp_(self) -> Self;
+    fn bigger(self, o: Self) -> Self;
+    fn neg_inf() -> Self;
+}
+
+macro_rules! real {
+    ($t:ty) => {
+        impl Real for $t {
+            fn to64(self) -> f64 {
+                self as f64
+            }
+            fn from64(v: f64) -> Self {
+                v as $t
+            }
+            fn minus(self, o: Self) -> Self {
+                self - o
+            }
+            fn exp_(self) -> Self {
+                self.exp()
+            }
+            fn bigger(self, o: Self) -> Self {
+                if o > self || self.is_nan() {
+                    o
+                } else {
+                    self
+                }
+            }
+            fn neg_inf() -> Self {
+                <$t>::NEG_INFINITY
+            }
+        }
+    };
+}
+real!(f32);
+real!(f64);
+
+struct SelectLogSoftmax {
+    /// `[rows * s]` column ids to pick in each row.
+    idx: Vec<u32>,
+    s: usize,
+    /// Per row `(max, ln sum exp(x - max))`, kept from the forward for the backward.
+    stats: OnceLock<Vec<(f64, f64)>>,
+}
+
+fn workers(rows: usize) -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(rows.max(1))
+}
+
+/// Runs `f(first_row, rows_chunk_of_out)` over row blocks in parallel.
+fn par_rows<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let rows = out.len().checked_div(row_len).unwrap_or(0);
+    let n = workers(rows);
+    let per = rows.div_ceil(n.max(1)).max(1);
+    std::thread::scope(|sc| {
+        for (c, chunk) in out.chunks_mut(per * row_len.max(1)).enumerate() {
+            let f = &f;
+            sc.spawn(move || f(c * per, chunk));
+        }
+    });
+}
+
+impl SelectLogSoftmax {
+    fn forward<T: Real>(&self, x: &[T], v: usize) -> (Vec<T>, Vec<(f64, f64)>) {
+        let rows = x.len() / v;
+        let mut stats = vec![(0f64, 0f64); rows];
+        par_rows(&mut stats, 1, |r0, chunk| {
+            for (i, st) in chunk.iter_mut().enumerate() {
+                let row = &x[(r0 + i) * v..(r0 + i + 1) * v];
+                let m = row.iter().fold(T::neg_inf(), |a, &b| a.bigger(b));
+                let sum: f64 = row.iter().map(|&z| z.minus(m).exp_().to64()).sum();
+                *st = (m.to64(), sum.ln());
+            }
+        });
+        let mut out = Vec::with_capacity(rows * self.s);
+        for r in 0..rows {
+            let (m, ls) = stats[r];
+            for &j in &self.idx[r * self.s..(r + 1) * self.s] {
+                // torch order: (x - max) - ln(sum)
+                let xm = x[r * v + j as usize].minus(T::from64(m));
+                out.push(xm.minus(T::from64(ls)));
+            }
+        }
+        (out, stats)
+    }
+
+    fn backward<T: Real>(&self, x: &[T], v: usize, g: &[T], stats: &[(f64, f64)]) -> Vec<T> {
+        let mut dense = vec![T::from64(0.0); x.len()];
+        let s = self.s;
+        par_rows(&mut dense, v, |r0, chunk| {
+            for (i, drow) in chunk.chunks_mut(v).enumerate() {
+                let r = r0 + i;
+                let (m, ls) = stats[r];
+                let (m, ls) = (T::from64(m), T::from64(ls));
+                let gr = &g[r * s..(r + 1) * s];
+                let gsum = T::from64(gr.iter().map(|z| z.to64()).sum::<f64>());
+                let xrow = &x[r * v..(r + 1) * v];
+                for (d, &z) in drow.iter_mut().zip(xrow) {
+                    let p = z.minus(m).minus(ls).exp_();
+                    *d = T::from64(0.0).minus(T::from64(p.to64() * gsum.to64()));
+                }
+                for (k, &j) in self.idx[r * s..(r + 1) * s].iter().enumerate() {
+                    let j = j as usize;
+                    drow[j] = T::from64(drow[j].to64() + gr[k].to64());
+                }
+            }
+        });
+        dense
+    }
+}
+
+fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| {
+        candle_core::Error::Msg("select-log-softmax needs contiguous input".into())
+    })?;
+    Ok(&v[a..b])
+}
+
+impl CustomOp1 for SelectLogSoftmax {
+    fn name(&self) -> &'static str {
+        "select-log-softmax"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = l.shape().dims();
+        let v = *dims
+            .last()
+            .ok_or_else(|| candle_core::Error::Msg("scalar input".into()))?;
+        let rows = l.shape().elem_count() / v.max(1);
+        if self.idx.len() != rows * self.s {
+            return Err(candle_core::Error::Msg(format!(
+                "select-log-softmax: {} ids for {rows} rows of {}",
+                self.idx.len(),
+                self.s
+            )));
+        }
+        if let Some(&bad) = self.idx.iter().find(|&&j| j as usize >= v) {
+            return Err(candle_core::Error::Msg(format!(
+                "id {bad} out of range {v}"
+            )));
+        }
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().unwrap_or(&mut 0) = self.s;
+        let (storage, stats) = match st {
+            CpuStorage::F32(x) => {
+                let (o, s) = self.forward(contiguous(x, l)?, v);
+                (CpuStorage::F32(o), s)
+            }
+            CpuStorage::F64(x) => {
+                let (o, s) = self.forward(contiguous(x, l)?, v);
+                (CpuStorage::F64(o), s)
+            }
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "select-log-softmax: f32/f64 only".into(),
+                ))
+            }
+        };
+        let _ = self.stats.set(stats);
+        Ok((storage, Shape::from(out_dims)))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let stats = self
+            .stats
+            .get()
+            .ok_or_else(|| candle_core::Error::Msg("backward before forward".into()))?;
+        let v = arg.dim(candle_core::D::Minus1)?;
+        let arg = arg.contiguous()?;
+        let grad = grad.contiguous()?.to_dtype(arg.dtype())?;
+        let (xs, xl) = arg.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let dense = match (&*xs, &*gs) {
+            (Storage::Cpu(CpuStorage::F32(x)), Storage::Cpu(CpuStorage::F32(g))) => {
+                CpuStorage::F32(self.backward(contiguous(x, xl)?, v, contiguous(g, gl)?, stats))
+            }
+            (Storage::Cpu(CpuStorage::F64(x)), Storage::Cpu(CpuStorage::F64(g))) => {
+                CpuStorage::F64(self.backward(contiguous(x, xl)?, v, contiguous(g, gl)?, stats))
+            }
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "select-log-softmax: f32/f64 CPU only".into(),
+                ))
+            }
+        };
+        let shape = arg.shape().clone();
+        drop((xs, gs));
+        let t = match dense {
+            CpuStorage::F32(d) => Tensor::from_vec(d, shape, arg.device())?,
+            CpuStorage::F64(d) => Tensor::from_vec(d, shape, arg.device())?,
+            _ => unreachable!("only float storages are built above"),
+        };
+        Ok(Some(t))
+    }
+}
+
+/// `log_softmax(x)[.., idx]` for a `[.., V]` tensor and `[..]`-shaped rows of `s` ids each
+/// (row-major), differentiable with respect to `x`. Off the CPU it falls back to the composed
+/// candle ops.
+pub fn select_log_softmax(x: &Tensor, idx: Vec<u32>, s: usize) -> crate::Result<Tensor> {
+    let mut out_dims = x.dims().to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = s;
+    }
+    if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
+        let ids = Tensor::from_vec(idx, out_dims, x.device())?;
+        return Ok(crate::loss::log_softmax_last(x)?.gather(&ids, candle_core::D::Minus1)?);
+    }
+    Ok(x.contiguous()?.apply_op1(SelectLogSoftmax {
+        idx,
+        s,
+        stats: OnceLock::new(),
+    })?)
+}
