@@ -18,6 +18,6 @@ pub use config::{GenerationConfig, NamedTemplate, TokenSpec, TokenizerConfig};
 pub use error::{ChatError, Result};
 pub use pyjson::{python_json_dumps, PyJsonOptions};
 pub use reasoning::{split_reasoning, ReasoningDelta, ReasoningStreamParser};
-pub use template::{normalize_messages, ChatTemplate};
+pub use template::{normalize_messages, normalize_tools, ChatTemplate};
 pub use tokenizer::{IncrementalDecoder, Tokenizer};
 pub use tool_calls::{parse_tool_calls, ToolCall, ToolCallStreamParser, ToolStreamEvent};

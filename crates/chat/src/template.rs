@@ -374,6 +374,65 @@ fn normalize_message(m: &Json) -> std::result::Result<Json, String> {
     Ok(Json::Object(out))
 }
 
+/// Tools as vLLM hands them to the template: each one re-dumped from its pydantic model
+/// (`ChatCompletionToolsParam` / `FunctionDefinition`), so keys come in declaration order —
+/// `type`, then `function` with `name`, `description`, `parameters` (null when absent) — with
+/// any extra keys after them in the client's order. `type` must be "function".
+pub fn normalize_tools(tools: &[Json]) -> Result<Vec<Json>> {
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            normalize_tool(t).map_err(|e| ChatError::InvalidMessage(format!("tools[{i}]: {e}")))
+        })
+        .collect()
+}
+
+fn normalize_tool(t: &Json) -> std::result::Result<Json, String> {
+    let obj = t.as_object().ok_or("a tool must be an object")?;
+    match obj.get("type") {
+        None => {}
+        Some(Json::String(s)) if s == "function" => {}
+        Some(other) => return Err(format!("'type' must be \"function\", got {other}")),
+    }
+    let func = obj
+        .get("function")
+        .and_then(Json::as_object)
+        .ok_or("missing object field 'function'")?;
+    let name = func
+        .get("name")
+        .and_then(Json::as_str)
+        .ok_or("missing string field 'function.name'")?;
+    let description = match func.get("description") {
+        None | Some(Json::Null) => Json::Null,
+        Some(Json::String(s)) => Json::String(s.clone()),
+        Some(_) => return Err("'function.description' must be a string".into()),
+    };
+    let parameters = match func.get("parameters") {
+        None | Some(Json::Null) => Json::Null,
+        Some(Json::Object(p)) => Json::Object(p.clone()),
+        Some(_) => return Err("'function.parameters' must be an object".into()),
+    };
+    let mut f = Map::new();
+    f.insert("name".into(), Json::String(name.to_string()));
+    f.insert("description".into(), description);
+    f.insert("parameters".into(), parameters);
+    for (k, v) in func {
+        if !f.contains_key(k) {
+            f.insert(k.clone(), v.clone());
+        }
+    }
+    let mut out = Map::new();
+    out.insert("type".into(), Json::String("function".into()));
+    out.insert("function".into(), Json::Object(f));
+    for (k, v) in obj {
+        if !out.contains_key(k) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(Json::Object(out))
+}
+
 fn part_text(p: &Json) -> std::result::Result<String, String> {
     if let Some(s) = p.as_str() {
         return Ok(s.to_string());

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use claas_chat::{
-    normalize_messages, parse_tool_calls, split_reasoning, ChatError, ChatTemplate,
-    GenerationConfig, IncrementalDecoder, ReasoningStreamParser, Tokenizer, TokenizerConfig,
-    ToolCall, ToolCallStreamParser, ToolStreamEvent,
+    normalize_messages, normalize_tools, parse_tool_calls, split_reasoning, ChatError,
+    ChatTemplate, GenerationConfig, IncrementalDecoder, ReasoningStreamParser, Tokenizer,
+    TokenizerConfig, ToolCall, ToolCallStreamParser, ToolStreamEvent,
 };
 use serde_json::json;
 
@@ -313,6 +313,33 @@ fn normalize_messages_like_vllm() {
     ] {
         match normalize_messages(std::slice::from_ref(&bad)) {
             Err(ChatError::InvalidMessage(m)) => assert!(m.starts_with("messages[0]"), "{m}"),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn normalize_tools_like_vllm_model_dump() {
+    let tools = [
+        json!({"function": {"parameters": {"type": "object"}, "name": "f", "strict": true}, "type": "function"}),
+        json!({"type": "function", "function": {"name": "g", "description": "d"}}),
+    ];
+    let norm = normalize_tools(&tools).unwrap();
+    let t = ChatTemplate::new("{% for t in tools %}{{ t | tojson }}\n{% endfor %}").unwrap();
+    assert_eq!(
+        t.render(&[], Some(&norm), false, None).unwrap(),
+        "{\"type\": \"function\", \"function\": {\"name\": \"f\", \"description\": null, \"parameters\": {\"type\": \"object\"}, \"strict\": true}}\n\
+{\"type\": \"function\", \"function\": {\"name\": \"g\", \"description\": \"d\", \"parameters\": null}}\n"
+    );
+    for bad in [
+        json!([]),
+        json!({"type": "retrieval", "function": {"name": "f"}}),
+        json!({"type": "function"}),
+        json!({"type": "function", "function": {"name": 3}}),
+        json!({"type": "function", "function": {"name": "f", "parameters": "x"}}),
+    ] {
+        match normalize_tools(std::slice::from_ref(&bad)) {
+            Err(ChatError::InvalidMessage(m)) => assert!(m.starts_with("tools[0]"), "{m}"),
             other => panic!("{bad}: {other:?}"),
         }
     }
