@@ -44,15 +44,14 @@ fn greedy(max_tokens: usize) -> SamplingParams {
     }
 }
 
-/// Drains a handle: (prompt logprobs, tokens per sequence, finish reasons).
-fn drain(
-    mut h: claas_engine::RequestHandle,
-    n: usize,
-) -> (
+type Drained = (
     Option<Vec<Option<TokenLogprob>>>,
     Vec<Vec<u32>>,
     Vec<String>,
-) {
+);
+
+/// Drains a handle: (prompt logprobs, tokens per sequence, finish reasons).
+fn drain(mut h: claas_engine::RequestHandle, n: usize) -> Drained {
     let mut plp = None;
     let mut toks = vec![Vec::new(); n];
     let mut fin = vec![String::new(); n];
