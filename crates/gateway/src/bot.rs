@@ -148,6 +148,12 @@ where
                 if let Some(fatal) = fatal_error(&e) {
                     break Err(fatal);
                 }
+                if e.is_webhook_conflict() {
+                    tracing::warn!("the bot has a webhook set; deleting it to use long polling");
+                    if let Err(e) = tg.delete_webhook().await {
+                        tracing::warn!("deleteWebhook failed: {e}");
+                    }
+                }
                 let delay = retry_delay(&e, &mut backoff);
                 tracing::warn!("telegram getUpdates failed ({e}); retrying in {delay:?}");
                 tokio::select! {

@@ -35,6 +35,11 @@ impl TelegramError {
             }
         )
     }
+
+    /// `getUpdates` refused because a webhook is set.
+    pub(crate) fn is_webhook_conflict(&self) -> bool {
+        matches!(self, Self::Api { code: 409, description, .. } if description.contains("webhook"))
+    }
 }
 
 /// An incoming update; only text messages matter to the gateway.
@@ -179,6 +184,19 @@ impl TelegramClient {
             .call(
                 "sendMessage",
                 json!({ "chat_id": chat_id, "text": text }),
+                Duration::from_secs(30),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Long polling and a webhook exclude each other; the gateway owns the bot, so it removes
+    /// the webhook (keeping pending updates).
+    pub(crate) async fn delete_webhook(&self) -> Result<(), TelegramError> {
+        let _: Value = self
+            .call(
+                "deleteWebhook",
+                json!({ "drop_pending_updates": false }),
                 Duration::from_secs(30),
             )
             .await?;

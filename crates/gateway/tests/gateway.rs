@@ -295,6 +295,25 @@ async fn telegram_outages_are_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_is_removed_so_long_polling_works() {
+    let tg = FakeTelegram::start().await;
+    tg.set_webhook();
+    tg.push_text(ALICE, "hook?");
+    let chat = FakeChat::start().await;
+    let mut cfg = test_config(&tg.url, &chat.url, &dead_url());
+    cfg.retry_base = std::time::Duration::from_millis(5);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(claas_gateway::run(cfg, async move {
+        let _ = stopped.await;
+    }));
+    let sent = tg.wait_sent(ALICE, 1).await;
+    assert_eq!(sent[0], echo_reply("hook?"));
+    assert!(!tg.has_webhook());
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_and_non_text_messages_are_answered() {
     let h = Harness::start(|_| {}).await;
     h.tg.push_text(ALICE, "/start");

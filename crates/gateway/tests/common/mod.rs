@@ -70,6 +70,7 @@ struct TgState {
     sent: Vec<Sent>,
     fail_get_updates: u32,
     failed_get_updates: u32,
+    webhook: bool,
     last_offset: i64,
 }
 
@@ -116,6 +117,14 @@ impl FakeTelegram {
 
     pub fn fail_next_get_updates(&self, n: u32) {
         self.state.lock().unwrap().fail_get_updates = n;
+    }
+
+    pub fn set_webhook(&self) {
+        self.state.lock().unwrap().webhook = true;
+    }
+
+    pub fn has_webhook(&self) -> bool {
+        self.state.lock().unwrap().webhook
     }
 
     pub fn failed_get_updates(&self) -> u32 {
@@ -186,6 +195,12 @@ async fn tg_handler(
                     s.failed_get_updates += 1;
                     return (StatusCode::BAD_GATEWAY, "<html>502 Bad Gateway</html>").into_response();
                 }
+                if s.webhook {
+                    return tg_error(
+                        StatusCode::CONFLICT,
+                        "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first",
+                    );
+                }
                 s.last_offset = offset;
                 s.updates.retain(|u| u["update_id"].as_i64().unwrap() >= offset);
             }
@@ -216,6 +231,10 @@ async fn tg_handler(
             });
             let id = s.sent.len();
             Json(json!({"ok": true, "result": {"message_id": id, "date": 0, "chat": {"id": chat_id, "type": "private"}}})).into_response()
+        }
+        "deleteWebhook" => {
+            state.lock().unwrap().webhook = false;
+            Json(json!({"ok": true, "result": true})).into_response()
         }
         "sendChatAction" => {
             let chat_id = body["chat_id"].as_i64().unwrap();
