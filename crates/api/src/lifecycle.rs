@@ -84,6 +84,26 @@ async fn lock(
         })
 }
 
+/// Locks the resolved adapter, re-resolving afterwards: if an alias moved to another adapter
+/// while we waited, lock that one instead (a few times at most).
+async fn lock_resolved(
+    state: &ApiState,
+    mut resolved: ResolvedAdapter,
+    requested: &str,
+) -> Result<(AdapterGuard, ResolvedAdapter), ApiError> {
+    for _ in 0..3 {
+        let guard = lock(state, &resolved, requested).await?;
+        let now = resolve(state.store(), requested).await?;
+        if now.id == resolved.id {
+            return Ok((guard, now));
+        }
+        resolved = now;
+    }
+    Err(ApiError::Conflict(format!(
+        "LoRA '{requested}' keeps moving to other adapters; try again later"
+    )))
+}
+
 fn ms(since: Instant) -> u64 {
     since.elapsed().as_millis() as u64
 }
@@ -218,9 +238,7 @@ async fn feedback_inner(
     p.resolved = Some(resolved.clone());
 
     p.phase = "lock";
-    let _guard = lock(state, &resolved, &requested).await?;
-    // The alias may have moved while we waited.
-    let resolved = resolve(state.store(), &requested).await?;
+    let (_guard, resolved) = lock_resolved(state, resolved, &requested).await?;
     p.resolved = Some(resolved.clone());
 
     // Refuse before touching the inference server when training is impossible.
@@ -382,8 +400,7 @@ async fn distill_inner(
 ) -> Result<DistillResponse, ApiError> {
     let requested = req.lora_id().to_string();
     let resolved = resolve(state.store(), &requested).await?;
-    let _guard = lock(state, &resolved, &requested).await?;
-    let resolved = resolve(state.store(), &requested).await?;
+    let (_guard, resolved) = lock_resolved(state, resolved, &requested).await?;
     let engine = state.engine().ok_or_else(no_engine)?;
     let optimizer_dir = state
         .store()

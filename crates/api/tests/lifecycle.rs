@@ -395,3 +395,26 @@ async fn score_via_inference_server_without_trainer() {
     assert_eq!(b["source"], "inference_server");
     assert!(fake.actions().contains(&"tokenize u-s-latest".to_string()));
 }
+
+#[tokio::test]
+async fn mismatched_fetched_logprobs_fall_back_on_policy_but_given_ones_are_422() {
+    let (vurl, _fake) = start_fake_vllm().await;
+    let engine = CopyEngine::default();
+    engine.reject_logprobs.store(true, Ordering::SeqCst);
+    let api = start_api(Some(&vurl), Some(Arc::new(engine.clone())), |_| {}).await;
+    let id = init_adapter(&api, "u/r").await;
+    // fetched from the server, rejected by the trainer: retried without them
+    let (s, b) = api.post("/v1/feedback", feedback_body(&id)).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(engine.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        engine.seen.lock().unwrap().jobs[0].items[0].rollout_logprobs,
+        None
+    );
+    // given by the client: the client's error, reported as 422 without a retry
+    let mut body = feedback_body(&id);
+    body["rollout_logprobs"] = json!([-1.0]);
+    let (s, _) = api.post("/v1/feedback", body).await;
+    assert_eq!(s, 422);
+    assert_eq!(engine.calls.load(Ordering::SeqCst), 3);
+}

@@ -34,6 +34,7 @@ pub const LATEST_SUFFIX: &str = "-latest";
 
 const MAX_ID_LEN: usize = 512;
 const MAX_COMPONENT_LEN: usize = 128;
+const MAX_LIST_DEPTH: usize = 16;
 
 /// Errors of the LoRA store.
 #[derive(Debug, thiserror::Error)]
@@ -784,6 +785,10 @@ fn validate_state_name(name: &str) -> Result<()> {
 fn collect_adapters(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
     if is_adapter_dir(dir) {
         out.push(rel.to_string());
+    }
+    // Symlinked folders are followed, so bound the depth against link cycles.
+    if rel.split('/').count() >= MAX_LIST_DEPTH {
+        return Ok(());
     }
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,

@@ -219,6 +219,9 @@ pub struct Seen {
 pub struct CopyEngine {
     pub seen: Arc<Mutex<Seen>>,
     pub fail_bad_input: Arc<AtomicBool>,
+    /// Reject (422) any job that carries rollout log-probs, like a length mismatch would.
+    pub reject_logprobs: Arc<AtomicBool>,
+    pub calls: Arc<AtomicUsize>,
     /// If set, each call waits (up to 30 s) until this many calls are inside at once.
     pub rendezvous: Option<usize>,
     pub arrived: Arc<AtomicUsize>,
@@ -253,6 +256,7 @@ impl TrainingEngine for CopyEngine {
     }
 
     fn distill(&self, job: &DistillJob) -> Result<DistillOutput, EngineError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let res = (|| {
@@ -270,6 +274,13 @@ impl TrainingEngine for CopyEngine {
             }
             if let Some(d) = self.hold {
                 std::thread::sleep(d);
+            }
+            if self.reject_logprobs.load(Ordering::SeqCst)
+                && job.items.iter().any(|i| i.rollout_logprobs.is_some())
+            {
+                return Err(EngineError::BadInput(
+                    "rollout_logprobs length does not match the response".into(),
+                ));
             }
             if self.fail_bad_input.load(Ordering::SeqCst) {
                 return Err(EngineError::BadInput(
