@@ -40,6 +40,18 @@ pub enum ChatError {
 }
 
 impl ChatError {
+    /// Whether the request (messages, tools, kwargs) caused the error (HTTP 400) rather than
+    /// the model files or the server (HTTP 500). Render failures count as the request's: with a
+    /// template that compiled, they come from message shapes the template rejects.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            ChatError::InvalidMessage(_)
+                | ChatError::TemplateException(_)
+                | ChatError::TemplateRender(_)
+        )
+    }
+
     pub(crate) fn bad_json(what: impl Into<String>, err: impl std::fmt::Display) -> Self {
         ChatError::BadJson {
             what: what.into(),
