@@ -765,3 +765,32 @@ async fn openai_python_client() {
     );
     assert!(stdout.contains("ALL OK"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_model_openclaw_sized_request() {
+    let s = start(ServeConfig::default()).await;
+    let (_, models) = get(&s, "/v1/models").await;
+    assert!(models.contains("builtin:tiny"), "{models}");
+    // OpenClaw sends a ~28k-character system prompt and tools on every request.
+    let system: String = "You are a helpful assistant running inside OpenClaw. ".repeat(540);
+    assert!(system.len() > 28_000);
+    let tools = json!([{"type": "function", "function": {"name": "read_file", "description": "Read a file",
+        "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}]);
+    let body = json!({"model": "builtin:tiny", "messages": [
+        {"role": "system", "content": system},
+        {"role": "user", "content": [{"type": "text", "text": "hello"}]},
+        {"role": "user", "content": "are you there?"}],
+        "tools": tools, "max_tokens": 8, "seed": 5, "chat_template_kwargs": {"enable_thinking": false}});
+    let (c, v) = post(&s, "/v1/chat/completions", body.clone()).await;
+    assert_eq!(c, 200, "{v}");
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 1000);
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let ev = post_stream(&s, "/v1/chat/completions", sb).await;
+    let text: String = ev.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+    let calls = ev.iter().any(|e| e["choices"][0]["delta"]["tool_calls"].is_array());
+    let ns = &v["choices"][0]["message"];
+    if !calls && ns["tool_calls"].as_array().is_some_and(|a| a.is_empty()) {
+        assert_eq!(json!(text), ns["content"]);
+    }
+}
