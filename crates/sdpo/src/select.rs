@@ -235,3 +235,70 @@ pub fn select_log_softmax(x: &Tensor, idx: Vec<u32>, s: usize) -> crate::Result<
         stats: OnceLock::new(),
     })?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    /// Values and gradient equal the composed log_softmax + gather in f64, duplicates included.
+    #[test]
+    fn matches_composed_ops_in_f64() {
+        let (rows, v, s) = (5usize, 37usize, 4usize);
+        let x: Vec<f64> = (0..rows * v)
+            .map(|i| ((i * 7919 % 101) as f64 / 10.0) - 5.0)
+            .collect();
+        let mut idx: Vec<u32> = (0..rows * s)
+            .map(|i| {
+                if i % s == s - 1 {
+                    (i % v) as u32
+                } else {
+                    ((i * 13) % v) as u32
+                }
+            })
+            .collect();
+        idx[1] = idx[0]; // a duplicate id in row 0
+        let w: Vec<f64> = (0..rows * s).map(|i| (i as f64 * 0.37).sin()).collect();
+        let dev = Device::Cpu;
+        let wt = Tensor::from_vec(w, (rows, s), &dev).unwrap();
+        let a = Var::from_tensor(&Tensor::from_vec(x, (rows, v), &dev).unwrap()).unwrap();
+        let fused = select_log_softmax(a.as_tensor(), idx.clone(), s).unwrap();
+        let it = Tensor::from_vec(idx, (rows, s), &dev).unwrap();
+        let composed = crate::loss::log_softmax_last(a.as_tensor())
+            .unwrap()
+            .gather(&it, D::Minus1)
+            .unwrap();
+        let d: f64 = (&fused - &composed)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-12, "values differ by {d}");
+        let g1 = (&fused * &wt)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (&composed * &wt)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g1 = g1.get(a.as_tensor()).unwrap();
+        let g2 = g2.get(a.as_tensor()).unwrap();
+        let d: f64 = (g1 - g2)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-12, "gradients differ by {d}");
+    }
+}

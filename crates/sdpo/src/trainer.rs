@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::loss::{log_softmax_last, sdpo_loss, LossInput};
 use crate::optim::{adamw_step, clip_grad_norm, tensor_to_vec, AdamState};
+use crate::select::select_log_softmax;
 use crate::teacher::teacher_prompt;
 use crate::{Result, SdpoError};
 
@@ -234,12 +235,11 @@ fn chat_err(e: impl std::fmt::Display) -> SdpoError {
 
 /// Log-probabilities of `ids` under `logits` rows (`[T, V]`), as f32.
 fn gather_logprobs(logits: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
-    let lp = log_softmax_last(&logits.to_dtype(DType::F32)?)?;
-    let idx = Tensor::new(ids, logits.device())?.unsqueeze(1)?;
-    Ok(lp.gather(&idx, 1)?.squeeze(1)?.to_vec1::<f32>()?)
+    let lp = select_log_softmax(&logits.to_dtype(DType::F32)?, ids.to_vec(), 1)?;
+    Ok(lp.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// Top-k of each row of a row-major `[rows, v]` log-probability matrix, sorted descending
+/// Top-k of each row of a row-major `[rows, v]` matrix, sorted descending
 /// (ties: lower id first).
 fn topk_rows(lp: &[f32], v: usize, k: usize) -> (Vec<f32>, Vec<u32>) {
     let k = k.min(v);
@@ -338,13 +338,26 @@ impl Trainer {
             .model
             .logits(&p.teacher_input_ids(), None, self.chunk)?;
         let rows = logits.narrow(0, tstart - 1, t)?.to_dtype(DType::F32)?;
-        let lp = log_softmax_last(&rows)?;
-        let idx = Tensor::new(p.response_ids.as_slice(), lp.device())?.unsqueeze(1)?;
-        let teacher_logprob_of_response = lp.gather(&idx, 1)?.squeeze(1)?.to_vec1::<f32>()?;
-        let v = lp.dim(D::Minus1)?;
+        let v = rows.dim(D::Minus1)?;
         let k = top_k.min(v).max(1);
-        let (topk_logprobs, topk_indices) = topk_rows(&lp.flatten_all()?.to_vec1::<f32>()?, v, k);
-        drop((logits, rows, lp));
+        // The top-k of the logits is the top-k of the log-probs (a per-row shift); then one fused
+        // pass turns the picked logits (and the response token's) into log-probs.
+        let (_, topk_indices) = topk_rows(&rows.flatten_all()?.to_vec1::<f32>()?, v, k);
+        let mut picks = Vec::with_capacity(t * (k + 1));
+        for (row, &r) in topk_indices.chunks_exact(k).zip(&p.response_ids) {
+            picks.extend_from_slice(row);
+            picks.push(r);
+        }
+        let picked: Vec<f32> = select_log_softmax(&rows, picks, k + 1)?
+            .flatten_all()?
+            .to_vec1()?;
+        let mut topk_logprobs = Vec::with_capacity(t * k);
+        let mut teacher_logprob_of_response = Vec::with_capacity(t);
+        for row in picked.chunks_exact(k + 1) {
+            topk_logprobs.extend_from_slice(&row[..k]);
+            teacher_logprob_of_response.push(row[k]);
+        }
+        drop((logits, rows));
 
         let start = p.prompt_ids.len();
         let logits = self
