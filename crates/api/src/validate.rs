@@ -41,6 +41,13 @@ pub fn py_float(x: f64) -> String {
 
 /// Parses a JSON request body, mapping syntax errors to pydantic's `json_invalid`.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid(
+            vec![json!("body")],
+            "missing",
+            "Field required",
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         let mut issue = ValidationIssue::new(
             vec![json!("body"), json!(e.column())],

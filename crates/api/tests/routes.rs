@@ -340,6 +340,20 @@ async fn every_validation_range_is_rejected_and_nothing_written() {
         let b: Value = r.json().await.unwrap();
         assert_eq!(b["detail"][0]["type"], "json_invalid");
     }
+    // an empty body is a missing body
+    let r = api
+        .http
+        .post(format!("{}/v1/feedback", api.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["detail"][0]["loc"], json!(["body"]));
+    assert_eq!(b["detail"][0]["type"], "missing");
+    // a body that is not an object
+    let (s, b) = api.post("/v1/feedback", json!([1, 2])).await;
+    assert!(is_422_at(s, &b, &[json!("body")]), "{b}");
     // messages follow pydantic
     let mut body = feedback_body(&id);
     body["training"]["learning_rate"] = json!(0.5);
