@@ -1,6 +1,26 @@
 //! claas-sdpo: the SDPO distillation step of CLaaS — the loss (reference `compute_sdpo_loss`),
 //! AdamW with torch's arithmetic and a persisted state, the self-teacher prompt, and the
 //! [`Trainer`] that turns feedback items into one update of a LoRA adapter.
+//!
+//! Semantics (reference: kfallah/CLaaS 0f67ae6 plus its later PR #35/#37 fixes; the shared
+//! fixtures pin them down):
+//! - Student input = `encode(prompt, add_special_tokens=true) ++ encode(response)` (no template);
+//!   teacher input = chat template over `[system, user(prompt + feedback block)]` with
+//!   `add_generation_prompt`, then the response ids ([`teacher`]).
+//! - Teacher top-k and the KL-to-base log-probs come from the base with no adapter (PR #37).
+//! - `rollout_logprobs` must have exactly one value per response token (the seed padded or
+//!   truncated); without them the current adapter is the behaviour policy (ratio 1).
+//! - Several items = one step on the mean of their losses; metrics are per-item means and
+//!   `tokens_processed` the batch's response tokens (as the later reference batches).
+//! - `steps_per_batch` repeats the whole step on the same batch (the later reference resubmits
+//!   the batch); teacher/base targets are computed once, the student and the optimizer advance;
+//!   the returned metadata is the last step's.
+//! - alpha = 0 is forward KL over the teacher's top-k (SDPO paper code); the reference's mixture
+//!   formula yields exactly 0 there (log 0 = −inf), see [`loss`].
+//! - AdamW state persists across requests ([`AdamState`]); a missing or non-matching state is a
+//!   fresh optimizer, so a first step reproduces the reference's fresh-AdamW step. Unlike torch's
+//!   `load_state_dict`, which would restore the learning rate saved with the state, each
+//!   request's own learning rate is used.
 
 mod error;
 pub mod loss;

@@ -10,7 +10,7 @@ use claas_chat::{ChatTemplate, Tokenizer};
 use claas_model::{LoraAdapter, Qwen3, TrainableLora};
 use serde::{Deserialize, Serialize};
 
-use crate::loss::{log_softmax_last, sdpo_loss, LossInput};
+use crate::loss::{sdpo_loss, LossInput};
 use crate::optim::{adamw_step, clip_grad_norm, tensor_to_vec, AdamState};
 use crate::select::select_log_softmax;
 use crate::teacher::teacher_prompt;
@@ -519,9 +519,11 @@ impl Trainer {
                 let old = match &item.rollout_logprobs {
                     Some(r) => Tensor::new(r.as_slice(), &dev)?.unsqueeze(0)?,
                     // Without rollout log-probs the current adapter is the behaviour policy.
-                    None => log_softmax_last(&student.detach())?
-                        .gather(&resp.unsqueeze(D::Minus1)?, D::Minus1)?
-                        .squeeze(D::Minus1)?,
+                    None => Tensor::from_vec(
+                        gather_logprobs(&student.detach().squeeze(0)?, &p.response_ids)?,
+                        (1, t),
+                        &dev,
+                    )?,
                 };
                 let k = tg.k;
                 let tlp = Tensor::from_vec(tg.topk_logprobs.clone(), (1, t, k), &dev)?;
@@ -556,10 +558,7 @@ impl Trainer {
                     *s += v;
                 }
                 if trace {
-                    let slp = log_softmax_last(&student.detach())?
-                        .gather(&resp.unsqueeze(D::Minus1)?, D::Minus1)?
-                        .flatten_all()?
-                        .to_vec1::<f32>()?;
+                    let slp = gather_logprobs(&student.detach().squeeze(0)?, &p.response_ids)?;
                     item_traces.push(ItemTrace {
                         prepared: p.clone(),
                         targets: tg.clone(),
