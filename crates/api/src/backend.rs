@@ -346,7 +346,9 @@ impl HttpBackend {
                 &json!({
                     "model": model,
                     "prompt": format!("{prompt}{response}"),
-                    "max_tokens": 0,
+                    // The reference sends 0, which vLLM rejects (max_tokens must be at least 1)
+                    // and the reference then silently trains without rollout log-probs.
+                    "max_tokens": 1,
                     "prompt_logprobs": 1,
                 }),
             )

@@ -415,3 +415,117 @@ async fn parity_feedback_and_export_match_distill_step_fixture() {
         vec!["adapter_config.json", "adapter_model.safetensors"]
     );
 }
+
+/// Against a real `claas serve` on 127.0.0.1 (built-in tiny model, LoRA and sleep mode on):
+/// init loads the adapter into the server, chat works with it, feedback drains, sleeps, trains,
+/// saves, wakes and reloads, and the served adapter's log-probabilities change.
+#[tokio::test]
+async fn feedback_against_a_real_claas_serve() {
+    let serve_cfg = claas_serve::ServeConfig {
+        model: "builtin:tiny".into(),
+        api_key: Some("sk-test".into()),
+        enable_lora: true,
+        enable_sleep_mode: true,
+        ..claas_serve::ServeConfig::default()
+    };
+    let c = serve_cfg.clone();
+    let app = tokio::task::spawn_blocking(move || claas_serve::AppState::from_config(&c))
+        .await
+        .unwrap()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let serve_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(claas_serve::serve_on(
+        listener,
+        Arc::new(app),
+        std::future::pending(),
+    ));
+
+    let api = start_api(Some(&serve_url), Some(Arc::new(RealEngine::load())), |_| {}).await;
+    let id = init_adapter(&api, "srv/bot").await;
+    let models: Value = api
+        .http
+        .get(format!("{serve_url}/v1/models"))
+        .bearer_auth("sk-test")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"srv-bot-latest") && names.contains(&"srv-bot-init"),
+        "{names:?}"
+    );
+
+    // chat with the adapter
+    let chat: Value = api
+        .http
+        .post(format!("{serve_url}/v1/chat/completions"))
+        .bearer_auth("sk-test")
+        .json(&json!({"model": "srv-bot-latest", "messages": [{"role": "user", "content": "hello there"}],
+                      "max_tokens": 8, "temperature": 0}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answer = chat["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+
+    let mut body = feedback_body("srv/bot-latest");
+    let response = if answer.trim().is_empty() {
+        "hi friend".to_string()
+    } else {
+        answer
+    };
+    body["response"] = json!(response);
+    body["training"] = json!({"learning_rate": 5e-3, "steps_per_batch": 1});
+    let prompt = body["prompt"].as_str().unwrap().to_string();
+    let backend = api.state.backend().clone();
+    let before = backend
+        .rollout_logprobs(&prompt, &response, "srv-bot-latest")
+        .await
+        .unwrap();
+
+    let (s, b) = api.post("/v1/feedback", body).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["vllm"], json!({"slept": true, "woke": true}));
+    assert!(b["timing_ms"]["logprobs"].is_u64());
+    let slept: Value = api
+        .http
+        .get(format!("{serve_url}/is_sleeping"))
+        .bearer_auth("sk-test")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(slept["is_sleeping"], false, "the server was woken");
+
+    let after = backend
+        .rollout_logprobs(&prompt, &response, "srv-bot-latest")
+        .await
+        .unwrap();
+    assert_eq!(before.len(), after.len());
+    assert_ne!(before, after, "the served adapter did not change");
+    // the adapter id (not only the alias) was reloaded too
+    let init_after = backend
+        .rollout_logprobs(&prompt, &response, "srv-bot-init")
+        .await
+        .unwrap();
+    assert_eq!(init_after, after);
+    let rec = read_json(Path::new(b["feedback_log_path"].as_str().unwrap()));
+    assert_eq!(rec["status"], "ok");
+    assert_eq!(rec["resolved_lora_id"], json!(id));
+}

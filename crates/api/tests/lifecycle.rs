@@ -55,7 +55,7 @@ async fn feedback_happy_path_orchestrates_the_server() {
     let path = root.join("openclaw/assistant-init");
     let expected = vec![
         "tokenize openclaw-assistant-latest".to_string(),
-        "completions openclaw-assistant-latest max_tokens=0 prompt_logprobs=1".to_string(),
+        "completions openclaw-assistant-latest max_tokens=1 prompt_logprobs=1".to_string(),
         "sleep level=1".to_string(),
         "wake_up".to_string(),
         "unload openclaw-assistant-init".to_string(),
