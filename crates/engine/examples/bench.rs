@@ -11,7 +11,13 @@ fn main() {
         opts.max_tokens = t;
     }
     match claas_engine::bench::run_bench(&opts) {
-        Ok(r) => claas_engine::bench::print_report(&r),
+        Ok(r) => {
+            claas_engine::bench::print_report(&r);
+            match claas_engine::bench::sleep_memory_report(opts.layers) {
+                Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+                Err(e) => eprintln!("sleep report failed: {e}"),
+            }
+        }
         Err(e) => {
             eprintln!("bench failed: {e}");
             std::process::exit(1);

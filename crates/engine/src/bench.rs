@@ -262,6 +262,41 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, EngineError> {
     })
 }
 
+/// Resident memory around sleep levels 1 and 2 on the random 0.6B-shaped model (level 2 drops
+/// the weights and rebuilds them through the loader on wake). Returns printable lines.
+pub fn sleep_memory_report(layers: Option<usize>) -> Result<Vec<String>, EngineError> {
+    let mut cfg = qwen3_0_6b_config();
+    if let Some(l) = layers {
+        cfg.num_hidden_layers = l.max(1);
+    }
+    let c2 = cfg.clone();
+    let loader: crate::ModelLoader = Box::new(move || {
+        random_model(&c2).map_err(|e| claas_model::ModelError::Config(e.to_string()))
+    });
+    let engine = Engine::start(
+        Arc::new(random_model(&cfg)?),
+        EngineConfig::default(),
+        Some(loader),
+    )?;
+    let mb = |b: u64| b as f64 / 1048576.0;
+    let mut out = Vec::new();
+    for level in [1u8, 2] {
+        let s = engine.sleep(level)?;
+        out.push(format!(
+            "sleep level {level}: RSS {:.0} MiB -> {:.0} MiB",
+            mb(s.rss_before),
+            mb(s.rss_after)
+        ));
+        let w = engine.wake_up()?;
+        out.push(format!(
+            "wake from level {level}: RSS {:.0} MiB -> {:.0} MiB",
+            mb(w.rss_before),
+            mb(w.rss_after)
+        ));
+    }
+    Ok(out)
+}
+
 /// Prints the report as a table plus the multi-adapter/base ratios.
 pub fn print_report(r: &BenchReport) {
     println!(

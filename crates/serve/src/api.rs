@@ -961,6 +961,7 @@ struct ChatReq {
     chat_template_kwargs: Option<Map<String, Value>>,
     add_generation_prompt: Option<bool>,
     continue_final_message: Option<bool>,
+    prompt_logprobs: Option<usize>,
 }
 
 async fn chat(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
@@ -1023,7 +1024,7 @@ async fn chat(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
         vec![prompt],
         adapter,
         &prep,
-        None,
+        req.prompt_logprobs,
         skip,
         include_stop,
         parse_tools,
@@ -1059,27 +1060,12 @@ async fn chat(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
                 };
                 for d in deltas {
                     let c = &mut run.choices[d.index];
-                    let mut content = String::new();
-                    let mut calls = Vec::new();
-                    let mut events = match c.tools.as_mut() {
-                        Some(p) => p.push(&d.text),
-                        None => vec![ToolStreamEvent::Content(d.text.clone())],
-                    };
-                    if d.finish.is_some() {
-                        if let Some(p) = c.tools.as_mut() {
-                            events.extend(p.finish());
-                        }
-                    }
-                    for e in events {
-                        match e {
-                            ToolStreamEvent::Content(s) => content.push_str(&s),
-                            ToolStreamEvent::ToolCall(tc) => {
-                                calls.push(json!({"index": c.tool_calls, "id": format!("chatcmpl-tool-{}", rand_id()), "type": "function",
-                                    "function": {"name": tc.name, "arguments": tc.arguments}}));
-                                c.tool_calls += 1;
-                            }
-                        }
-                    }
+                    let (content, calls) = stream_tool_delta(
+                        c.tools.as_mut(),
+                        &mut c.tool_calls,
+                        &d.text,
+                        d.finish.is_some(),
+                    );
                     let lp = if want_lp {
                         match &d.lp {
                             Some(l) => json!({"content": [chat_lp_entry(&st, l)]}),
@@ -1128,28 +1114,17 @@ async fn chat(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
     }
     run.collect().await?;
     let usage = run.usage();
+    let plp = match (&run.prompt_lps[0], req.prompt_logprobs) {
+        (Some(v), Some(_)) => prompt_lps_json(&st, v),
+        _ => Value::Null,
+    };
     let choices: Vec<Value> = run
         .choices
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let (mut fr, sr) = c.finish.clone().unwrap_or(("stop".into(), Value::Null));
-            let mut message = json!({"role": "assistant", "content": c.text.text, "tool_calls": [], "reasoning_content": null});
-            if parse_tools {
-                let (content, calls) = parse_tool_calls(&c.text.text);
-                if !calls.is_empty() {
-                    message["content"] = if content.is_empty() { Value::Null } else { Value::String(content) };
-                    message["tool_calls"] = Value::Array(
-                        calls
-                            .into_iter()
-                            .map(|tc| json!({"id": format!("chatcmpl-tool-{}", rand_id()), "type": "function", "function": {"name": tc.name, "arguments": tc.arguments}}))
-                            .collect(),
-                    );
-                    if fr == "stop" {
-                        fr = "tool_calls".into();
-                    }
-                }
-            }
+            let (fr, sr) = c.finish.clone().unwrap_or(("stop".into(), Value::Null));
+            let (message, fr) = chat_message(&c.text.text, parse_tools, fr);
             let lp = if logprobs.is_some() {
                 json!({"content": c.lps.iter().map(|l| chat_lp_entry(&st, l)).collect::<Vec<_>>()})
             } else {
@@ -1160,9 +1135,70 @@ async fn chat(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
         .collect();
     Ok(Json(json!({
         "id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": choices, "usage": usage, "prompt_logprobs": null,
+        "choices": choices, "usage": usage, "prompt_logprobs": plp,
     }))
     .into_response())
+}
+
+/// Content and OpenAI `tool_calls` delta entries for one streamed text delta (Qwen3
+/// `<tool_call>` blocks become tool calls once closed, or at the end of the output).
+fn stream_tool_delta(
+    parser: Option<&mut ToolCallStreamParser>,
+    count: &mut usize,
+    text: &str,
+    finishing: bool,
+) -> (String, Vec<Value>) {
+    let events = match parser {
+        Some(p) => {
+            let mut ev = p.push(text);
+            if finishing {
+                ev.extend(p.finish());
+            }
+            ev
+        }
+        None => vec![ToolStreamEvent::Content(text.to_string())],
+    };
+    let mut content = String::new();
+    let mut calls = Vec::new();
+    for e in events {
+        match e {
+            ToolStreamEvent::Content(s) => content.push_str(&s),
+            ToolStreamEvent::ToolCall(tc) => {
+                calls.push(json!({"index": *count, "id": format!("chatcmpl-tool-{}", rand_id()), "type": "function",
+                    "function": {"name": tc.name, "arguments": tc.arguments}}));
+                *count += 1;
+            }
+        }
+    }
+    (content, calls)
+}
+
+/// The assistant message of a finished choice and its finish reason (`tool_calls` when the
+/// output held tool calls and stopped normally), as vLLM's auto tool choice.
+fn chat_message(text: &str, parse_tools: bool, finish: String) -> (Value, String) {
+    let mut message =
+        json!({"role": "assistant", "content": text, "tool_calls": [], "reasoning_content": null});
+    let mut fr = finish;
+    if parse_tools {
+        let (content, calls) = parse_tool_calls(text);
+        if !calls.is_empty() {
+            message["content"] = if content.is_empty() {
+                Value::Null
+            } else {
+                Value::String(content)
+            };
+            message["tool_calls"] = Value::Array(
+                calls
+                    .into_iter()
+                    .map(|tc| json!({"id": format!("chatcmpl-tool-{}", rand_id()), "type": "function", "function": {"name": tc.name, "arguments": tc.arguments}}))
+                    .collect(),
+            );
+            if fr == "stop" {
+                fr = "tool_calls".into();
+            }
+        }
+    }
+    (message, fr)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1207,7 +1243,9 @@ fn completion_lps(
         match l {
             Some(l) => {
                 lps.push(json!(safe_lp(l.logprob)));
+                // vLLM always lists the sampled token next to the top alternatives.
                 let mut m = Map::new();
+                m.insert(tok_str(st, l.token), json!(safe_lp(l.logprob)));
                 for &(tid, lp) in &l.top {
                     m.entry(tok_str(st, tid)).or_insert(json!(safe_lp(lp)));
                 }
@@ -1404,4 +1442,54 @@ async fn completions(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
         "choices": choices, "usage": usage,
     }))
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUT: &str = "Let me check.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+
+    #[test]
+    fn tool_calls_in_a_finished_message() {
+        let (m, fr) = chat_message(OUT, true, "stop".into());
+        assert_eq!(fr, "tool_calls");
+        assert_eq!(m["content"], "Let me check.");
+        let call = &m["tool_calls"][0];
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["function"]["name"], "get_weather");
+        let args: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({"city": "Paris"}));
+        assert!(call["id"].as_str().unwrap().starts_with("chatcmpl-tool-"));
+        // without tools (or tool_choice none) the text stays content
+        let (m, fr) = chat_message(OUT, false, "stop".into());
+        assert_eq!(fr, "stop");
+        assert_eq!(m["content"], OUT);
+        assert_eq!(m["tool_calls"], json!([]));
+    }
+
+    #[test]
+    fn tool_calls_streamed_in_small_deltas() {
+        let mut p = ToolCallStreamParser::new();
+        let mut count = 0;
+        let mut content = String::new();
+        let mut calls = Vec::new();
+        let chars: Vec<char> = OUT.chars().collect();
+        let pieces: Vec<String> = chars.chunks(3).map(|c| c.iter().collect()).collect();
+        for (i, piece) in pieces.iter().enumerate() {
+            let (c, k) = stream_tool_delta(Some(&mut p), &mut count, piece, i + 1 == pieces.len());
+            content.push_str(&c);
+            calls.extend(k);
+        }
+        assert_eq!(content, "Let me check.");
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0]["index"], 0);
+        assert_eq!(calls[0]["function"]["name"], "get_weather");
+        assert_eq!(count, 1);
+        // no parser: everything is content
+        let (c, k) = stream_tool_delta(None, &mut count, OUT, true);
+        assert_eq!(c, OUT);
+        assert!(k.is_empty());
+    }
 }

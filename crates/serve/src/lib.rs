@@ -246,6 +246,12 @@ impl AppState {
         served_names: Vec<String>,
         cfg: &ServeConfig,
     ) -> Result<AppState, ServeError> {
+        // Handlers name the first served name in responses, so there is always one.
+        let served_names = if served_names.is_empty() {
+            vec![cfg.model.clone()]
+        } else {
+            served_names
+        };
         let tokenizer = Tokenizer::from_file(model_dir.join("tokenizer.json"))?;
         let tcfg = TokenizerConfig::from_dir(model_dir).ok();
         let template = tcfg

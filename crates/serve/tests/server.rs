@@ -289,6 +289,18 @@ async fn chat_and_completions_stream_and_non_stream() {
     }
     assert_eq!(v["usage"]["completion_tokens"], 10);
 
+    // prompt_logprobs on chat (vLLM extension): one entry per prompt token, the first null
+    let (c, v) = post(
+        &s,
+        "/v1/chat/completions",
+        json!({"model": "r4", "messages": msgs, "max_tokens": 1, "prompt_logprobs": 0}),
+    )
+    .await;
+    assert_eq!(c, 200, "{v}");
+    let plp = v["prompt_logprobs"].as_array().unwrap();
+    assert_eq!(json!(plp.len()), v["usage"]["prompt_tokens"]);
+    assert!(plp[0].is_null() && plp[1].is_object());
+
     // completions: text prompt, non-stream vs stream, stop string
     let body = json!({"model": "tiny", "prompt": "Write a function", "max_tokens": 10, "temperature": 0, "ignore_eos": true});
     let (c, a) = post(&s, "/v1/completions", body.clone()).await;
@@ -787,8 +799,13 @@ async fn builtin_model_openclaw_sized_request() {
     let mut sb = body.clone();
     sb["stream"] = json!(true);
     let ev = post_stream(&s, "/v1/chat/completions", sb).await;
-    let text: String = ev.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
-    let calls = ev.iter().any(|e| e["choices"][0]["delta"]["tool_calls"].is_array());
+    let text: String = ev
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let calls = ev
+        .iter()
+        .any(|e| e["choices"][0]["delta"]["tool_calls"].is_array());
     let ns = &v["choices"][0]["message"];
     if !calls && ns["tool_calls"].as_array().is_some_and(|a| a.is_empty()) {
         assert_eq!(json!(text), ns["content"]);
