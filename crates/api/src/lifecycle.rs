@@ -437,6 +437,21 @@ async fn distill_inner(
         metadata.get("total_loss").and_then(Value::as_f64),
     );
     metadata.insert("adapter_version".into(), json!(saved.version));
+    if state.backend().serves_adapters() {
+        // Best effort, like init: `{base}-latest` now names the new version, so a server that
+        // serves the alias should see it. The saved version stands even if this fails.
+        let mut names = vec![normalize_adapter_name(&saved.id)];
+        if let Some(a) = &saved.latest_alias {
+            names.push(normalize_adapter_name(a));
+        }
+        if let Ok(dir) = state.store().adapter_dir(&saved.id) {
+            for name in names {
+                if let Err(e) = state.backend().reload_adapter(&name, &dir).await {
+                    tracing::warn!(name, error = %e, "failed to load the new version into the inference server");
+                }
+            }
+        }
+    }
     Ok(DistillResponse {
         lora_id: saved.id,
         metadata,

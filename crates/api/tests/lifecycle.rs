@@ -333,9 +333,11 @@ async fn crash_between_stage_and_rename_keeps_the_old_adapter_loadable() {
 
 #[tokio::test]
 async fn distill_saves_a_new_version_and_moves_latest() {
+    let (vurl, fake) = start_fake_vllm().await;
     let engine = CopyEngine::default();
-    let api = start_api(None, Some(Arc::new(engine.clone())), |_| {}).await;
+    let api = start_api(Some(&vurl), Some(Arc::new(engine.clone())), |_| {}).await;
     let id = init_adapter(&api, "u/v").await;
+    fake.calls.lock().unwrap().clear();
     let (s, b) = api.post("/v1/distill", feedback_body("u/v-latest")).await;
     assert_eq!(s, 200, "{b}");
     let new_id = b["lora_id"].as_str().unwrap().to_string();
@@ -345,6 +347,21 @@ async fn distill_saves_a_new_version_and_moves_latest() {
     // the old version is untouched; the new one carries the optimizer state
     assert!(!api.root().join(&id).join("step.txt").exists());
     assert!(api.root().join(&new_id).join("step.txt").exists());
+    // no sleep for a versioned save; the moved alias is reloaded into the server
+    let new_dir = api.root().join(&new_id);
+    assert_eq!(
+        fake.actions(),
+        vec![
+            format!("unload {}", claas_api::normalize_adapter_name(&new_id)),
+            format!(
+                "load {} {}",
+                claas_api::normalize_adapter_name(&new_id),
+                new_dir.display()
+            ),
+            "unload u-v-latest".to_string(),
+            format!("load u-v-latest {}", new_dir.display()),
+        ]
+    );
     assert!(api
         .state
         .store()
