@@ -229,13 +229,27 @@ async fn export_lora(
         .map_err(|e| ApiError::invalid(loc, "value_error", format!("Value error, {e}")))?;
     let store = st.store().clone();
     let id2 = id.clone();
-    let (_, bytes) = tokio::task::spawn_blocking(move || store.export_zip(&id2))
-        .await
-        .map_err(|e| blocking_failed("LoRA export failed", e))?
-        .map_err(|e| match e {
-            StoreError::NotFound(_) => ApiError::NotFound(format!("LoRA not found: {id}")),
-            other => ApiError::Internal(format!("LoRA export failed: {other}")),
-        })?;
+    let exported = tokio::task::spawn_blocking(move || {
+        // An in-place save swaps the folder with two renames; a read that straddles them
+        // fails with an I/O error, and a second read sees the new folder.
+        let mut last = store.export_zip(&id2);
+        for _ in 0..3 {
+            match &last {
+                Err(StoreError::Io { .. }) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    last = store.export_zip(&id2);
+                }
+                _ => break,
+            }
+        }
+        last
+    })
+    .await
+    .map_err(|e| blocking_failed("LoRA export failed", e))?;
+    let (_, bytes) = exported.map_err(|e| match e {
+        StoreError::NotFound(_) => ApiError::NotFound(format!("LoRA not found: {id}")),
+        other => ApiError::Internal(format!("LoRA export failed: {other}")),
+    })?;
     let disposition = format!("attachment; filename=\"{}.zip\"", safe_export_name(&id));
     Ok((
         [
@@ -267,6 +281,21 @@ async fn score(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, A
     let req = parse_score(&parse_json(&body)?)?;
     let resolved = match &req.lora_id {
         Some(id) => Some(lifecycle::resolve(st.store(), id).await?),
+        None => None,
+    };
+    // Score the adapter as saved, not mid-update: wait for a running update of it to finish.
+    let _guard = match &resolved {
+        Some(r) => Some(
+            st.locks()
+                .acquire(&r.id, st.config().lock_timeout)
+                .await
+                .ok_or_else(|| {
+                    ApiError::Conflict(format!(
+                        "Timed out waiting for lock on LoRA '{}': an update of this adapter is in progress",
+                        r.id
+                    ))
+                })?,
+        ),
         None => None,
     };
     let (logprobs, tokens, prompt_tokens, source) = if let Some(engine) = st.engine() {

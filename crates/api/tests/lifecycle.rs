@@ -252,6 +252,14 @@ async fn lock_timeout_gives_409() {
     assert_eq!(rec["phase"], "lock");
     let (s, _) = api.post("/v1/distill", feedback_body(&id)).await;
     assert_eq!(s, 409);
+    // scoring waits for the update of the adapter too
+    let (s, _) = api
+        .post(
+            "/v1/score",
+            json!({"lora_id": id, "prompt": "p", "response": "r"}),
+        )
+        .await;
+    assert_eq!(s, 409);
     drop(guard);
     let (s, _) = api.post("/v1/feedback", feedback_body("u/l-latest")).await;
     assert_eq!(s, 200);
