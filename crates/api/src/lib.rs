@@ -16,6 +16,7 @@ pub mod locks;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod sdpo_engine;
 pub mod state;
 pub mod types;
 pub mod validate;
@@ -29,4 +30,5 @@ pub use engine::{
 };
 pub use error::{ApiError, ValidationIssue};
 pub use routes::router;
+pub use sdpo_engine::SdpoEngine;
 pub use state::ApiState;

@@ -1,151 +1,16 @@
 //! End to end on the built-in tiny model with the real SDPO trainer (claas-sdpo): init ->
 //! score -> feedback -> the adapter changed on disk and in its scores, optimizer state carried,
-//! export loads. The engine adapter below is the few lines that map the API's job onto
-//! `claas_sdpo::Trainer` (the binary uses claas-stack's equivalent).
+//! export loads.
 
 mod common;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use claas_api::{
-    DistillJob, DistillOutput, EngineError, ScoreOutput, TrainedArtifacts, TrainingEngine,
-};
-use claas_chat::{ChatTemplate, Tokenizer, TokenizerConfig};
-use claas_model::{LoadOptions, LoraAdapter, Qwen3};
-use claas_sdpo::{AdamState, FeedbackItem, SdpoError, TeacherMode, Trainer, TrainingConfig};
+use claas_api::SdpoEngine;
+use claas_model::LoraAdapter;
 use common::*;
-use serde_json::{json, Map, Value};
-
-struct RealEngine {
-    trainer: Trainer,
-    config: Value,
-    id: String,
-}
-
-fn map_err(e: SdpoError) -> EngineError {
-    if e.is_bad_input() {
-        EngineError::BadInput(e.to_string())
-    } else {
-        EngineError::Internal(e.to_string())
-    }
-}
-
-struct Artifacts {
-    adapter: LoraAdapter,
-    optimizer: AdamState,
-}
-
-impl TrainedArtifacts for Artifacts {
-    fn save_adapter(&self, dir: &Path) -> Result<(), EngineError> {
-        self.adapter
-            .save(dir)
-            .map_err(|e| EngineError::Internal(e.to_string()))
-    }
-    fn save_optimizer(&self, dir: &Path) -> Result<(), EngineError> {
-        self.optimizer.save(dir).map_err(map_err)
-    }
-}
-
-impl RealEngine {
-    fn load() -> Self {
-        Self::load_dir(
-            &claas_model::builtin_model_dir("tiny").unwrap(),
-            "builtin:tiny",
-        )
-    }
-
-    fn load_dir(dir: &Path, id: &str) -> Self {
-        let model = Qwen3::load(dir, &LoadOptions::default()).unwrap();
-        let config = model.config().to_json();
-        let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-        let tmpl = ChatTemplate::from_config(&TokenizerConfig::from_dir(dir).unwrap()).unwrap();
-        RealEngine {
-            trainer: Trainer::new(Arc::new(model), Arc::new(tok), Arc::new(tmpl)),
-            config,
-            id: id.to_string(),
-        }
-    }
-
-    fn adapter(&self, dir: &Path) -> Result<LoraAdapter, EngineError> {
-        let m = self.trainer.model();
-        LoraAdapter::load(dir, m.config(), m.device(), m.dtype())
-            .map_err(|e| EngineError::BadInput(e.to_string()))
-    }
-}
-
-impl TrainingEngine for RealEngine {
-    fn base_model_id(&self) -> &str {
-        &self.id
-    }
-    fn base_model_config(&self) -> Option<Value> {
-        Some(self.config.clone())
-    }
-    fn distill(&self, job: &DistillJob) -> Result<DistillOutput, EngineError> {
-        let adapter = self.adapter(&job.adapter_dir)?;
-        let opt = match &job.optimizer_dir {
-            Some(d) => AdamState::load(d).map_err(map_err)?,
-            None => None,
-        };
-        let t = &job.training;
-        let cfg = TrainingConfig {
-            learning_rate: t.learning_rate,
-            alpha: t.alpha,
-            is_clip: t.is_clip,
-            max_grad_norm: t.max_grad_norm,
-            kl_reg_weight: t.kl_reg_weight,
-            teacher_top_k: t.teacher_top_k as usize,
-            steps_per_batch: t.steps_per_batch as usize,
-            teacher_mode: if t.teacher_mode == "remote" {
-                TeacherMode::Remote
-            } else {
-                TeacherMode::SelfTeacher
-            },
-        };
-        let items: Vec<FeedbackItem> = job
-            .items
-            .iter()
-            .map(|i| FeedbackItem {
-                prompt: i.prompt.clone(),
-                response: i.response.clone(),
-                feedback: i.feedback.clone(),
-                rollout_logprobs: i.rollout_logprobs.clone(),
-            })
-            .collect();
-        let out = self
-            .trainer
-            .distill(&adapter, opt, &items, &cfg)
-            .map_err(map_err)?;
-        let metadata = match serde_json::to_value(&out.metadata) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        };
-        Ok(DistillOutput {
-            metadata,
-            artifacts: Box::new(Artifacts {
-                adapter: out.adapter,
-                optimizer: out.optimizer,
-            }),
-        })
-    }
-    fn score(
-        &self,
-        dir: Option<&Path>,
-        prompt: &str,
-        response: &str,
-    ) -> Result<ScoreOutput, EngineError> {
-        let adapter = dir.map(|d| self.adapter(d)).transpose()?;
-        let logprobs = self
-            .trainer
-            .score(adapter.as_ref(), prompt, response)
-            .map_err(map_err)?;
-        Ok(ScoreOutput {
-            logprobs,
-            tokens: Vec::new(),
-            prompt_tokens: 0,
-        })
-    }
-}
+use serde_json::{json, Value};
 
 async fn score(api: &Api, id: Option<&str>, body: &Value) -> Vec<f64> {
     let mut req = json!({"prompt": body["prompt"], "response": body["response"]});
@@ -166,7 +31,12 @@ async fn score(api: &Api, id: Option<&str>, body: &Value) -> Vec<f64> {
 #[tokio::test]
 async fn feedback_trains_the_builtin_tiny_adapter() {
     let (vurl, fake) = start_fake_vllm().await;
-    let api = start_api(Some(&vurl), Some(Arc::new(RealEngine::load())), |_| {}).await;
+    let api = start_api(
+        Some(&vurl),
+        Some(Arc::new(SdpoEngine::load("builtin:tiny").unwrap())),
+        |_| {},
+    )
+    .await;
     let id = init_adapter(&api, "e2e/bot").await;
 
     let mut body = feedback_body("e2e/bot-latest");
@@ -312,7 +182,7 @@ async fn parity_feedback_and_export_match_distill_step_fixture() {
     )
     .unwrap();
     let model_dir = fixtures().join(fx["model"].as_str().unwrap());
-    let engine = RealEngine::load_dir(&model_dir, &model_dir.to_string_lossy());
+    let engine = SdpoEngine::load(&model_dir.to_string_lossy()).unwrap();
     let api = start_api(None, Some(Arc::new(engine)), |_| {}).await;
 
     let req = &fx["request"];
@@ -441,7 +311,12 @@ async fn feedback_against_a_real_claas_serve() {
         std::future::pending(),
     ));
 
-    let api = start_api(Some(&serve_url), Some(Arc::new(RealEngine::load())), |_| {}).await;
+    let api = start_api(
+        Some(&serve_url),
+        Some(Arc::new(SdpoEngine::load("builtin:tiny").unwrap())),
+        |_| {},
+    )
+    .await;
     let id = init_adapter(&api, "srv/bot").await;
     let models: Value = api
         .http

@@ -2,6 +2,7 @@
 //! same process (memory bandwidth) or supplied from the PyTorch anchor run on the same machine.
 
 pub mod model;
+pub mod sdpo;
 
 use std::time::Instant;
 

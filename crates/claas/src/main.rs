@@ -73,6 +73,15 @@ enum BenchWhat {
         #[arg(long)]
         quick: bool,
     },
+    /// One SDPO step (teacher, forward, backward, optimizer, save) on a Qwen3-0.6B-shaped model.
+    Sdpo {
+        /// JSON output of shared/bench/torch_anchor.py run on this machine, for ratios.
+        #[arg(long)]
+        torch_json: Option<PathBuf>,
+        /// 4 layers instead of 28 (smoke run).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 /// Where adapters and logs live when the environment does not say: the user's data folder.
@@ -135,16 +144,22 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Init => init(),
-        Command::Bench { what } => match what {
-            BenchWhat::Model { torch_json, quick } => {
-                let torch = torch_json
-                    .map(|p| claas_bench::read_torch_anchor(&p))
+        Command::Bench { what } => {
+            let anchor = |p: Option<PathBuf>| {
+                p.map(|p| claas_bench::read_torch_anchor(&p))
                     .transpose()
-                    .context("reading the torch anchor JSON")?;
-                claas_bench::model::run(torch.as_ref(), quick)?;
-                Ok(())
+                    .context("reading the torch anchor JSON")
+            };
+            match what {
+                BenchWhat::Model { torch_json, quick } => {
+                    claas_bench::model::run(anchor(torch_json)?.as_ref(), quick)?
+                }
+                BenchWhat::Sdpo { torch_json, quick } => {
+                    claas_bench::sdpo::run(anchor(torch_json)?.as_ref(), quick)?
+                }
             }
-        },
+            Ok(())
+        }
     }
 }
 
@@ -276,25 +291,6 @@ async fn api(a: ApiArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_trainer(spec: &str) -> anyhow::Result<Arc<claas_stack::SdpoEngine>> {
-    let dir = claas_model::resolve_model(spec)?;
-    let model = Arc::new(claas_model::Qwen3::load(
-        &dir,
-        &claas_model::LoadOptions::default(),
-    )?);
-    let tokenizer = Arc::new(claas_chat::Tokenizer::from_file(
-        dir.join("tokenizer.json"),
-    )?);
-    let template =
-        claas_chat::ChatTemplate::from_config(&claas_chat::TokenizerConfig::from_dir(&dir)?)?;
-    let trainer = Arc::new(claas_sdpo::Trainer::new(
-        model,
-        tokenizer.clone(),
-        Arc::new(template),
-    ));
-    Ok(Arc::new(claas_stack::SdpoEngine::new(
-        trainer,
-        tokenizer,
-        spec.to_string(),
-    )))
+fn load_trainer(spec: &str) -> anyhow::Result<Arc<claas_api::SdpoEngine>> {
+    Ok(Arc::new(claas_api::SdpoEngine::load(spec)?))
 }

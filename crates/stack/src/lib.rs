@@ -3,12 +3,10 @@
 
 pub mod init;
 pub mod inprocess;
-pub mod trainer;
 pub mod up;
 
 pub use init::{run_init, InitSettings, InitSummary};
 pub use inprocess::InProcessBackend;
-pub use trainer::SdpoEngine;
 pub use up::{up, UpConfig};
 
 /// Failures while setting up or running the stack.

@@ -18,7 +18,9 @@ use claas_serve::{normalize_alias, AppState, ServeConfig};
 use claas_store::LoraStore;
 use tokio::net::TcpListener;
 
-use crate::{run_init, InProcessBackend, InitSettings, SdpoEngine, StackError};
+use claas_api::SdpoEngine;
+
+use crate::{run_init, InProcessBackend, InitSettings, StackError};
 
 /// Settings of `claas up`.
 #[derive(Debug, Clone)]

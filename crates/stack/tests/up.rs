@@ -98,7 +98,9 @@ async fn served_logprobs(c: &reqwest::Client, s: &Stack) -> Vec<f64> {
         .json()
         .await
         .unwrap();
-    let entries = r["choices"][0]["prompt_logprobs"].as_array().unwrap_or_else(|| panic!("{r}"));
+    let entries = r["choices"][0]["prompt_logprobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"));
     entries
         .iter()
         .skip(1)
@@ -154,7 +156,10 @@ async fn feedback_updates_the_served_adapter_in_place() {
         .json()
         .await
         .unwrap();
-    let answer = chat["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let answer = chat["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(!answer.is_empty());
 
     let before_lp = served_logprobs(&c, &s).await;
@@ -194,7 +199,10 @@ async fn feedback_updates_the_served_adapter_in_place() {
         .zip(&after_lp)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
-    assert!(moved > 1e-6, "served log-probabilities did not change ({moved})");
+    assert!(
+        moved > 1e-6,
+        "served log-probabilities did not change ({moved})"
+    );
     s.stop().await;
 }
 
@@ -219,12 +227,19 @@ async fn reference_readme_verification_curls_work() {
     let serve = s.serve.clone();
     let api = s.api.clone();
     let body = tokio::task::spawn_blocking(move || {
-        let models = curl(&[&format!("{serve}/v1/models"), "-H", "Authorization: Bearer sk-local"]);
+        let models = curl(&[
+            &format!("{serve}/v1/models"),
+            "-H",
+            "Authorization: Bearer sk-local",
+        ]);
         assert!(models["data"].as_array().unwrap().len() >= 2);
         let root = curl(&[&format!("{api}/")]);
         assert_eq!(root["name"], "CLaaS API");
         let loras = curl(&[&format!("{api}/v1/lora")]);
-        assert!(loras.to_string().contains("openclaw/assistant-latest"), "{loras}");
+        assert!(
+            loras.to_string().contains("openclaw/assistant-latest"),
+            "{loras}"
+        );
         curl(&[
             "-X",
             "POST",

@@ -3,13 +3,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use claas_api::engine::{
-    DistillJob, DistillOutput, EngineError, ScoreOutput, TrainedArtifacts, TrainingEngine,
-};
-use claas_chat::Tokenizer;
-use claas_model::{LoraAdapter, Qwen3};
+use claas_chat::{ChatTemplate, Tokenizer, TokenizerConfig};
+use claas_model::{LoadOptions, LoraAdapter, Qwen3};
 use claas_sdpo::{AdamState, FeedbackItem, SdpoError, TeacherMode, Trainer, TrainingConfig};
 use serde_json::{Map, Value};
+
+use crate::engine::{
+    DistillJob, DistillOutput, EngineError, ScoreOutput, TrainedArtifacts, TrainingEngine,
+};
 
 /// [`TrainingEngine`] over [`claas_sdpo::Trainer`].
 pub struct SdpoEngine {
@@ -29,6 +30,27 @@ impl SdpoEngine {
             base_model_id,
             config_json,
         }
+    }
+
+    /// Loads the base model named by `spec` (folder, hub id or `builtin:NAME`) with its
+    /// tokenizer and chat template, and builds the trainer on it.
+    pub fn load(spec: &str) -> Result<Self, EngineError> {
+        let fail = |e: String| EngineError::Internal(format!("loading base model {spec}: {e}"));
+        let dir = claas_model::resolve_model(spec).map_err(|e| fail(e.to_string()))?;
+        let model = Qwen3::load(&dir, &LoadOptions::default()).map_err(|e| fail(e.to_string()))?;
+        let tokenizer = Arc::new(
+            Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| fail(e.to_string()))?,
+        );
+        let template = TokenizerConfig::from_dir(&dir)
+            .and_then(|c| ChatTemplate::from_config(&c))
+            .map_err(|e| fail(e.to_string()))?;
+        let trainer = Trainer::new(Arc::new(model), tokenizer.clone(), Arc::new(template));
+        Ok(Self::new(Arc::new(trainer), tokenizer, spec.to_string()))
+    }
+
+    /// The trainer (and through it the shared base model).
+    pub fn trainer(&self) -> &Arc<Trainer> {
+        &self.trainer
     }
 
     fn model(&self) -> &Arc<Qwen3> {
