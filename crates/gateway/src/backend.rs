@@ -254,8 +254,33 @@ impl ClaasClient {
         }
     }
 
-    /// `POST /v1/feedback`. Not retried: a distill step is not idempotent.
+    /// `POST /v1/feedback`. Not retried on failure (a distill step is not idempotent), with one
+    /// exception: a 422 about `rollout_logprobs` means nothing was trained and the
+    /// log-probabilities do not line up with the API's tokenization of the reply (the served
+    /// tokens need not be the canonical tokenization of their text), so the request is sent
+    /// once more without them and the API takes them from the server on-policy.
     pub(crate) async fn submit(
+        &self,
+        payload: &FeedbackPayload,
+    ) -> Result<FeedbackResult, FeedbackError> {
+        match self.submit_once(payload).await {
+            Err(FeedbackError::Status { status: 422, body })
+                if payload.rollout_logprobs.is_some() && body.contains("rollout_logprobs") =>
+            {
+                tracing::info!(
+                    "rollout log-probabilities rejected ({body}); retrying without them"
+                );
+                let retry = FeedbackPayload {
+                    rollout_logprobs: None,
+                    ..payload.clone()
+                };
+                self.submit_once(&retry).await
+            }
+            other => other,
+        }
+    }
+
+    async fn submit_once(
         &self,
         payload: &FeedbackPayload,
     ) -> Result<FeedbackResult, FeedbackError> {

@@ -121,6 +121,26 @@ async fn feedback_sends_the_plugin_payload_and_reports_success() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_retries_without_logprobs_the_api_cannot_line_up() {
+    let h = Harness::start(|_| {}).await;
+    h.claas.reject_rollout_logprobs();
+    h.tg.push_text(ALICE, "hi");
+    h.tg.wait_sent(ALICE, 1).await;
+    h.tg.push_text(ALICE, "/feedback be shorter");
+    let sent = h.tg.wait_sent(ALICE, 3).await;
+    assert_eq!(
+        sent[2],
+        "✅ Feedback applied (1.3s | loss: 0.1235 | 7 tokens)"
+    );
+    let payloads = h.claas.payloads();
+    assert_eq!(payloads.len(), 2, "exactly one retry");
+    assert!(payloads[0].get("rollout_logprobs").is_some());
+    assert!(payloads[1].get("rollout_logprobs").is_none());
+    assert_eq!(payloads[0]["response"], payloads[1]["response"]);
+    h.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feedback_conflict_gives_the_busy_message() {
     let h = Harness::start(|_| {}).await;
     h.claas.set_busy();

@@ -14,7 +14,7 @@ use crate::{ModelError, Qwen3Config, Result};
 pub const BUILTIN_TINY: &str = "tiny";
 
 /// Bumped whenever the generated files change, so stale caches are not reused.
-const BUILTIN_VERSION: u32 = 1;
+const BUILTIN_VERSION: u32 = 2;
 const SEED: u64 = 0x00C1_AA5;
 
 fn cache_root() -> PathBuf {
@@ -109,7 +109,19 @@ pub fn write_builtin_model(dir: &Path) -> Result<()> {
     let eos = id("<|im_end|>")?;
     let pad = id("<|endoftext|>")?;
     let cfg = tiny_config(tok.vocab_size(), eos, pad);
-    let mut tensors = tiny_weights(&cfg)?;
+    let mut whitespace = Vec::new();
+    let mut never = Vec::new();
+    for id in 0..tok.vocab_size() as u32 {
+        let text = tok.decode(&[id], false).unwrap_or_default();
+        if tok.is_special(id) || text.starts_with('<') && text.ends_with('>') && text.len() > 2 {
+            if id != eos {
+                never.push(id);
+            }
+        } else if !text.is_empty() && text.chars().all(char::is_whitespace) {
+            whitespace.push(id);
+        }
+    }
+    let mut tensors = tiny_weights(&cfg, &whitespace, &never)?;
     let calib = tok
         .encode(CALIBRATION_TEXT, false)
         .map_err(|e| ModelError::Config(format!("built-in tokenizer: {e}")))?;
@@ -160,11 +172,15 @@ pub fn write_builtin_model(dir: &Path) -> Result<()> {
 
 type Weights = HashMap<String, (Vec<usize>, Vec<f32>)>;
 
-/// Seeded random weights. Hidden dimension 0 is a constant "bias channel": every embedding has
-/// 1.0 there and no layer writes to it, so the LM head can give `<|im_end|>` a steady logit
-/// boost (set by [`calibrate_end_of_turn`]) and the random demo model ends its replies after a
-/// few dozen tokens instead of rambling to max_tokens.
-fn tiny_weights(c: &Qwen3Config) -> Result<Weights> {
+/// Seeded random weights with two "bias channels" that no layer writes to, so the final hidden
+/// state carries them straight from the last token's embedding:
+/// - channel 0 is +1 for ordinary tokens and -1 for whitespace-only ones; the LM head gives
+///   `<|im_end|>` a weight on it (set by [`calibrate_end_of_turn`]), so the random demo model
+///   ends its replies after a few dozen tokens, never right after a newline (no empty replies);
+/// - channel 1 is +1 everywhere; the LM head gives the other special and tag tokens
+///   (`<|im_start|>`, `<think>`, `<tool_call>`, ...) a large negative weight on it, so the demo
+///   model never emits them.
+fn tiny_weights(c: &Qwen3Config, whitespace: &[u32], never: &[u32]) -> Result<Weights> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
     let mut normal = |n: usize, std: f32| -> Result<Vec<f32>> {
         let d = Normal::new(0.0f32, std).map_err(|e| ModelError::Config(e.to_string()))?;
@@ -175,6 +191,10 @@ fn tiny_weights(c: &Qwen3Config) -> Result<Weights> {
     let mut embed = normal(v * h, 0.1)?;
     for row in embed.chunks_mut(h) {
         row[0] = 1.0;
+        row[1] = 1.0;
+    }
+    for &id in whitespace {
+        embed[id as usize * h] = -1.0;
     }
     w.insert("model.embed_tokens.weight".into(), (vec![v, h], embed));
     for l in 0..c.num_hidden_layers {
@@ -182,7 +202,7 @@ fn tiny_weights(c: &Qwen3Config) -> Result<Weights> {
             let (i, o) = m.dims(c);
             let mut t = normal(o * i, 0.05)?;
             if matches!(m, crate::Module::O | crate::Module::Down) {
-                t[..i].iter_mut().for_each(|x| *x = 0.0); // row 0 = output channel 0
+                t[..2 * i].iter_mut().for_each(|x| *x = 0.0); // rows 0, 1 = bias channels
             }
             w.insert(format!("{}.weight", m.module_path(l)), (vec![o, i], t));
         }
@@ -200,6 +220,10 @@ fn tiny_weights(c: &Qwen3Config) -> Result<Weights> {
     let mut head = normal(v * h, 0.1)?;
     for row in head.chunks_mut(h) {
         row[0] = 0.0;
+        row[1] = 0.0;
+    }
+    for &id in never {
+        head[id as usize * h + 1] = -30.0;
     }
     w.insert("lm_head.weight".into(), (vec![v, h], head));
     Ok(w)

@@ -95,3 +95,39 @@ fn builtin_model_ends_turns() {
         "mean P(<|im_end|>) = {mean}, want a reply length of a few dozen tokens"
     );
 }
+
+/// The demo model never ends a turn right after whitespace (so no empty replies after the
+/// generation prompt's newline) and never emits tag tokens such as `<think>`.
+#[test]
+fn builtin_model_never_answers_empty_or_with_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    write_builtin_model(dir.path()).unwrap();
+    let m = Qwen3::load(dir.path(), &LoadOptions::default()).unwrap();
+    let tok = claas_chat::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
+    let eos = m.config().eos_token_ids[0] as usize;
+    for prompt in [
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+    ] {
+        let ids = tok.encode(prompt, false).unwrap();
+        let logits = m.logits(&ids, None, 64).unwrap();
+        let last =
+            candle_nn::ops::softmax(&logits.narrow(0, ids.len() - 1, 1).unwrap(), 1).unwrap();
+        let p: Vec<f32> = last.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(
+            p[eos] < 1e-4,
+            "P(<|im_end|>) after the generation prompt = {}",
+            p[eos]
+        );
+        for tag in [
+            "<think>",
+            "</think>",
+            "<tool_call>",
+            "<|im_start|>",
+            "<|endoftext|>",
+        ] {
+            let id = tok.token_to_id(tag).unwrap() as usize;
+            assert!(p[id] < 1e-6, "P({tag}) = {}", p[id]);
+        }
+    }
+}

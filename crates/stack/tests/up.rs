@@ -81,9 +81,9 @@ fn http() -> reqwest::Client {
 }
 
 /// Per-token log-probabilities of a fixed text under the served adapter.
-async fn served_logprobs(c: &reqwest::Client, s: &Stack) -> Vec<f64> {
+async fn served_logprobs(c: &reqwest::Client, serve: &str) -> Vec<f64> {
     let r: Value = c
-        .post(format!("{}/v1/completions", s.serve))
+        .post(format!("{serve}/v1/completions"))
         .bearer_auth("sk-local")
         .json(&json!({
             "model": "openclaw-assistant-latest",
@@ -162,7 +162,7 @@ async fn feedback_updates_the_served_adapter_in_place() {
         .to_string();
     assert!(!answer.is_empty());
 
-    let before_lp = served_logprobs(&c, &s).await;
+    let before_lp = served_logprobs(&c, &s.serve).await;
     let before_bytes = adapter_bytes(&s.root);
 
     let r = c
@@ -192,7 +192,7 @@ async fn feedback_updates_the_served_adapter_in_place() {
     assert!(Path::new(log).starts_with(&s.logs), "{log}");
     let logged: Value = serde_json::from_str(&std::fs::read_to_string(log).unwrap()).unwrap();
     assert!(logged.to_string().contains("Be shorter and friendlier."));
-    let after_lp = served_logprobs(&c, &s).await;
+    let after_lp = served_logprobs(&c, &s.serve).await;
     assert_eq!(before_lp.len(), after_lp.len());
     let moved = before_lp
         .iter()
@@ -260,4 +260,101 @@ async fn reference_readme_verification_curls_work() {
     .unwrap();
     assert_eq!(body["status"], "ok", "{body}");
     s.stop().await;
+}
+
+mod telegram {
+    use super::*;
+    use claas_testkit::{FakeTelegram, TOKEN};
+
+    /// `claas up` with the gateway on, talking to a local fake Telegram Bot API.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn telegram_chat_feedback_reset_and_allow_list() {
+        let tg = FakeTelegram::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("loras");
+        let mut g = claas_gateway::GatewayConfig::new(TOKEN);
+        g.telegram_api_url = tg.url.clone();
+        g.allowed_users = Some([42i64].into_iter().collect());
+        g.max_tokens = Some(24);
+        let cfg = UpConfig {
+            model: "builtin:tiny".into(),
+            host: "127.0.0.1".into(),
+            serve_port: 0,
+            api_port: 0,
+            api_key: Some("sk-local".into()),
+            lora_root: root.clone(),
+            feedback_log_dir: dir.path().join("logs"),
+            lora_name: "openclaw/assistant".into(),
+            max_model_len: None,
+            telegram: Some(g),
+            openclaw: None,
+            api: claas_api::ApiConfig::default(),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(up(
+            cfg,
+            async move {
+                let _ = stop_rx.await;
+            },
+            move |a| {
+                let _ = ready_tx.send(a);
+            },
+        ));
+        let addrs = ready_rx.await.unwrap();
+        let serve = format!("http://{}", addrs.serve);
+        let c = http();
+
+        // A message is answered by the served adapter.
+        tg.push_text(42, "hello, who are you?");
+        let sent = tg.wait_sent(42, 1).await;
+        assert!(!sent[0].trim().is_empty());
+        let before = adapter_bytes(&root);
+        let served_before = served_logprobs(&c, &serve).await;
+
+        // Feedback on that exchange trains the adapter; a message sent meanwhile is answered.
+        tg.push_text(42, "/feedback be shorter");
+        tg.push_text(42, "are you still there?");
+        let mut sent = Vec::new();
+        for _ in 0..600 {
+            sent = tg.sent(42);
+            if sent
+                .iter()
+                .any(|m| m.starts_with("\u{2705} Feedback applied"))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            sent.iter()
+                .any(|m| m.starts_with("\u{2705} Feedback applied")),
+            "no feedback confirmation: {sent:?}"
+        );
+        assert!(sent.iter().all(|m| !m.starts_with("\u{274C}")), "{sent:?}");
+        let n = tg.wait_sent(42, sent.len().max(4)).await.len();
+        assert!(n >= 4, "the message sent during the update got no reply");
+        assert_ne!(adapter_bytes(&root), before, "stored adapter unchanged");
+        assert_ne!(
+            served_logprobs(&c, &serve).await,
+            served_before,
+            "served adapter not swapped"
+        );
+
+        // /reset forgets the conversation: there is nothing left to give feedback on.
+        tg.push_text(42, "/reset");
+        let k = tg.wait_sent(42, n + 1).await;
+        assert!(k[n].contains("reset"), "{k:?}");
+        tg.push_text(42, "/feedback again");
+        let k = tg.wait_sent(42, n + 2).await;
+        assert!(!k[n + 1].starts_with("\u{2705}"), "{k:?}");
+
+        // Users outside the allow-list are refused.
+        tg.push_text(99, "let me in");
+        let refused = tg.wait_sent(99, 1).await;
+        assert!(refused[0].contains("not allowed"), "{refused:?}");
+
+        let _ = stop_tx.send(());
+        task.await.unwrap().unwrap();
+    }
 }
