@@ -37,3 +37,16 @@ pub use trainer::{
     DistillMetadata, DistillOutcome, DistillTimings, FeedbackItem, ItemTrace, PreparedItem,
     StepTrace, Targets, TeacherMode, Trainer, TrainingConfig,
 };
+
+#[cfg(test)]
+mod tests {
+    /// The API shares one trainer across request threads and moves outcomes between them.
+    #[test]
+    fn trainer_is_shareable_across_threads() {
+        fn check<T: Send + Sync>() {}
+        check::<crate::Trainer>();
+        check::<crate::DistillOutcome>();
+        check::<crate::SdpoError>();
+        check::<crate::AdamState>();
+    }
+}
