@@ -17,6 +17,9 @@
 #    channels.telegram.apiRoot, fake OpenAI model server, fake CLaaS API): a Telegram message
 #    is answered with the model's text, and `/feedback be shorter` goes through the plugin to
 #    the CLaaS API (payload checked) and back as "✅ Feedback applied (…)".
+#    With STACK=claas the model server and CLaaS API are the real `claas up` (built-in model)
+#    instead of the fakes; only Telegram stays fake: the reply comes from our server and the
+#    feedback trains the served adapter (its log file is checked).
 #
 # Not part of `cargo test`/CI: the first run downloads ~150 MB and the live part takes 1-3
 # minutes. Needs network for npm on the first run, python3, cargo, curl.
@@ -30,6 +33,8 @@ WAIT=${WAIT_SECONDS:-240}
 WORK=$(mktemp -d -t claas-openclaw-XXXXXX)
 FAKE_PID=""
 GATEWAY_PID=""
+CLAAS_PID=""
+STACK=${STACK:-fake}
 
 log() { printf '\n== %s\n' "$*"; }
 fail() { printf '\nFAIL: %s\n' "$*" >&2; exit 1; }
@@ -37,6 +42,7 @@ fail() { printf '\nFAIL: %s\n' "$*" >&2; exit 1; }
 cleanup() {
   if [[ -n "$GATEWAY_PID" ]]; then kill -- "-$GATEWAY_PID" 2>/dev/null || kill "$GATEWAY_PID" 2>/dev/null || true; fi
   if [[ -n "$FAKE_PID" ]]; then kill "$FAKE_PID" 2>/dev/null || true; fi
+  if [[ -n "$CLAAS_PID" ]]; then kill "$CLAAS_PID" 2>/dev/null || true; fi
   if [[ "${KEEP:-0}" == 1 ]]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -80,6 +86,18 @@ url() { python3 -c "import json,sys; print(json.load(open('$WORK/urls.json'))[sy
 TG=$(url telegram); MODEL_URL=$(url model); CLAAS=$(url claas)
 state() { curl -fsS "$TG/control/state"; }
 push() { curl -fsS -X POST "$TG/control/push" -H 'content-type: application/json' -d "$1" >/dev/null; }
+if [[ "$STACK" == claas ]]; then
+  log "claas up (built-in model) as the model server and CLaaS API"
+  (cd "$REPO" && cargo build -q --release -p claas)
+  free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+  SP=$(free_port); AP=$(free_port)
+  CLAAS_HOME="$WORK/claas" CLAAS_CACHE_DIR="$WORK/claas/cache" HOME="$WORK/claas" \
+    "$REPO/target/release/claas" up --port "$SP" --api-port "$AP" >"$WORK/claas.log" 2>&1 &
+  CLAAS_PID=$!
+  MODEL_URL="http://127.0.0.1:$SP/v1"; CLAAS="http://127.0.0.1:$AP"
+  for _ in $(seq 300); do curl -fsS "http://127.0.0.1:$SP/health" >/dev/null 2>&1 && break; sleep 0.2; done
+  curl -fsS "http://127.0.0.1:$SP/health" >/dev/null || fail "claas up did not start: $(tail -20 "$WORK/claas.log")"
+fi
 echo "telegram $TG, model $MODEL_URL, claas $CLAAS"
 
 log "write the config as claas init does"
@@ -143,11 +161,27 @@ wait_for() { # description, python expression over d (the fake's state)
 wait_for "Telegram polling" '"getUpdates" in d["methods"]'
 echo "gateway is polling"
 push '{"user": 4242, "text": "hello there"}'
-wait_for "the model's reply" 'any("Hello from the fake model." in m["text"] for m in d["sent"])'
-echo "message answered by the model server"
-push '{"user": 4242, "text": "/feedback be shorter"}'
-wait_for "the feedback result" 'any(m["text"].startswith("\u2705 Feedback applied (") or m["text"].startswith("\u274c") for m in d["sent"])'
-state | python3 -c '
+if [[ "$STACK" == claas ]]; then
+  wait_for "the model's reply" 'len(d["sent"]) >= 1'
+  echo "message answered by claas serve"
+  push '{"user": 4242, "text": "/feedback be shorter"}'
+  wait_for "the feedback result" 'any(m["text"].startswith("\u2705 Feedback applied (") or m["text"].startswith("\u274c") for m in d["sent"])'
+  state | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+for m in d["sent"]:
+    print("bot said:", m["text"])
+assert not any(m["text"].startswith(("\u274c", "\u26a0")) for m in d["sent"]), d["sent"]
+assert any(m["text"].startswith("\u2705 Feedback applied (") for m in d["sent"]), d["sent"]
+'
+  ls "$WORK/claas/feedback-logs"/*.json >/dev/null || fail "no feedback log written by claas"
+  echo "feedback logged by claas: $(ls "$WORK/claas/feedback-logs")"
+else
+  wait_for "the model's reply" 'any("Hello from the fake model." in m["text"] for m in d["sent"])'
+  echo "message answered by the model server"
+  push '{"user": 4242, "text": "/feedback be shorter"}'
+  wait_for "the feedback result" 'any(m["text"].startswith("\u2705 Feedback applied (") or m["text"].startswith("\u274c") for m in d["sent"])'
+  state | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
 for m in d["sent"]:
@@ -164,6 +198,7 @@ assert any(m["text"] == "\u2705 Feedback applied (1.3s | loss: 0.1235 | 7 tokens
 r = d["chat_requests"][0]
 print("OpenClaw sent the model server:", json.dumps(r))
 '
+fi
 echo "plugin bookkeeping:"
 grep -a -o '\[claas-feedback\] [^[:cntrl:]]*' "$WORK/gateway.log" | sed 's/^/  /' || true
 echo

@@ -2,7 +2,7 @@
 //! so it changes nothing), created from the model's `config.json` alone — no weights are
 //! downloaded, as in the reference.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use claas_model::{Device, LoraAdapter, LoraInit, ModelSource, Qwen3Config};
 use serde_json::Value;
@@ -25,22 +25,6 @@ fn cfg_err(spec: &str, message: impl Into<String>) -> InitError {
     }
 }
 
-fn hub_cache() -> PathBuf {
-    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = std::env::var_os("HF_HOME") {
-        return PathBuf::from(p).join("hub");
-    }
-    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(p).join("huggingface").join("hub");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"));
-    home.join(".cache").join("huggingface").join("hub")
-}
-
 fn read_json(spec: &str, path: &Path) -> Result<Value, InitError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| cfg_err(spec, format!("cannot read {}: {e}", path.display())))?;
@@ -57,7 +41,8 @@ pub fn model_config_json(spec: &str) -> Result<Value, InitError> {
             read_json(spec, &dir.join("config.json"))
         }
         ModelSource::Hub { repo, revision } => {
-            let repo_dir = hub_cache().join(format!("models--{}", repo.replace('/', "--")));
+            let repo_dir =
+                claas_model::hf_hub_cache().join(format!("models--{}", repo.replace('/', "--")));
             let commit = std::fs::read_to_string(repo_dir.join("refs").join(&revision))
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| revision.clone());

@@ -15,7 +15,7 @@ pub const BUILTIN_TINY: &str = "tiny";
 
 /// Bumped whenever the generated files change, so stale caches are not reused.
 const BUILTIN_VERSION: u32 = 2;
-const SEED: u64 = 0x00C1_AA5;
+const SEED: u64 = 0x000C_1AA5;
 
 fn cache_root() -> PathBuf {
     if let Some(p) = std::env::var_os("CLAAS_CACHE_DIR") {

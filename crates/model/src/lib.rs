@@ -18,7 +18,7 @@ pub use error::ModelError;
 pub use kv::KvCache;
 pub use lora::{LoraAdapter, LoraConfig, LoraInit, LoraPair, Module, TrainableLora, ALL_MODULES};
 pub use qwen3::{ForwardMode, Qwen3, SeqInput};
-pub use source::{resolve_model, ModelSource};
+pub use source::{hf_hub_cache, resolve_model, ModelSource};
 pub use weights::LoadOptions;
 
 /// Result alias for this crate.

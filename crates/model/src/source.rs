@@ -75,8 +75,9 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     }
 }
 
-/// The hub cache root as huggingface_hub computes it.
-pub(crate) fn hf_hub_cache() -> PathBuf {
+/// The hub cache root as huggingface_hub computes it (`HF_HUB_CACHE`, `HF_HOME/hub`,
+/// `XDG_CACHE_HOME/huggingface/hub`, `~/.cache/huggingface/hub`).
+pub fn hf_hub_cache() -> PathBuf {
     if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
         return PathBuf::from(p);
     }
