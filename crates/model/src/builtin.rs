@@ -14,7 +14,7 @@ use crate::{ModelError, Qwen3Config, Result};
 pub const BUILTIN_TINY: &str = "tiny";
 
 /// Bumped whenever the generated files change, so stale caches are not reused.
-const BUILTIN_VERSION: u32 = 2;
+const BUILTIN_VERSION: u32 = 3;
 const SEED: u64 = 0x000C_1AA5;
 
 fn cache_root() -> PathBuf {
@@ -113,7 +113,9 @@ pub fn write_builtin_model(dir: &Path) -> Result<()> {
     let mut never = Vec::new();
     for id in 0..tok.vocab_size() as u32 {
         let text = tok.decode(&[id], false).unwrap_or_default();
-        if tok.is_special(id) || text.starts_with('<') && text.ends_with('>') && text.len() > 2 {
+        // Tags, and byte pieces of multi-byte characters (which alone decode to U+FFFD).
+        let tag = text.starts_with('<') && text.ends_with('>') && text.len() > 2;
+        if tok.is_special(id) || tag || text.contains('\u{FFFD}') {
             if id != eos {
                 never.push(id);
             }
@@ -178,8 +180,8 @@ type Weights = HashMap<String, (Vec<usize>, Vec<f32>)>;
 ///   `<|im_end|>` a weight on it (set by [`calibrate_end_of_turn`]), so the random demo model
 ///   ends its replies after a few dozen tokens, never right after a newline (no empty replies);
 /// - channel 1 is +1 everywhere; the LM head gives the other special and tag tokens
-///   (`<|im_start|>`, `<think>`, `<tool_call>`, ...) a large negative weight on it, so the demo
-///   model never emits them.
+///   (`<|im_start|>`, `<think>`, `<tool_call>`, ...) and lone bytes of multi-byte characters a
+///   large negative weight on it, so the demo model never emits them (its text is valid UTF-8).
 fn tiny_weights(c: &Qwen3Config, whitespace: &[u32], never: &[u32]) -> Result<Weights> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
     let mut normal = |n: usize, std: f32| -> Result<Vec<f32>> {
