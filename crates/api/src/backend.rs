@@ -97,28 +97,8 @@ pub trait Backend: Send + Sync {
     ) -> BoxFut<'a, Result<(), BackendError>>;
 }
 
-/// vLLM's served-adapter name for an adapter id: runs of characters outside
-/// `[a-zA-Z0-9._-]` become `-`, leading/trailing `-` are dropped (`openclaw/assistant-latest` ->
-/// `openclaw-assistant-latest`); empty gives `lora`.
-pub fn normalize_adapter_name(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    let mut in_run = false;
-    for ch in id.trim_matches('/').chars() {
-        if ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-') {
-            out.push(ch);
-            in_run = false;
-        } else if !in_run {
-            out.push('-');
-            in_run = true;
-        }
-    }
-    let trimmed = out.trim_matches('-');
-    if trimmed.is_empty() {
-        "lora".to_string()
-    } else {
-        trimmed.to_string()
-    }
-}
+/// vLLM's served-adapter name for an adapter id (see [`claas_store::served_name`]).
+pub use claas_store::served_name as normalize_adapter_name;
 
 /// Sums `vllm:num_requests_running` and `vllm:num_requests_waiting` over all label sets of a
 /// Prometheus text exposition.

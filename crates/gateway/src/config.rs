@@ -169,28 +169,9 @@ pub(crate) fn parse_allowed_users(list: &str) -> Result<Option<HashSet<i64>>, Ga
     Ok(if set.is_empty() { None } else { Some(set) })
 }
 
-/// The served model name of a LoRA alias, as the reference's vLLM start script derives it:
-/// every run of characters outside `[A-Za-z0-9._-]` becomes `-` (`openclaw/assistant-latest`
-/// -> `openclaw-assistant-latest`).
-pub fn served_model_name(lora_alias: &str) -> String {
-    let mut out = String::with_capacity(lora_alias.len());
-    let mut in_run = false;
-    for c in lora_alias.chars() {
-        if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-            out.push(c);
-            in_run = false;
-        } else if !in_run {
-            out.push('-');
-            in_run = true;
-        }
-    }
-    let trimmed = out.trim_matches('-');
-    if trimmed.is_empty() {
-        "lora".to_string()
-    } else {
-        trimmed.to_string()
-    }
-}
+/// The served model name of a LoRA alias, as the reference's vLLM start script derives it
+/// (see [`claas_store::served_name`]).
+pub use claas_store::served_name as served_model_name;
 
 fn check_url(name: &'static str, url: &str) -> Result<String, GatewayError> {
     let parsed = reqwest::Url::parse(url).map_err(|e| GatewayError::InvalidEnv {

@@ -1,43 +1,10 @@
 //! Shared helpers for the model tests: fixture paths and JSON readers.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::path::PathBuf;
+pub use claas_testkit::fixtures::{ids, matrix, read_json};
 
-use serde_json::Value;
-
-pub fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures"
-    ))
-}
-
-pub fn read_json(name: &str) -> Value {
-    let p = fixtures().join(name);
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-pub fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-pub fn matrix(v: &Value) -> Vec<Vec<f64>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect()
-        })
-        .collect()
+pub fn fixtures() -> std::path::PathBuf {
+    claas_testkit::fixtures::dir()
 }
 
 /// Max |a - b| over a `[rows, cols]` tensor and a nested-list fixture.

@@ -129,6 +129,29 @@ pub struct SavedVersion {
     pub version: u64,
 }
 
+/// The name an inference server serves an adapter id or alias under, as the reference derives
+/// it: every run of characters outside `[a-zA-Z0-9._-]` becomes `-`, leading and trailing `-`
+/// are dropped (`openclaw/assistant-latest` -> `openclaw-assistant-latest`); empty gives `lora`.
+pub fn served_name(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    let mut in_run = false;
+    for ch in id.chars() {
+        if ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-') {
+            out.push(ch);
+            in_run = false;
+        } else if !in_run {
+            out.push('-');
+            in_run = true;
+        }
+    }
+    let trimmed = out.trim_matches('-');
+    if trimmed.is_empty() {
+        "lora".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
 /// Checks that `id` is a safe relative adapter id and returns it without trailing slashes.
 ///
 /// Allowed: `/`-separated components of `[A-Za-z0-9._-]`, none empty or starting with `.`

@@ -242,3 +242,49 @@ async fn tg_handler(
         _ => tg_error(StatusCode::NOT_FOUND, "Not Found: method not found"),
     }
 }
+
+/// The shared PyTorch ground-truth fixtures (`../shared/fixtures` beside the repository).
+pub mod fixtures {
+    use std::path::PathBuf;
+
+    use serde_json::Value;
+
+    /// The fixtures folder.
+    pub fn dir() -> PathBuf {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/fixtures"
+        ))
+    }
+
+    /// A fixture JSON file, parsed.
+    pub fn read_json(name: &str) -> Value {
+        let p = dir().join(name);
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    /// A JSON array of token ids.
+    pub fn ids(v: &Value) -> Vec<u32> {
+        v.as_array()
+            .expect("an array of ids")
+            .iter()
+            .map(|x| x.as_u64().expect("an id") as u32)
+            .collect()
+    }
+
+    /// A JSON `[rows][cols]` number array.
+    pub fn matrix(v: &Value) -> Vec<Vec<f64>> {
+        v.as_array()
+            .expect("an array of rows")
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .expect("a row")
+                    .iter()
+                    .map(|x| x.as_f64().expect("a number"))
+                    .collect()
+            })
+            .collect()
+    }
+}

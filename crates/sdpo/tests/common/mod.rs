@@ -1,22 +1,15 @@
 //! Shared helpers for the SDPO tests: fixture paths, JSON arrays to tensors, tolerances.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-pub fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures"
-    ))
-}
+pub use claas_testkit::fixtures::read_json;
 
-pub fn read_json(name: &str) -> Value {
-    let p = fixtures().join(name);
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    serde_json::from_str(&text).unwrap()
+pub fn fixtures() -> PathBuf {
+    claas_testkit::fixtures::dir()
 }
 
 /// Flattens a nested JSON number array, returning (shape, values).
