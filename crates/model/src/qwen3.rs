@@ -288,6 +288,7 @@ impl Qwen3 {
         v: &Tensor,
         pos: usize,
         cache: Option<&mut KvCache>,
+        mask: Option<&Tensor>,
         mode: ForwardMode,
     ) -> Result<Tensor> {
         let c = &self.config;
@@ -313,12 +314,12 @@ impl Qwen3 {
         let q = q.contiguous()?.reshape((hk, rep * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = if t > 1 {
-            let mask = causal_mask(t, total, pos, &self.device, scores.dtype())?;
-            let scores = scores.reshape((hk, rep, t, total))?.broadcast_add(&mask)?;
-            scores.reshape((hk, rep * t, total))?
-        } else {
-            scores
+        let scores = match mask {
+            Some(mask) => {
+                let scores = scores.reshape((hk, rep, t, total))?.broadcast_add(mask)?;
+                scores.reshape((hk, rep * t, total))?
+            }
+            None => scores,
         };
         let probs = match mode {
             ForwardMode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
@@ -329,6 +330,20 @@ impl Qwen3 {
             .reshape((hq, t, d))?
             .transpose(0, 1)?
             .reshape((t, hq * d))?)
+    }
+
+    /// Causal mask for `t` new tokens after `pos` cached ones (none needed for one token).
+    fn mask(&self, t: usize, pos: usize) -> Result<Option<Tensor>> {
+        if t <= 1 {
+            return Ok(None);
+        }
+        Ok(Some(causal_mask(
+            t,
+            pos + t,
+            pos,
+            &self.device,
+            self.dtype,
+        )?))
     }
 
     fn head(&self, x: &Tensor, mode: ForwardMode) -> Result<Tensor> {
@@ -346,6 +361,7 @@ impl Qwen3 {
         segs: &[(usize, usize, Option<&LoraAdapter>)],
         caches: &mut [Option<&mut KvCache>],
         positions: &[usize],
+        masks: &[Option<Tensor>],
         mode: ForwardMode,
     ) -> Result<Tensor> {
         let l = &self.layers[li];
@@ -363,6 +379,7 @@ impl Qwen3 {
                 &v.narrow(0, off, n)?,
                 positions[i],
                 cache,
+                masks[i].as_ref(),
                 mode,
             )?);
         }
@@ -411,6 +428,12 @@ impl Qwen3 {
         }
         let idt = Tensor::new(ids.as_slice(), &self.device)?;
         let mut x = self.embed.index_select(&idt, 0)?;
+        // Built once per forward, shared by every layer.
+        let masks = segs
+            .iter()
+            .zip(&positions)
+            .map(|(&(_, n, _), &pos)| self.mask(n, pos))
+            .collect::<Result<Vec<_>>>()?;
         let mut caches: Vec<Option<&mut KvCache>> =
             seqs.iter_mut().map(|s| Some(&mut *s.cache)).collect();
         for li in 0..self.layers.len() {
@@ -420,6 +443,7 @@ impl Qwen3 {
                 &segs,
                 &mut caches,
                 &positions,
+                &masks,
                 ForwardMode::Inference,
             )?;
         }
@@ -498,8 +522,17 @@ impl Qwen3 {
         let mut x = self.embed.index_select(&idt, 0)?;
         let segs = [(0, ids.len(), adapter)];
         let mut caches: [Option<&mut KvCache>; 1] = [None];
+        let masks = [self.mask(ids.len(), 0)?];
         for li in 0..self.layers.len() {
-            x = self.layer_forward(&x, li, &segs, &mut caches, &[0], ForwardMode::Training)?;
+            x = self.layer_forward(
+                &x,
+                li,
+                &segs,
+                &mut caches,
+                &[0],
+                &masks,
+                ForwardMode::Training,
+            )?;
         }
         let h = self.rms_norm(&x, &self.norm, ForwardMode::Training)?;
         self.head(&h, ForwardMode::Training)
