@@ -3,6 +3,7 @@
 
 pub mod model;
 pub mod sdpo;
+pub mod serve;
 
 use std::time::Instant;
 
@@ -13,6 +14,8 @@ pub enum BenchError {
     Model(#[from] claas_model::ModelError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Engine(#[from] claas_engine::EngineError),
     #[error("{0}")]
     Other(String),
 }

@@ -78,6 +78,15 @@ enum BenchWhat {
         #[arg(long)]
         quick: bool,
     },
+    /// Serving throughput at 1/8/32 streams, base vs spread over 8 adapters, and sleep memory.
+    Serve {
+        /// Output tokens per stream.
+        #[arg(long, default_value_t = 32)]
+        max_tokens: usize,
+        /// 4 layers instead of 28 (smoke run).
+        #[arg(long)]
+        quick: bool,
+    },
     /// One SDPO step (teacher, forward, backward, optimizer, save) on a Qwen3-0.6B-shaped model.
     Sdpo {
         /// JSON output of shared/bench/torch_anchor.py run on this machine, for ratios.
@@ -158,6 +167,18 @@ fn main() -> anyhow::Result<()> {
             match what {
                 BenchWhat::Model { torch_json, quick } => {
                     claas_bench::model::run(anchor(torch_json)?.as_ref(), quick)?
+                }
+                BenchWhat::Serve { max_tokens, quick } => {
+                    let opts = claas_bench::serve::BenchOptions {
+                        max_tokens,
+                        layers: quick.then_some(4),
+                        ..Default::default()
+                    };
+                    let report = claas_bench::serve::run_bench(&opts)?;
+                    claas_bench::serve::print_report(&report);
+                    for line in claas_bench::serve::sleep_memory_report(opts.layers)? {
+                        println!("{line}");
+                    }
                 }
                 BenchWhat::Sdpo { torch_json, quick } => {
                     claas_bench::sdpo::run(anchor(torch_json)?.as_ref(), quick)?

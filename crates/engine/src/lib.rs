@@ -6,7 +6,6 @@
 //! dropped receiver frees the sequence's slot at the next step. The engine works on token ids
 //! only: tokenizing, chat templates and stop strings belong to the caller.
 
-pub mod bench;
 mod engine;
 mod error;
 pub mod metrics;

@@ -213,7 +213,11 @@ fn validation_errors() {
                 use_rslora: false,
                 base_model_name_or_path: None,
             },
-            &claas_engine::bench::qwen3_0_6b_config(),
+            &{
+                let mut c = e.model_config().clone();
+                c.hidden_size *= 2;
+                c
+            },
             1,
             &claas_model::Device::Cpu,
         )

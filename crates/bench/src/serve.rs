@@ -1,16 +1,16 @@
 //! Throughput benchmark (not a test): a Qwen3-0.6B-shaped model with random weights, built in
 //! memory, decoding 1/8/32 concurrent streams all on the base model vs spread over 8 LoRA
-//! adapters (rank 32 on all 7 projections). `claas bench` calls [`run_bench`] and
-//! [`print_report`].
+//! adapters (rank 32 on all 7 projections), as `claas bench serve` prints it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use claas_model::{Device, LoraAdapter, LoraInit, Qwen3, Qwen3Config, Tensor, ALL_MODULES};
+use claas_engine::{Engine, EngineConfig, Event, GenerateRequest, SamplingParams};
+use claas_model::{Device, LoraAdapter, LoraInit, ALL_MODULES};
 use rand::{Rng, SeedableRng};
 
-use crate::{Engine, EngineConfig, EngineError, Event, GenerateRequest, SamplingParams};
+use crate::model::{qwen3_0_6b_config, random_model};
+use crate::BenchError;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -66,86 +66,13 @@ pub struct BenchReport {
     pub model_bytes: usize,
 }
 
-/// Qwen3-0.6B's shape (config.json of Qwen/Qwen3-0.6B).
-pub fn qwen3_0_6b_config() -> Qwen3Config {
-    Qwen3Config {
-        vocab_size: 151_936,
-        hidden_size: 1024,
-        intermediate_size: 3072,
-        num_hidden_layers: 28,
-        num_attention_heads: 16,
-        num_key_value_heads: 8,
-        head_dim: 128,
-        rms_norm_eps: 1e-6,
-        rope_theta: 1_000_000.0,
-        max_position_embeddings: 40_960,
-        tie_word_embeddings: true,
-        bos_token_id: None,
-        eos_token_ids: vec![151_645],
-        torch_dtype: Some("float32".into()),
-    }
-}
-
-/// A model of `cfg`'s shape with N(0, 0.02) weights and unit norms, in f32 on CPU.
-pub fn random_model(cfg: &Qwen3Config) -> Result<Qwen3, EngineError> {
-    let dev = Device::Cpu;
-    let mut t: HashMap<String, Tensor> = HashMap::new();
-    let randn = |shape: (usize, usize)| Tensor::randn(0f32, 0.02, shape, &dev);
-    let ones = |n: usize| Tensor::ones(n, claas_model::DType::F32, &dev);
-    let c = cfg;
-    let m = |e: candle_core::Error| EngineError::Model(e.into());
-    t.insert(
-        "model.embed_tokens.weight".into(),
-        randn((c.vocab_size, c.hidden_size)).map_err(m)?,
-    );
-    if !c.tie_word_embeddings {
-        t.insert(
-            "lm_head.weight".into(),
-            randn((c.vocab_size, c.hidden_size)).map_err(m)?,
-        );
-    }
-    for l in 0..c.num_hidden_layers {
-        for md in ALL_MODULES {
-            let (i, o) = md.dims(c);
-            t.insert(
-                format!("{}.weight", md.module_path(l)),
-                randn((o, i)).map_err(m)?,
-            );
-        }
-        let p = format!("model.layers.{l}");
-        t.insert(
-            format!("{p}.self_attn.q_norm.weight"),
-            ones(c.head_dim).map_err(m)?,
-        );
-        t.insert(
-            format!("{p}.self_attn.k_norm.weight"),
-            ones(c.head_dim).map_err(m)?,
-        );
-        t.insert(
-            format!("{p}.input_layernorm.weight"),
-            ones(c.hidden_size).map_err(m)?,
-        );
-        t.insert(
-            format!("{p}.post_attention_layernorm.weight"),
-            ones(c.hidden_size).map_err(m)?,
-        );
-    }
-    t.insert("model.norm.weight".into(), ones(c.hidden_size).map_err(m)?);
-    Ok(Qwen3::from_tensors(
-        cfg.clone(),
-        t,
-        &dev,
-        claas_model::DType::F32,
-    )?)
-}
-
 fn run_once(
     engine: &Engine,
     opts: &BenchOptions,
     concurrency: usize,
     multi: bool,
     rng: &mut rand::rngs::StdRng,
-) -> Result<BenchRow, EngineError> {
+) -> Result<BenchRow, BenchError> {
     let vocab = engine.model_config().vocab_size as u32;
     let start = Instant::now();
     let mut handles = Vec::with_capacity(concurrency);
@@ -184,7 +111,7 @@ fn run_once(
                     }
                     Event::Finished { .. } => done[i] = true,
                     Event::Error(e) => {
-                        return Err(EngineError::SleepMode(format!("bench request failed: {e}")))
+                        return Err(BenchError::Other(format!("bench request failed: {e}")))
                     }
                     Event::PromptLogprobs(_) => {}
                 }
@@ -209,7 +136,7 @@ fn run_once(
 
 /// Builds the random model and adapters, then measures each concurrency with all requests on
 /// the base model and spread round-robin over the adapters.
-pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, EngineError> {
+pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let mut cfg = qwen3_0_6b_config();
     if let Some(l) = opts.layers {
         cfg.num_hidden_layers = l.max(1);
@@ -264,13 +191,13 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, EngineError> {
 
 /// Resident memory around sleep levels 1 and 2 on the random 0.6B-shaped model (level 2 drops
 /// the weights and rebuilds them through the loader on wake). Returns printable lines.
-pub fn sleep_memory_report(layers: Option<usize>) -> Result<Vec<String>, EngineError> {
+pub fn sleep_memory_report(layers: Option<usize>) -> Result<Vec<String>, BenchError> {
     let mut cfg = qwen3_0_6b_config();
     if let Some(l) = layers {
         cfg.num_hidden_layers = l.max(1);
     }
     let c2 = cfg.clone();
-    let loader: crate::ModelLoader = Box::new(move || {
+    let loader: claas_engine::ModelLoader = Box::new(move || {
         random_model(&c2).map_err(|e| claas_model::ModelError::Config(e.to_string()))
     });
     let engine = Engine::start(
