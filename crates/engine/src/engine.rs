@@ -353,13 +353,9 @@ impl Engine {
         if name.is_empty() {
             return Err(EngineError::Adapter("adapter name is empty".into()));
         }
-        if adapter.num_layers() != s.model_config.num_hidden_layers {
-            return Err(EngineError::Adapter(format!(
-                "adapter has {} layers, the model has {}",
-                adapter.num_layers(),
-                s.model_config.num_hidden_layers
-            )));
-        }
+        adapter
+            .check_fits(&s.model_config)
+            .map_err(|e| EngineError::Adapter(e.to_string()))?;
         let rank = max_rank(&adapter);
         if let Some(max) = s.cfg.max_lora_rank {
             if rank > max {

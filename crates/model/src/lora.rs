@@ -529,6 +529,34 @@ impl LoraAdapter {
         Ok(LoraAdapter { config, layers })
     }
 
+    /// Checks that every pair has the shapes of `model`'s projections (an adapter made for
+    /// another base model is refused, not failed on mid-forward).
+    pub fn check_fits(&self, model: &Qwen3Config) -> Result<()> {
+        if self.layers.len() != model.num_hidden_layers {
+            return Err(ModelError::AdapterMismatch(format!(
+                "adapter built for {} layers, the base model has {}",
+                self.layers.len(),
+                model.num_hidden_layers
+            )));
+        }
+        for (l, slots) in self.layers.iter().enumerate() {
+            for m in ALL_MODULES {
+                if let Some(p) = &slots[m.index()] {
+                    let (in_f, out_f) = m.dims(model);
+                    let (_, ain) = p.a.dims2()?;
+                    let (bout, _) = p.b.dims2()?;
+                    if ain != in_f || bout != out_f {
+                        return Err(ModelError::AdapterMismatch(format!(
+                            "{}: adapter maps {ain} -> {bout} features, the base model's projection maps {in_f} -> {out_f}",
+                            m.module_path(l)
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The pair applied to `module` of `layer`, if any.
     pub fn pair(&self, layer: usize, module: Module) -> Option<&LoraPair> {
         self.layers.get(layer)?[module.index()].as_ref()

@@ -194,16 +194,10 @@ impl Qwen3 {
     }
 
     fn check_adapter(&self, a: Option<&LoraAdapter>) -> Result<()> {
-        if let Some(a) = a {
-            if a.num_layers() != self.layers.len() {
-                return Err(ModelError::AdapterMismatch(format!(
-                    "adapter built for {} layers, model has {}",
-                    a.num_layers(),
-                    self.layers.len()
-                )));
-            }
+        match a {
+            Some(a) => a.check_fits(&self.config),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor, mode: ForwardMode) -> Result<Tensor> {
