@@ -149,22 +149,9 @@ pub struct AppState {
     pub created: i64,
 }
 
-/// Normalises an alias into a served model name: every run of characters outside
-/// `[a-zA-Z0-9._-]` becomes one `-`.
-pub fn normalize_alias(alias: &str) -> String {
-    let mut out = String::with_capacity(alias.len());
-    let mut in_run = false;
-    for c in alias.chars() {
-        if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
-            out.push(c);
-            in_run = false;
-        } else if !in_run {
-            out.push('-');
-            in_run = true;
-        }
-    }
-    out
-}
+/// Served model name of an alias (`openclaw/assistant-latest` -> `openclaw-assistant-latest`),
+/// the same rule the CLaaS API uses when it reloads adapters.
+pub use claas_store::served_name as normalize_alias;
 
 /// Parses `--lora-modules` entries (`name=path` or a JSON object with `name` and `path`).
 pub fn parse_lora_modules(items: &[String]) -> Result<Vec<(String, PathBuf)>, ServeError> {
