@@ -7,11 +7,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-/// glibc's malloc maps and unmaps every large tensor, so each training step pays for zeroing
-/// fresh pages again (about a third of step time measured on candle); mimalloc reuses them.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "claas", version, about = "Continual learning as a service")]
 struct Cli {

@@ -111,7 +111,13 @@ fn offline() -> bool {
 }
 
 fn resolve_hub(repo: &str, revision: &str) -> Result<PathBuf> {
-    let repo_dir = hf_hub_cache().join(format!("models--{}", repo.replace('/', "--")));
+    resolve_hub_in(&hf_hub_cache(), repo, revision, offline())
+}
+
+/// Looks `repo@revision` up in a hub cache laid out as huggingface_hub does
+/// (`models--org--name/refs/REV` -> `snapshots/SHA/`), downloading when missing and online.
+fn resolve_hub_in(cache: &Path, repo: &str, revision: &str, offline: bool) -> Result<PathBuf> {
+    let repo_dir = cache.join(format!("models--{}", repo.replace('/', "--")));
     let commit = std::fs::read_to_string(repo_dir.join("refs").join(revision))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| revision.to_string());
@@ -119,7 +125,7 @@ fn resolve_hub(repo: &str, revision: &str) -> Result<PathBuf> {
     if snapshot_complete(&snap) {
         return Ok(snap);
     }
-    if offline() {
+    if offline {
         return Err(ModelError::Source {
             spec: repo.to_string(),
             message: format!(
@@ -288,5 +294,47 @@ mod tests {
         assert!(ModelSource::parse("not a model").is_err());
         assert!(ModelSource::parse("").is_err());
         assert!(ModelSource::parse("a/../b").is_err());
+    }
+
+    fn copy_fixture_model(to: &Path) {
+        let src = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/fixtures/tiny-qwen3"
+        ));
+        std::fs::create_dir_all(to).unwrap();
+        for f in std::fs::read_dir(src).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+    }
+
+    #[test]
+    fn hub_ids_resolve_through_the_cache_layout() {
+        let cache = tempfile::tempdir().unwrap();
+        let repo = cache.path().join("models--Qwen--Qwen3-Tiny");
+        copy_fixture_model(&repo.join("snapshots").join("abc123"));
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs").join("main"), "abc123\n").unwrap();
+        let dir = resolve_hub_in(cache.path(), "Qwen/Qwen3-Tiny", "main", true).unwrap();
+        assert_eq!(dir, repo.join("snapshots").join("abc123"));
+        // A commit hash works as the revision too.
+        let dir = resolve_hub_in(cache.path(), "Qwen/Qwen3-Tiny", "abc123", true).unwrap();
+        assert!(dir.join("config.json").is_file());
+    }
+
+    #[test]
+    fn offline_and_not_cached_is_a_clear_error() {
+        let cache = tempfile::tempdir().unwrap();
+        let e = resolve_hub_in(cache.path(), "Qwen/Qwen3-0.6B", "main", true).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("Qwen/Qwen3-0.6B") && msg.contains("HF_HUB_OFFLINE"),
+            "{msg}"
+        );
+        // An incomplete snapshot (no weights) is not taken for a model.
+        let snap = cache.path().join("models--Qwen--Qwen3-0.6B/snapshots/main");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::write(snap.join("config.json"), "{}").unwrap();
+        assert!(resolve_hub_in(cache.path(), "Qwen/Qwen3-0.6B", "main", true).is_err());
     }
 }
