@@ -397,6 +397,13 @@ impl Qwen3 {
     /// cache with its own adapter (or none). Returns per sequence the logits `[n, vocab]` of
     /// every new token (`all_logits`) or `[1, vocab]` of the last.
     pub fn forward_batch(&self, seqs: &mut [SeqInput<'_>]) -> Result<Vec<Tensor>> {
+        let skips = vec![0; seqs.len()];
+        self.forward_packed(seqs, &skips)
+    }
+
+    /// [`Qwen3::forward_batch`] where, for `all_logits` sequences, the first `skips[i]` new
+    /// tokens get no logits (the LM head is the widest matmul; rows nobody reads are skipped).
+    fn forward_packed(&self, seqs: &mut [SeqInput<'_>], skips: &[usize]) -> Result<Vec<Tensor>> {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
@@ -446,10 +453,11 @@ impl Qwen3 {
         drop(caches);
         // Only the rows whose logits are wanted go through the final norm and LM head.
         let mut rows = Vec::with_capacity(seqs.len());
-        for (s, &(off, n, _)) in seqs.iter_mut().zip(&segs) {
+        for ((s, &(off, n, _)), &skip) in seqs.iter_mut().zip(&segs).zip(skips) {
             s.cache.advance(n);
+            let skip = skip.min(n - 1);
             rows.push(if s.all_logits {
-                x.narrow(0, off, n)?
+                x.narrow(0, off + skip, n - skip)?
             } else {
                 x.narrow(0, off + n - 1, 1)?
             });
@@ -498,6 +506,59 @@ impl Qwen3 {
             return Err(ModelError::Config("empty sequence".into()));
         }
         Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// Logits of several whole sequences at once, no gradients: for each `(ids, from)` the rows
+    /// `from..ids.len()` (`[len - from, vocab]`). The sequences share every packed forward (the
+    /// weights are read once for all of them) and only the wanted rows reach the LM head.
+    pub fn logits_packed(
+        &self,
+        seqs: &[(&[u32], usize)],
+        adapter: Option<&LoraAdapter>,
+        chunk: usize,
+    ) -> Result<Vec<Tensor>> {
+        let chunk = chunk.max(1);
+        for (ids, from) in seqs {
+            if *from >= ids.len() {
+                return Err(ModelError::Config(format!(
+                    "logits wanted from row {from} of a {}-token sequence",
+                    ids.len()
+                )));
+            }
+        }
+        let mut caches: Vec<KvCache> = seqs.iter().map(|_| KvCache::new()).collect();
+        let mut parts: Vec<Vec<Tensor>> = seqs.iter().map(|_| Vec::new()).collect();
+        loop {
+            let mut batch = Vec::new();
+            let mut skips = Vec::new();
+            let mut which = Vec::new();
+            for (i, (cache, (ids, from))) in caches.iter_mut().zip(seqs).enumerate() {
+                let pos = cache.len();
+                if pos >= ids.len() {
+                    continue;
+                }
+                let end = (pos + chunk).min(ids.len());
+                let wanted = end > *from;
+                skips.push(from.saturating_sub(pos));
+                which.push((i, wanted));
+                batch.push(SeqInput {
+                    tokens: &ids[pos..end],
+                    cache,
+                    adapter,
+                    all_logits: wanted,
+                });
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let out = self.forward_packed(&mut batch, &skips)?;
+            for (t, (i, wanted)) in out.into_iter().zip(which) {
+                if wanted {
+                    parts[i].push(t);
+                }
+            }
+        }
+        parts.into_iter().map(|p| Ok(Tensor::cat(&p, 0)?)).collect()
     }
 
     /// Differentiable logits `[len, vocab]` of one whole sequence: gradients flow into the

@@ -90,3 +90,30 @@ fn parity_kv_cached_batched_decode() {
         step += width;
     }
 }
+
+/// Several sequences scored together, only some rows, in small chunks: the same numbers.
+#[test]
+fn parity_packed_scoring_of_selected_rows() {
+    let m = model();
+    let fx = read_json("forward.json");
+    let seqs: Vec<(Vec<u32>, Vec<Vec<f64>>)> = fx["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (ids(&s["input_ids"]), matrix(&s["logits"])))
+        .collect();
+    let req: Vec<(&[u32], usize)> = seqs
+        .iter()
+        .map(|(ids, _)| (ids.as_slice(), ids.len() / 2))
+        .collect();
+    let out = m.logits_packed(&req, None, 4).unwrap();
+    for ((ids, want), got) in seqs.iter().zip(&out) {
+        let from = ids.len() / 2;
+        let d = max_abs_diff(got, &want[from..]);
+        assert!(
+            d <= ATOL,
+            "rows {from}.. of a {}-token sequence: {d:e}",
+            ids.len()
+        );
+    }
+}

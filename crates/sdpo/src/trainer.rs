@@ -334,10 +334,18 @@ impl Trainer {
     pub fn targets(&self, p: &PreparedItem, top_k: usize) -> Result<Targets> {
         let t = p.response_ids.len();
         let tstart = p.teacher_prompt_ids.len();
-        let logits = self
-            .model
-            .logits(&p.teacher_input_ids(), None, self.chunk)?;
-        let rows = logits.narrow(0, tstart - 1, t)?.to_dtype(DType::F32)?;
+        let start = p.prompt_ids.len();
+        // Teacher and base (both adapter off) in one packed pass, LM head on response rows only.
+        let (teacher_ids, student_ids) = (p.teacher_input_ids(), p.student_input_ids());
+        let mut scored = self.model.logits_packed(
+            &[(&teacher_ids, tstart - 1), (&student_ids, start - 1)],
+            None,
+            self.chunk,
+        )?;
+        let (Some(base_rows), Some(teacher_rows)) = (scored.pop(), scored.pop()) else {
+            return Err(SdpoError::InvalidInput("nothing to score".into()));
+        };
+        let rows = teacher_rows.narrow(0, 0, t)?.to_dtype(DType::F32)?;
         let v = rows.dim(D::Minus1)?;
         let k = top_k.min(v).max(1);
         // The top-k of the logits is the top-k of the log-probs (a per-row shift); then one fused
@@ -357,13 +365,8 @@ impl Trainer {
             topk_logprobs.extend_from_slice(&row[..k]);
             teacher_logprob_of_response.push(row[k]);
         }
-        drop((logits, rows));
-
-        let start = p.prompt_ids.len();
-        let logits = self
-            .model
-            .logits(&p.student_input_ids(), None, self.chunk)?;
-        let base_logprobs = gather_logprobs(&logits.narrow(0, start - 1, t)?, &p.response_ids)?;
+        drop((teacher_rows, rows));
+        let base_logprobs = gather_logprobs(&base_rows.narrow(0, 0, t)?, &p.response_ids)?;
         Ok(Targets {
             topk_logprobs,
             topk_indices,
