@@ -18,10 +18,15 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Stack {
+        Self::start_with(|_| {}).await
+    }
+
+    /// `claas up` on the built-in model with fresh folders, ports 0 and `adjust` applied.
+    async fn start_with(adjust: impl FnOnce(&mut UpConfig)) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("loras");
         let logs = dir.path().join("logs");
-        let cfg = UpConfig {
+        let mut cfg = UpConfig {
             model: "builtin:tiny".into(),
             host: "127.0.0.1".into(),
             serve_port: 0,
@@ -35,6 +40,7 @@ impl Stack {
             openclaw: None,
             api: claas_api::ApiConfig::default(),
         };
+        adjust(&mut cfg);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(up(
@@ -270,39 +276,12 @@ mod telegram {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn telegram_chat_feedback_reset_and_allow_list() {
         let tg = FakeTelegram::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("loras");
         let mut g = claas_gateway::GatewayConfig::new(TOKEN);
         g.telegram_api_url = tg.url.clone();
         g.allowed_users = Some([42i64].into_iter().collect());
         g.max_tokens = Some(24);
-        let cfg = UpConfig {
-            model: "builtin:tiny".into(),
-            host: "127.0.0.1".into(),
-            serve_port: 0,
-            api_port: 0,
-            api_key: Some("sk-local".into()),
-            lora_root: root.clone(),
-            feedback_log_dir: dir.path().join("logs"),
-            lora_name: "openclaw/assistant".into(),
-            max_model_len: None,
-            telegram: Some(g),
-            openclaw: None,
-            api: claas_api::ApiConfig::default(),
-        };
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(up(
-            cfg,
-            async move {
-                let _ = stop_rx.await;
-            },
-            move |a| {
-                let _ = ready_tx.send(a);
-            },
-        ));
-        let addrs = ready_rx.await.unwrap();
-        let serve = format!("http://{}", addrs.serve);
+        let s = Stack::start_with(|cfg| cfg.telegram = Some(g)).await;
+        let (serve, root) = (s.serve.clone(), s.root.clone());
         let c = http();
 
         // A message is answered by the served adapter.
@@ -354,7 +333,6 @@ mod telegram {
         let refused = tg.wait_sent(99, 1).await;
         assert!(refused[0].contains("not allowed"), "{refused:?}");
 
-        let _ = stop_tx.send(());
-        task.await.unwrap().unwrap();
+        s.stop().await;
     }
 }
