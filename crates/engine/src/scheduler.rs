@@ -258,6 +258,11 @@ impl Loop {
         if self.running.is_empty() {
             return;
         }
+        // Sequences on the same adapter side by side: the model applies each adapter once to a
+        // contiguous block of rows instead of once per sequence (stable, so arrival order is
+        // kept within an adapter).
+        self.running
+            .sort_by_key(|s| s.adapter.as_ref().map_or(0, |a| Arc::as_ptr(a) as usize));
         let Some(model) = self.model.clone() else {
             for s in self.running.drain(..) {
                 let _ = s.tx.send(Event::Error(EngineError::Sleeping.to_string()));
