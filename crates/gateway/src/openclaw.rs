@@ -130,6 +130,17 @@ pub enum Change {
     Permissions(PathBuf),
 }
 
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Created(p) => write!(f, "created {}", p.display()),
+            Change::Updated(p) => write!(f, "updated {}", p.display()),
+            Change::Removed(p) => write!(f, "removed {}", p.display()),
+            Change::Permissions(p) => write!(f, "fixed permissions of {}", p.display()),
+        }
+    }
+}
+
 /// Outcome of [`write_openclaw_config`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitReport {

@@ -91,7 +91,7 @@ pub fn run_init(s: &InitSettings) -> Result<InitSummary, StackError> {
     }
     if let Some(oc) = &s.openclaw {
         let report = write_openclaw_config(oc)?;
-        summary.openclaw_changes = report.changes.iter().map(|c| format!("{c:?}")).collect();
+        summary.openclaw_changes = report.changes.iter().map(ToString::to_string).collect();
         summary.openclaw_config = Some(oc.config_path.clone());
     }
     Ok(summary)
