@@ -905,6 +905,18 @@ fn prompt_lps_json(st: &AppState, v: &[Option<TokenLogprob>]) -> Value {
     )
 }
 
+/// Ends an SSE stream as vLLM does: the usage chunk when one was asked for, then `[DONE]`
+/// (nothing if the client is gone).
+async fn end_stream(tx: &tokio::sync::mpsc::Sender<Bytes>, usage: Option<Bytes>) {
+    if tx.is_closed() {
+        return;
+    }
+    if let Some(u) = usage {
+        let _ = tx.send(u).await;
+    }
+    let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+}
+
 fn sse(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
@@ -1103,13 +1115,8 @@ async fn chat(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
                     }
                 }
             }
-            if tx.is_closed() {
-                return;
-            }
-            if include_usage {
-                let _ = tx.send(sse(&chunk(json!([]), Some(run.usage())))).await;
-            }
-            let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+            let usage = include_usage.then(|| sse(&chunk(json!([]), Some(run.usage()))));
+            end_stream(&tx, usage).await;
         }));
     }
     run.collect().await?;
@@ -1392,13 +1399,8 @@ async fn completions(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
                     }
                 }
             }
-            if tx.is_closed() {
-                return;
-            }
-            if include_usage {
-                let _ = tx.send(sse(&chunk(json!([]), Some(run.usage())))).await;
-            }
-            let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+            let usage = include_usage.then(|| sse(&chunk(json!([]), Some(run.usage()))));
+            end_stream(&tx, usage).await;
         }));
     }
     run.collect().await?;
