@@ -29,6 +29,18 @@ impl InProcessBackend {
         }
     }
 
+    /// Runs an engine call that may take a while (weights, disk) off the async runtime.
+    async fn blocking<F>(&self, f: F) -> Result<(), BackendError>
+    where
+        F: FnOnce(&Engine) -> Result<(), claas_engine::EngineError> + Send + 'static,
+    {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || f(&engine))
+            .await
+            .map_err(|e| Self::fail(e.to_string()))?
+            .map_err(|e| Self::fail(e.to_string()))
+    }
+
     /// The reference's recipe, without HTTP: count the prompt's tokens, score prompt + response
     /// with prompt log-probabilities, keep the entries after the prompt.
     async fn logprobs(
@@ -123,25 +135,11 @@ impl Backend for InProcessBackend {
     }
 
     fn sleep(&self, level: u8) -> BoxFut<'_, Result<(), BackendError>> {
-        Box::pin(async move {
-            let engine = self.engine.clone();
-            tokio::task::spawn_blocking(move || engine.sleep(level))
-                .await
-                .map_err(|e| Self::fail(e.to_string()))?
-                .map(|_| ())
-                .map_err(|e| Self::fail(e.to_string()))
-        })
+        Box::pin(self.blocking(move |e| e.sleep(level).map(drop)))
     }
 
     fn wake(&self) -> BoxFut<'_, Result<(), BackendError>> {
-        Box::pin(async move {
-            let engine = self.engine.clone();
-            tokio::task::spawn_blocking(move || engine.wake_up())
-                .await
-                .map_err(|e| Self::fail(e.to_string()))?
-                .map(|_| ())
-                .map_err(|e| Self::fail(e.to_string()))
-        })
+        Box::pin(self.blocking(|e| e.wake_up().map(drop)))
     }
 
     fn reload_adapter<'a>(
@@ -149,15 +147,8 @@ impl Backend for InProcessBackend {
         name: &'a str,
         path: &'a Path,
     ) -> BoxFut<'a, Result<(), BackendError>> {
-        Box::pin(async move {
-            let engine = self.engine.clone();
-            let (name, path) = (name.to_string(), path.to_path_buf());
-            // Loading under an existing name replaces it atomically: no unload gap.
-            tokio::task::spawn_blocking(move || engine.load_adapter(&name, &path))
-                .await
-                .map_err(|e| Self::fail(e.to_string()))?
-                .map(|_| ())
-                .map_err(|e| Self::fail(e.to_string()))
-        })
+        let (name, path) = (name.to_string(), path.to_path_buf());
+        // Loading under an existing name replaces it atomically: no unload gap.
+        Box::pin(self.blocking(move |e| e.load_adapter(&name, &path).map(drop)))
     }
 }
