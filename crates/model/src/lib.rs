@@ -2,6 +2,7 @@
 //! the Qwen3 forward pass (KV-cached, batched with a per-sequence LoRA, and a differentiable
 //! path for training), and PEFT-format LoRA adapters.
 
+mod bgmv;
 mod builtin;
 mod config;
 mod error;

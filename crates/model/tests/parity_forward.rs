@@ -55,10 +55,16 @@ fn parity_kv_cached_batched_decode() {
     let base = read_json("forward.json");
     let lora = read_json("forward_lora.json");
     let mut jobs: Vec<(Vec<u32>, Vec<Vec<f64>>, bool)> = Vec::new();
-    for (fx, with) in [(&base, false), (&lora, true)] {
-        for s in fx["sequences"].as_array().unwrap() {
-            jobs.push((ids(&s["input_ids"]), matrix(&s["logits"]), with));
-        }
+    // Interleaved, so every step alternates adapter and no adapter row by row (the per-row
+    // multi-adapter path) as well as grouping the chunked prefill.
+    let (bs, ls) = (
+        base["sequences"].as_array().unwrap(),
+        lora["sequences"].as_array().unwrap(),
+    );
+    assert_eq!(bs.len(), ls.len());
+    for (b, l) in bs.iter().zip(ls) {
+        jobs.push((ids(&b["input_ids"]), matrix(&b["logits"]), false));
+        jobs.push((ids(&l["input_ids"]), matrix(&l["logits"]), true));
     }
     let mut caches: Vec<KvCache> = jobs.iter().map(|_| KvCache::new()).collect();
     // Prefill a prefix of 3 tokens (chunked prefill), then one token per step.
