@@ -30,6 +30,8 @@ pub struct EngineConfig {
     pub prefill_chunk: usize,
     /// Largest LoRA rank accepted (vLLM `--max-lora-rank`); `None` = any.
     pub max_lora_rank: Option<usize>,
+    /// Distinct adapters in one batch at most (vLLM `--max-loras`); `None` = no limit.
+    pub max_loras: Option<usize>,
     /// Seeds the RNG of requests that send no seed (vLLM `--seed`).
     pub seed: u64,
 }
@@ -42,6 +44,7 @@ impl Default for EngineConfig {
             max_model_len: 0,
             prefill_chunk: 512,
             max_lora_rank: None,
+            max_loras: None,
             seed: 0,
         }
     }
@@ -231,6 +234,7 @@ impl Engine {
             max_num_seqs: shared.cfg.max_num_seqs.max(1),
             prefill_chunk: shared.cfg.prefill_chunk.max(1),
             max_model_len,
+            max_loras: shared.cfg.max_loras,
             seed: shared.cfg.seed,
         };
         std::thread::Builder::new()

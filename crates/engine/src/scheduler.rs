@@ -22,6 +22,7 @@ pub(crate) struct SchedulerParams {
     pub max_num_seqs: usize,
     pub prefill_chunk: usize,
     pub max_model_len: usize,
+    pub max_loras: Option<usize>,
     pub seed: u64,
 }
 
@@ -238,10 +239,26 @@ impl Loop {
                 self.waiting.push_back(s);
             }
         }
+        // With a `max_loras` limit, a request on one adapter too many waits at the head of the
+        // queue while later requests that fit are admitted (vLLM's policy).
+        let adapter_key = |s: &Seq| s.adapter.as_ref().map(|a| Arc::as_ptr(a) as usize);
+        let mut active: Vec<usize> = self.running.iter().filter_map(adapter_key).collect();
+        active.sort_unstable();
+        active.dedup();
+        let mut deferred = Vec::new();
         while self.running.len() < self.p.max_num_seqs {
             let Some(s) = self.waiting.pop_front() else {
                 break;
             };
+            if let (Some(max), Some(key)) = (self.p.max_loras, adapter_key(&s)) {
+                if !active.contains(&key) {
+                    if active.len() >= max {
+                        deferred.push(s);
+                        continue;
+                    }
+                    active.push(key);
+                }
+            }
             {
                 let mut r = s.req.borrow_mut();
                 if r.waiting_counted {
@@ -253,6 +270,9 @@ impl Loop {
                 }
             }
             self.running.push(s);
+        }
+        for s in deferred.into_iter().rev() {
+            self.waiting.push_front(s);
         }
         metrics.running.store(self.running.len(), Ordering::SeqCst);
         if self.running.is_empty() {

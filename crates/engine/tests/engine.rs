@@ -295,3 +295,41 @@ fn back_pressure_cancel_and_sleep() {
     let after = drain(e.submit(req(vec![4, 5], Some("r4"), greedy(8))).unwrap(), 1).1;
     assert_eq!(before, after);
 }
+
+#[test]
+fn max_loras_limits_distinct_adapters_per_batch() {
+    let e = engine(EngineConfig {
+        max_loras: Some(1),
+        ..EngineConfig::default()
+    });
+    // Same files, second registration: a distinct adapter as far as batching goes.
+    e.load_adapter("r4-copy", &fixtures().join("lora-r4"))
+        .unwrap();
+    let mut long = e
+        .submit(req(vec![1, 2, 3], Some("r4"), greedy(300)))
+        .unwrap();
+    let other = e
+        .submit(req(vec![1, 2, 3], Some("r4-copy"), greedy(3)))
+        .unwrap();
+    let base = e.submit(req(vec![1, 2, 3], None, greedy(3))).unwrap();
+    // The base model is not an adapter: it runs beside the long request.
+    assert_eq!(drain(base, 1).1[0].len(), 3);
+    // The second adapter only starts once the first has left the batch, so by the time it is
+    // done every event of the long request has already been sent.
+    assert_eq!(drain(other, 1).1[0].len(), 3);
+    let mut tokens = 0;
+    let finished = loop {
+        match long.events.try_recv() {
+            Ok(Event::Token { .. }) => tokens += 1,
+            Ok(Event::Finished { reason, .. }) => break Some(reason),
+            Ok(_) => {}
+            Err(_) => break None,
+        }
+    };
+    assert_eq!(
+        finished.map(|r| r.as_str()),
+        Some("length"),
+        "the second adapter ran while the first was still in the batch ({tokens} tokens in)"
+    );
+    assert_eq!(tokens, 300);
+}

@@ -46,7 +46,9 @@ pub struct ServeConfig {
     pub seed: u64,
     #[arg(long)]
     pub enable_lora: bool,
-    /// Accepted for compatibility; every registered adapter can share a batch.
+    /// Distinct adapters in one batch at most; requests on further adapters wait their turn
+    /// (as in vLLM). Unset: no limit (vLLM's default of 1 exists for GPU memory; on CPU every
+    /// resident adapter can share a batch at no memory cost).
     #[arg(long)]
     pub max_loras: Option<usize>,
     #[arg(long)]
@@ -287,6 +289,9 @@ impl AppState {
     /// Loads the model and adapters named by `cfg` and starts the engine (blocking; call from
     /// `spawn_blocking` inside a runtime).
     pub fn from_config(cfg: &ServeConfig) -> Result<AppState, ServeError> {
+        if cfg.max_loras == Some(0) {
+            return Err(ServeError::Config("--max-loras must be at least 1".into()));
+        }
         let dir = claas_model::resolve_model(&cfg.model)?;
         let opts = load_options(&cfg.dtype)?;
         let model = Arc::new(Qwen3::load(&dir, &opts)?);
@@ -294,6 +299,7 @@ impl AppState {
             max_num_seqs: cfg.max_num_seqs.max(1),
             max_model_len: cfg.max_model_len.unwrap_or(0),
             max_lora_rank: cfg.max_lora_rank,
+            max_loras: cfg.max_loras,
             seed: cfg.seed,
             ..EngineConfig::default()
         };
@@ -368,6 +374,19 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_max_loras_is_refused_before_loading() {
+        let cfg = ServeConfig {
+            model: "/nonexistent/model".into(),
+            max_loras: Some(0),
+            ..ServeConfig::default()
+        };
+        let Err(ServeError::Config(msg)) = AppState::from_config(&cfg) else {
+            panic!("--max-loras 0 must be a configuration error");
+        };
+        assert!(msg.contains("--max-loras"), "{msg}");
+    }
 
     #[test]
     fn alias_normalisation() {
