@@ -179,7 +179,10 @@ async fn given_rollout_logprobs_and_no_sleep_options() {
 #[tokio::test]
 async fn busy_server_gives_503_and_is_not_slept() {
     let (vurl, fake) = start_fake_vllm().await;
-    let api = start_api(Some(&vurl), Some(Arc::new(CopyEngine::default())), |_| {}).await;
+    let api = start_api(Some(&vurl), Some(Arc::new(CopyEngine::default())), |c| {
+        c.drain_timeout = Duration::from_millis(300)
+    })
+    .await;
     let id = init_adapter(&api, "u/busy").await;
     fake.running.store(2, Ordering::SeqCst);
     fake.calls.lock().unwrap().clear();

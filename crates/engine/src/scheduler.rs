@@ -223,14 +223,15 @@ impl Loop {
         let metrics = self.metrics.clone();
         // Drop cancelled or disconnected sequences before spending compute on them.
         let mut i = 0;
+        let mut aborted = Vec::new();
         while i < self.running.len() {
             if Self::cancelled(&self.running[i]) {
-                let s = self.running.swap_remove(i);
-                finish(&s, FinishReason::Abort, None, &metrics);
+                aborted.push(self.running.swap_remove(i));
             } else {
                 i += 1;
             }
         }
+        self.retire(aborted.into_iter().map(|s| (s, FinishReason::Abort, None)));
         let waiting = std::mem::take(&mut self.waiting);
         for s in waiting {
             if Self::cancelled(&s) {
@@ -259,17 +260,19 @@ impl Loop {
                     active.push(key);
                 }
             }
-            {
-                let mut r = s.req.borrow_mut();
-                if r.waiting_counted {
-                    r.waiting_counted = false;
-                    metrics.waiting.fetch_sub(1, Ordering::SeqCst);
-                    metrics
-                        .prompt_tokens
-                        .fetch_add(s.prompt_len as u64, Ordering::Relaxed);
-                }
-            }
+            // Running goes up before waiting goes down: a reader that loads waiting first and
+            // running second (as a drain does) never sees an admitted request as neither.
+            let (req, prompt_len) = (s.req.clone(), s.prompt_len);
             self.running.push(s);
+            metrics.running.store(self.running.len(), Ordering::SeqCst);
+            let mut r = req.borrow_mut();
+            if r.waiting_counted {
+                r.waiting_counted = false;
+                metrics.waiting.fetch_sub(1, Ordering::SeqCst);
+                metrics
+                    .prompt_tokens
+                    .fetch_add(prompt_len as u64, Ordering::Relaxed);
+            }
         }
         for s in deferred.into_iter().rev() {
             self.waiting.push_front(s);
@@ -344,11 +347,15 @@ impl Loop {
                 let msg = e.to_string();
                 let batch: Vec<usize> =
                     (0..self.running.len()).filter(|&i| plan[i].0 > 0).collect();
-                for &i in batch.iter().rev() {
-                    let s = self.running.swap_remove(i);
+                let failed: Vec<Seq> = batch
+                    .iter()
+                    .rev()
+                    .map(|&i| self.running.swap_remove(i))
+                    .collect();
+                for s in &failed {
                     let _ = s.tx.send(Event::Error(msg.clone()));
-                    finish(&s, FinishReason::Abort, None, &metrics);
                 }
+                self.retire(failed.into_iter().map(|s| (s, FinishReason::Abort, None)));
                 return;
             }
         };
@@ -427,10 +434,21 @@ impl Loop {
             }
         }
         done.sort_by_key(|d| std::cmp::Reverse(d.0));
-        for (i, reason, stop) in done {
-            let s = self.running.swap_remove(i);
-            finish(&s, reason, stop, &metrics);
+        let finished: Vec<_> = done
+            .into_iter()
+            .map(|(i, reason, stop)| (self.running.swap_remove(i), reason, stop))
+            .collect();
+        self.retire(finished.into_iter());
+    }
+
+    /// Finishes sequences already taken out of `running`. The gauge drops first, so a client
+    /// that has its final event never then sees its request still counted as running.
+    fn retire(&self, seqs: impl Iterator<Item = (Seq, FinishReason, Option<u32>)>) {
+        self.metrics
+            .running
+            .store(self.running.len(), Ordering::SeqCst);
+        for (s, reason, stop) in seqs {
+            finish(&s, reason, stop, &self.metrics);
         }
-        metrics.running.store(self.running.len(), Ordering::SeqCst);
     }
 }

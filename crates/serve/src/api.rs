@@ -189,20 +189,24 @@ fn prom_histogram(
 }
 
 async fn metrics(State(st): State<S>) -> Response {
-    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::atomic::Ordering::{Relaxed, SeqCst};
     let m = st.engine.metrics();
     let model = st.served_names[0].replace('"', "'");
     let mut out = String::new();
+    // Waiting first: the engine raises running before lowering waiting, so a request moving
+    // between the two is counted at least once (a drain must never see it as neither).
+    let waiting = m.waiting.load(SeqCst) as u64;
+    let running = m.running.load(SeqCst) as u64;
     let gauges = [
         (
             "vllm:num_requests_running",
             "Number of requests in model execution batches.",
-            m.running.load(Relaxed) as u64,
+            running,
         ),
         (
             "vllm:num_requests_waiting",
             "Number of requests waiting to be processed.",
-            m.waiting.load(Relaxed) as u64,
+            waiting,
         ),
     ];
     for (name, help, v) in gauges {

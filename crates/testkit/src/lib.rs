@@ -25,11 +25,17 @@ pub async fn serve(router: Router) -> String {
     format!("http://{addr}")
 }
 
-/// A URL on which nothing listens.
+/// Sockets behind [`dead_url`]s, held for the life of the test process.
+static DEAD_PORTS: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
+
+/// A URL on which nothing listens: its port stays bound (so no server started later in the
+/// same test binary can take it) but never listens, so connections are refused at once.
 pub fn dead_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    drop(l);
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    s.bind(&addr.into()).unwrap();
+    let port = s.local_addr().unwrap().as_socket().unwrap().port();
+    DEAD_PORTS.lock().unwrap_or_else(|p| p.into_inner()).push(s);
     format!("http://127.0.0.1:{port}")
 }
 
