@@ -341,7 +341,8 @@ pub struct LoraPair {
 impl LoraPair {
     /// The LoRA contribution for a 2-D input `[n, in_features]`.
     pub fn delta(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.a.t()?)?.matmul(&self.b.t()?)? * self.scale
+        // Scaled at rank width, not output width: one pass over [n, r] instead of [n, out].
+        (x.matmul(&self.a.t()?)? * self.scale)?.matmul(&self.b.t()?)
     }
 }
 

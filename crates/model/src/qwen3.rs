@@ -13,7 +13,7 @@ use crate::weights::{load_tensors, weight_files, LoadOptions};
 use crate::{KvCache, ModelError, Qwen3Config, Result};
 
 /// Largest per-adapter row group a multi-adapter linear handles row by row.
-const ROW_DELTA_MAX_ROWS: usize = 16;
+const ROW_DELTA_MAX_ROWS: usize = 64;
 
 /// Which kernels to use: fused ones for inference, differentiable compositions for training
 /// (several fused candle kernels have no backward and would silently cut the gradient).
@@ -241,13 +241,8 @@ impl Qwen3 {
         {
             return Ok(y);
         }
-        if groups.len() == 1 {
-            if let Some(p) = groups[0].2.and_then(|a| a.pair(layer, m)) {
-                return Ok((y + p.delta(x)?)?);
-            }
-        }
-        // Decode steps over several adapters: one in-place pass instead of a matmul pair per
-        // sequence (see `bgmv`). Prefill chunks keep the matmuls, which are efficient there.
+        // Decode steps: one in-place pass instead of a pair of tiny matmuls (plus an add and a
+        // concat) per adapter (see `bgmv`). Prefill chunks keep the matmuls, efficient there.
         if mode == ForwardMode::Inference && groups.iter().all(|g| g.1 <= ROW_DELTA_MAX_ROWS) {
             let mut pairs = Vec::with_capacity(x.dim(0)?);
             for &(_, n, a) in &groups {
@@ -257,6 +252,11 @@ impl Qwen3 {
             if bgmv::supported(x, &y, &pairs) {
                 bgmv::add_row_deltas(&y, x, &pairs)?;
                 return Ok(y);
+            }
+        }
+        if groups.len() == 1 {
+            if let Some(p) = groups[0].2.and_then(|a| a.pair(layer, m)) {
+                return Ok((y + p.delta(x)?)?);
             }
         }
         let mut parts = Vec::with_capacity(groups.len());
