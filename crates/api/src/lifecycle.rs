@@ -74,8 +74,9 @@ async fn lock(
     let timeout = state.config().lock_timeout;
     state
         .locks()
-        .acquire(&resolved.id, timeout)
+        .acquire(state.store(), &resolved.id, timeout)
         .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or_else(|| {
             ApiError::Conflict(format!(
                 "Timed out waiting for lock on LoRA '{requested}' after {:.0}s: another update of this adapter is in progress; try again later",

@@ -1,14 +1,23 @@
 //! Per-adapter locks: feedback on one adapter is serialised, other adapters proceed in
-//! parallel.
+//! parallel. Two levels: an async mutex orders this process's requests fairly, then the
+//! store's file lock keeps out other processes sharing the LoRA root.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use claas_store::{AdapterLock, LoraStore};
 use tokio::sync::OwnedMutexGuard;
 
+/// How often a request waiting for another process's update looks again.
+const FILE_LOCK_POLL: Duration = Duration::from_millis(25);
+
 /// Held while an adapter is being updated.
-pub type AdapterGuard = OwnedMutexGuard<()>;
+#[derive(Debug)]
+pub struct AdapterGuard {
+    _process: OwnedMutexGuard<()>,
+    _file: Option<AdapterLock>,
+}
 
 /// Map from resolved adapter id to its lock.
 #[derive(Debug, Default)]
@@ -28,14 +37,39 @@ impl AdapterLocks {
         map.entry(key).or_default().clone()
     }
 
-    /// Waits up to `timeout` for the lock of `key`; `None` on timeout.
-    pub async fn acquire(&self, key: &str, timeout: Duration) -> Option<AdapterGuard> {
+    /// Waits up to `timeout` for the lock of `key`, in this process and then across
+    /// processes sharing `store`; `Ok(None)` on timeout.
+    pub async fn acquire(
+        &self,
+        store: &LoraStore,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<Option<AdapterGuard>, claas_store::StoreError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let m = self.lock_for(key);
-        tokio::time::timeout(timeout, m.lock_owned()).await.ok()
+        let Ok(process) = tokio::time::timeout_at(deadline, m.lock_owned()).await else {
+            return Ok(None);
+        };
+        loop {
+            if let Some(file) = store.try_lock_adapter(key)? {
+                return Ok(Some(AdapterGuard {
+                    _process: process,
+                    _file: Some(file),
+                }));
+            }
+            if tokio::time::Instant::now() + FILE_LOCK_POLL > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(FILE_LOCK_POLL).await;
+        }
     }
 
-    /// Takes the lock of `key` if it is free.
+    /// Takes this process's lock of `key` if it is free (not the cross-process one).
     pub fn try_acquire(&self, key: &str) -> Option<AdapterGuard> {
-        self.lock_for(key).try_lock_owned().ok()
+        let process = self.lock_for(key).try_lock_owned().ok()?;
+        Some(AdapterGuard {
+            _process: process,
+            _file: None,
+        })
     }
 }

@@ -141,11 +141,16 @@ async fn init_lora(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value
         )
     })?;
     let timeout = st.config().lock_timeout;
-    let _guard = st.locks().acquire(&new_id, timeout).await.ok_or_else(|| {
-        ApiError::Conflict(format!(
-            "Timed out waiting for lock on LoRA '{new_id}': another update of this adapter is in progress"
-        ))
-    })?;
+    let _guard = st
+        .locks()
+        .acquire(st.store(), &new_id, timeout)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "Timed out waiting for lock on LoRA '{new_id}': another update of this adapter is in progress"
+            ))
+        })?;
     let engine_cfg = st
         .engine()
         .filter(|e| e.base_model_id() == req.base_model)
@@ -287,8 +292,9 @@ async fn score(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, A
     let _guard = match &resolved {
         Some(r) => Some(
             st.locks()
-                .acquire(&r.id, st.config().lock_timeout)
+                .acquire(st.store(), &r.id, st.config().lock_timeout)
                 .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
                 .ok_or_else(|| {
                     ApiError::Conflict(format!(
                         "Timed out waiting for lock on LoRA '{}': an update of this adapter is in progress",

@@ -269,6 +269,26 @@ async fn lock_timeout_gives_409() {
 }
 
 #[tokio::test]
+async fn update_by_another_process_sharing_the_root_gives_409() {
+    let api = start_api(None, Some(Arc::new(CopyEngine::default())), |c| {
+        c.lock_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let id = init_adapter(&api, "u/shared").await;
+    // Another process on the same LoRA root (a second API replica, `claas init`) is updating
+    // the adapter: its lock is an OS file lock this process's mutex knows nothing about.
+    let other = claas_store::LoraStore::open(api.root()).unwrap();
+    let held = other.try_lock_adapter(&id).unwrap().unwrap();
+    let before = tree(&api.root());
+    let (s, b) = api.post("/v1/feedback", feedback_body(&id)).await;
+    assert_eq!(s, 409, "{b}");
+    assert_eq!(tree(&api.root()), before);
+    drop(held);
+    let (s, b) = api.post("/v1/feedback", feedback_body(&id)).await;
+    assert_eq!(s, 200, "{b}");
+}
+
+#[tokio::test]
 async fn same_adapter_serialises_other_adapters_run_in_parallel() {
     // Two adapters: the double waits until both updates are inside the trainer at the same
     // time (and fails if that never happens).

@@ -10,6 +10,11 @@
 //! place; a replaced folder is first renamed aside into the same transaction folder, so a
 //! crash at any point leaves either the old or the new adapter at the id, or the old one
 //! aside where [`LoraStore::open`] puts it back.
+//!
+//! Several processes may share a root (an API, `claas init`, a second API replica): each
+//! transaction holds an OS file lock while it runs, so recovery only touches transactions of
+//! dead processes; alias rewrites and adapter updates ([`LoraStore::try_lock_adapter`]) take
+//! file locks too. The OS drops them when a process dies.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -25,6 +30,8 @@ pub const ALIASES_FILE_NAME: &str = ".aliases.json";
 pub const STATE_DIR_NAME: &str = ".state";
 /// Folder (inside the root) holding staged writes and their journals.
 pub const TMP_DIR_NAME: &str = ".tmp";
+/// Lock file inside a transaction folder, held by the process running the transaction.
+const TXN_LOCK: &str = "lock";
 /// The file whose presence makes a folder an adapter.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 /// The PEFT weights file.
@@ -211,8 +218,9 @@ pub fn validate_id(id: &str) -> Result<&str> {
     Ok(trimmed)
 }
 
-/// The LoRA root. Cheap to clone; one instance per root per process (the alias file and
-/// version counters are guarded by in-process locks).
+/// The LoRA root. Cheap to clone. Processes may share a root (see the crate docs); a version
+/// counter bump is only guarded in-process, so writers of one adapter in different processes
+/// hold [`LoraStore::try_lock_adapter`] (the API does).
 #[derive(Clone)]
 pub struct LoraStore {
     inner: Arc<Inner>,
@@ -281,6 +289,37 @@ fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn is_adapter_dir(dir: &Path) -> bool {
     dir.join(ADAPTER_CONFIG).is_file()
+}
+
+fn open_lock_file(path: &Path) -> Result<File> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    }
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StoreError::io(path, e))
+}
+
+/// Whether a live process (this one included) holds the lock of transaction folder `txn`.
+/// A folder without a lock file belongs to a crashed writer (or one that has not started:
+/// it then fails cleanly when its folder disappears).
+fn txn_is_live(txn: &Path) -> bool {
+    let path = txn.join(TXN_LOCK);
+    match fs::OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(f) => !matches!(f.try_lock(), Ok(())),
+        Err(e) => e.kind() != io::ErrorKind::NotFound,
+    }
+}
+
+/// Exclusive, cross-process right to update one adapter; released when dropped (or when the
+/// process dies).
+#[derive(Debug)]
+pub struct AdapterLock {
+    _file: File,
 }
 
 impl LoraStore {
@@ -364,10 +403,15 @@ impl LoraStore {
                     let _ = fs::remove_file(&txn);
                     continue;
                 }
+                if txn_is_live(&txn) {
+                    continue;
+                }
                 self.recover_txn(&txn)?;
             }
         }
-        // Stray temp files of atomic single-file writes.
+        // Stray temp files of atomic single-file writes (only `.aliases.json` is written in the
+        // root, under the alias lock: holding it, no live writer owns such a file).
+        let _aliases = self.lock_aliases_file()?;
         let root = &self.inner.root;
         for entry in fs::read_dir(root)
             .map_err(|e| StoreError::io(root, e))?
@@ -412,8 +456,25 @@ impl LoraStore {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let tmp = self.tmp_dir();
-        let txn = tmp.join(format!("txn-{}", uuid::Uuid::new_v4().simple()));
-        fs::create_dir_all(&txn).map_err(|e| StoreError::io(&txn, e))?;
+        let uid = uuid::Uuid::new_v4().simple();
+        // Locked before it gets its `txn-` name, so another process's recovery never sees it
+        // unlocked while this one runs.
+        let pre = tmp.join(format!("pre-{uid}"));
+        let txn = tmp.join(format!("txn-{uid}"));
+        fs::create_dir_all(&pre).map_err(|e| StoreError::io(&pre, e))?;
+        let live = open_lock_file(&pre.join(TXN_LOCK)).and_then(|f| {
+            f.try_lock()
+                .map_err(|e| StoreError::io(&pre, io::Error::other(e.to_string())))?;
+            fs::rename(&pre, &txn).map_err(|e| StoreError::io(&txn, e))?;
+            Ok(f)
+        });
+        let _live = match live {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&pre);
+                return Err(e);
+            }
+        };
         let staged = txn.join("new");
         let old = txn.join("old");
         let target = self.inner.root.join(rel);
@@ -604,6 +665,26 @@ impl LoraStore {
         Ok(out)
     }
 
+    /// Cross-process lock of `.aliases.json` read-modify-writes (short; blocks).
+    fn lock_aliases_file(&self) -> Result<File> {
+        let path = self.inner.root.join(STATE_DIR_NAME).join("@aliases.lock");
+        let f = open_lock_file(&path)?;
+        f.lock().map_err(|e| StoreError::io(&path, e))?;
+        Ok(f)
+    }
+
+    /// Takes the cross-process update lock of adapter `id` if no other holder has it (another
+    /// process, or another call in this one). The lock file lives in the side state.
+    pub fn try_lock_adapter(&self, id: &str) -> Result<Option<AdapterLock>> {
+        let path = self.state_path(id, "lock")?;
+        let f = open_lock_file(&path)?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(AdapterLock { _file: f })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(StoreError::io(&path, e)),
+        }
+    }
+
     fn write_aliases(&self, aliases: &BTreeMap<String, String>) -> Result<()> {
         let text = serde_json::to_string_pretty(aliases).map_err(|e| StoreError::AliasFile {
             path: self.aliases_path(),
@@ -636,6 +717,7 @@ impl LoraStore {
             .aliases_lock
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let _file = self.lock_aliases_file()?;
         let mut aliases = self.aliases()?;
         aliases.insert(alias.to_string(), target.to_string());
         self.write_aliases(&aliases)
@@ -649,6 +731,7 @@ impl LoraStore {
             .aliases_lock
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let _file = self.lock_aliases_file()?;
         let mut aliases = self.aliases()?;
         let existed = aliases.remove(alias).is_some();
         if existed {

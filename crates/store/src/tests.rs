@@ -184,6 +184,52 @@ fn crash_between_stage_and_rename_keeps_old_adapter() {
 }
 
 #[test]
+fn another_process_opening_mid_save_leaves_the_live_transaction_alone() {
+    for point in [
+        FaultPoint::Staged,
+        FaultPoint::MovedAside,
+        FaultPoint::Swapped,
+    ] {
+        let (_t, s) = store();
+        s.save_atomic("u/a", |d| write_adapter(d, "old")).unwrap();
+        // A second opener (another API process, `claas init`) arrives at `point`; its recovery
+        // must not mistake this live save for a crashed one.
+        let root = s.root().to_path_buf();
+        let opened = Arc::new(Mutex::new(None));
+        let seen = opened.clone();
+        s.set_fault_hook(Some(Arc::new(move |p, _| {
+            if p == point {
+                *seen.lock().unwrap() = Some(LoraStore::open(&root).is_ok());
+            }
+            false
+        })));
+        s.save_atomic("u/a", |d| write_adapter(d, "new")).unwrap();
+        assert_eq!(*opened.lock().unwrap(), Some(true), "{point:?}");
+        assert_eq!(read_tag(&s.resolve("u/a").unwrap().dir), "new", "{point:?}");
+        assert_eq!(
+            fs::read_dir(s.root().join(TMP_DIR_NAME)).unwrap().count(),
+            0,
+            "{point:?}"
+        );
+    }
+}
+
+#[test]
+fn adapter_lock_is_exclusive_across_openers() {
+    let (_t, s) = store();
+    s.save_atomic("u/a", |d| write_adapter(d, "x")).unwrap();
+    let other = LoraStore::open(s.root()).unwrap();
+    let held = s.try_lock_adapter("u/a").unwrap().expect("free at first");
+    assert!(other.try_lock_adapter("u/a").unwrap().is_none());
+    assert!(s.try_lock_adapter("u/a").unwrap().is_none());
+    // other adapters are independent
+    assert!(other.try_lock_adapter("u/b").unwrap().is_some());
+    drop(held);
+    assert!(other.try_lock_adapter("u/a").unwrap().is_some());
+    assert!(s.try_lock_adapter("../x").is_err());
+}
+
+#[test]
 fn crash_on_first_save_leaves_nothing_half_written() {
     let (_t, s) = store();
     crash_at(&s, FaultPoint::Staged);
