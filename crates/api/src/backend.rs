@@ -181,6 +181,14 @@ impl Backend for NoBackend {
     }
 }
 
+/// What [`HttpBackend::prompt_topk`] returns: per scored position, the listed alternatives and
+/// the log-prob of the token actually there (if listed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopkScores {
+    pub rows: Vec<Vec<(u32, f32)>>,
+    pub actual: Vec<Option<f32>>,
+}
+
 /// A vLLM-compatible server (`claas serve` or vLLM with `--enable-sleep-mode` and
 /// `VLLM_ALLOW_RUNTIME_LORA_UPDATING=1`).
 #[derive(Debug, Clone)]
@@ -292,6 +300,94 @@ impl HttpBackend {
             message: e.to_string(),
         })?;
         Ok(parse_queue_metrics(&text))
+    }
+
+    /// The first model the server lists (`GET /v1/models`).
+    pub async fn first_model(&self) -> Result<String, BackendError> {
+        let url = self.url("/v1/models");
+        let resp = self
+            .send("GET", self.client.get(&url), &url, Duration::from_secs(30))
+            .await?;
+        let v = Self::json_of(&url, resp).await?;
+        v.pointer("/data/0/id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| BackendError::Protocol {
+                url,
+                message: "no model in the /v1/models answer".into(),
+            })
+    }
+
+    /// Scores the token ids `ids` with `prompt_logprobs = k` (vLLM's extension of
+    /// `/v1/completions`) and returns, for every position from `from` on, the `(token id,
+    /// log-prob)` pairs the server listed and the log-prob of the token actually there.
+    pub async fn prompt_topk(
+        &self,
+        model: &str,
+        ids: &[u32],
+        from: usize,
+        k: usize,
+    ) -> Result<TopkScores, BackendError> {
+        let url = self.url("/v1/completions");
+        let body = json!({
+            "model": model,
+            "prompt": ids,
+            "max_tokens": 1,
+            "temperature": 0,
+            "prompt_logprobs": k,
+        });
+        // Scoring a long prompt on a large teacher can take a while; generation is 1 token.
+        let resp = self
+            .send(
+                "POST",
+                self.client.post(&url).json(&body),
+                &url,
+                Duration::from_secs(600),
+            )
+            .await?;
+        let v = Self::json_of(&url, resp).await?;
+        let proto = |m: String| BackendError::Protocol {
+            url: url.clone(),
+            message: m,
+        };
+        let entries = v
+            .pointer("/choices/0/prompt_logprobs")
+            .and_then(Value::as_array)
+            .ok_or_else(|| proto("no choices[0].prompt_logprobs in the completion".into()))?;
+        if entries.len() != ids.len() {
+            return Err(proto(format!(
+                "prompt_logprobs has {} entries for {} prompt tokens",
+                entries.len(),
+                ids.len()
+            )));
+        }
+        let mut rows = Vec::with_capacity(ids.len().saturating_sub(from));
+        let mut actual = Vec::with_capacity(rows.capacity());
+        for (pos, entry) in entries.iter().enumerate().skip(from) {
+            let map = entry
+                .as_object()
+                .ok_or_else(|| proto(format!("prompt_logprobs[{pos}] is not an object")))?;
+            let mut row = Vec::with_capacity(map.len());
+            for (id, lp) in map {
+                let id: u32 = id.parse().map_err(|_| {
+                    proto(format!(
+                        "prompt_logprobs[{pos}] has key {id:?}, not a token id"
+                    ))
+                })?;
+                let lp =
+                    lp.get("logprob").unwrap_or(lp).as_f64().ok_or_else(|| {
+                        proto(format!("prompt_logprobs[{pos}][{id}] has no logprob"))
+                    })?;
+                row.push((id, lp as f32));
+            }
+            actual.push(
+                row.iter()
+                    .find(|(id, _)| *id == ids[pos])
+                    .map(|(_, lp)| *lp),
+            );
+            rows.push(row);
+        }
+        Ok(TopkScores { rows, actual })
     }
 
     async fn fetch_logprobs(

@@ -29,6 +29,13 @@ pub struct ApiConfig {
     pub drain_timeout: Duration,
     /// `FEEDBACK_WAKE_ON_FAILURE` (true): wake after a failure even if the request said not to.
     pub wake_on_failure: bool,
+    /// `CLAAS_TEACHER_BASE_URL`: vLLM-compatible server of the `teacher_mode: "remote"` teacher;
+    /// unset = remote mode is refused (422).
+    pub teacher_base_url: Option<String>,
+    /// `CLAAS_TEACHER_MODEL`: its served model name (default: the first it lists).
+    pub teacher_model: Option<String>,
+    /// `CLAAS_TEACHER_API_KEY`.
+    pub teacher_api_key: Option<String>,
 }
 
 /// A setting that could not be parsed.
@@ -53,6 +60,9 @@ impl Default for ApiConfig {
             lock_timeout: Duration::from_secs(120),
             drain_timeout: Duration::from_secs(30),
             wake_on_failure: true,
+            teacher_base_url: None,
+            teacher_model: None,
+            teacher_api_key: None,
         }
     }
 }
@@ -129,6 +139,14 @@ impl ApiConfig {
         if let Some(v) = get("FEEDBACK_WAKE_ON_FAILURE") {
             c.wake_on_failure = flag(&v);
         }
+        let nonempty = |name: &str| {
+            get(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        c.teacher_base_url = nonempty("CLAAS_TEACHER_BASE_URL");
+        c.teacher_model = nonempty("CLAAS_TEACHER_MODEL");
+        c.teacher_api_key = nonempty("CLAAS_TEACHER_API_KEY");
         Ok(c)
     }
 }
@@ -165,6 +183,18 @@ mod tests {
             c.allowed_init_base_models,
             vec!["Qwen/Qwen3-8B".to_string(), "builtin:tiny".to_string()]
         );
+        let c = cfg(&[
+            ("CLAAS_TEACHER_BASE_URL", "http://teacher:8000/v1"),
+            ("CLAAS_TEACHER_MODEL", " Qwen/Qwen3-32B "),
+            ("CLAAS_TEACHER_API_KEY", ""),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.teacher_base_url.as_deref(),
+            Some("http://teacher:8000/v1")
+        );
+        assert_eq!(c.teacher_model.as_deref(), Some("Qwen/Qwen3-32B"));
+        assert_eq!(c.teacher_api_key, None);
         let c = cfg(&[("CLAAS_ALLOWED_INIT_BASE_MODELS", " a/b, c ,")]).unwrap();
         assert_eq!(c.allowed_init_base_models, vec!["a/b", "c"]);
         assert!(cfg(&[("FEEDBACK_LOCK_TIMEOUT_S", "soon")]).is_err());

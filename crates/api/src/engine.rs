@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use claas_sdpo::ExternalTeacher;
+
 use crate::types::{FeedbackItem, TrainingSettings};
 
 /// Failures of the trainer.
@@ -33,6 +35,9 @@ pub struct DistillJob {
     pub items: Vec<FeedbackItem>,
     /// Shared hyper-parameters.
     pub training: TrainingSettings,
+    /// `teacher_mode: "remote"`: the remote teacher's scores, one per item (fetched by the
+    /// lifecycle on [`TrainingEngine::teacher_inputs`]).
+    pub teachers: Option<Vec<ExternalTeacher>>,
 }
 
 /// The trained adapter and optimizer, kept in memory until the API saves them atomically.
@@ -73,6 +78,16 @@ pub trait TrainingEngine: Send + Sync {
     }
     /// Runs one SDPO update (`training.steps_per_batch` optimizer steps on the batch).
     fn distill(&self, job: &DistillJob) -> Result<DistillOutput, EngineError>;
+    /// What a remote teacher scores for each item: the token ids (teacher prompt + response)
+    /// and the teacher prompt's length (the response's log-probs start there).
+    fn teacher_inputs(
+        &self,
+        _items: &[FeedbackItem],
+    ) -> Result<Vec<(Vec<u32>, usize)>, EngineError> {
+        Err(EngineError::BadInput(
+            "this trainer cannot use a remote teacher; use teacher_mode 'self'".into(),
+        ))
+    }
     /// Log-probabilities of `response` after `prompt` with the adapter at `adapter_dir` applied
     /// (`None` = base model).
     fn score(

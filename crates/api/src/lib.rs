@@ -18,11 +18,13 @@ pub mod openapi;
 pub mod routes;
 pub mod sdpo_engine;
 pub mod state;
+pub mod teacher;
 pub mod types;
 pub mod validate;
 
 pub use backend::{
     normalize_adapter_name, Backend, BackendError, BackendHealth, BoxFut, HttpBackend, NoBackend,
+    TopkScores,
 };
 pub use config::{ApiConfig, ConfigError};
 pub use engine::{
@@ -32,3 +34,4 @@ pub use error::{ApiError, ValidationIssue};
 pub use routes::router;
 pub use sdpo_engine::SdpoEngine;
 pub use state::ApiState;
+pub use teacher::RemoteTeacher;

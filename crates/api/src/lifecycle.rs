@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use claas_sdpo::ExternalTeacher;
 use claas_store::{LoraStore, ResolvedAdapter, StoreError};
 use serde_json::{json, Value};
 
@@ -116,6 +117,40 @@ fn engine_error(phase: &str, e: EngineError) -> ApiError {
             ApiError::Internal(format!("Feedback update failed in phase '{phase}': {m}"))
         }
     }
+}
+
+fn no_teacher() -> ApiError {
+    ApiError::Unprocessable(
+        "teacher_mode 'remote' needs a remote teacher: set CLAAS_TEACHER_BASE_URL (and CLAAS_TEACHER_MODEL) to a vLLM-compatible server of a model sharing the base model's tokenizer, or use teacher_mode 'self'".into(),
+    )
+}
+
+/// `teacher_mode: "remote"`: the remote teacher's scores of every item (`None` for `self`).
+async fn remote_teachers(
+    state: &ApiState,
+    engine: &Arc<dyn TrainingEngine>,
+    job: &DistillJob,
+    phase: &str,
+) -> Result<Option<Vec<ExternalTeacher>>, ApiError> {
+    if job.training.teacher_mode != "remote" {
+        return Ok(None);
+    }
+    let teacher = state.teacher().ok_or_else(no_teacher)?;
+    let (e, items) = (engine.clone(), job.items.clone());
+    let inputs = tokio::task::spawn_blocking(move || e.teacher_inputs(&items))
+        .await
+        .map_err(|e| ApiError::Internal(format!("teacher input task failed: {e}")))?
+        .map_err(|e| engine_error(phase, e))?;
+    let scores = teacher
+        .score(&inputs, job.training.teacher_top_k as usize)
+        .await
+        .map_err(|e| {
+            ApiError::BadGateway(format!(
+                "Remote teacher at {} failed to score: {e}",
+                teacher.base_url()
+            ))
+        })?;
+    Ok(Some(scores))
 }
 
 fn no_engine() -> ApiError {
@@ -244,6 +279,9 @@ async fn feedback_inner(
 
     // Refuse before touching the inference server when training is impossible.
     let engine = state.engine().ok_or_else(no_engine)?;
+    if req.training().teacher_mode == "remote" && state.teacher().is_none() {
+        return Err(no_teacher());
+    }
     let backend = state.backend().clone();
     let orch = &req.orchestration;
     let mut items = req.items.clone();
@@ -311,8 +349,12 @@ async fn feedback_inner(
         optimizer_dir,
         training: req.training(),
         items,
+        teachers: None,
     };
+    // As in the reference, the remote teacher scores inside the distill phase (after the
+    // serving model slept: it is another server).
     let t = Instant::now();
+    job.teachers = remote_teachers(state, &engine, &job, "distill").await?;
     let output = match run_distill(engine.clone(), job.clone()).await {
         Ok(o) => o,
         // The server tokenises prompt + response as one string, which can split the boundary
@@ -407,14 +449,16 @@ async fn distill_inner(
         .store()
         .load_state(&resolved.id, OPTIMIZER_STATE)
         .map_err(|e| ApiError::Internal(format!("Distillation failed: {e}")))?;
-    let job = DistillJob {
+    let mut job = DistillJob {
         adapter_id: resolved.id.clone(),
         adapter_dir: resolved.dir.clone(),
         optimizer_dir,
         training: req.training(),
         items: req.items.clone(),
+        teachers: None,
     };
     let t = Instant::now();
+    job.teachers = remote_teachers(state, &engine, &job, "distill").await?;
     let output = run_distill(engine, job).await.map_err(|e| match e {
         EngineError::BadInput(m) => ApiError::Unprocessable(m),
         EngineError::Internal(m) => ApiError::Internal(format!("Distillation failed: {m}")),

@@ -64,6 +64,18 @@ impl SdpoEngine {
     }
 }
 
+fn trainer_items(items: &[crate::types::FeedbackItem]) -> Vec<FeedbackItem> {
+    items
+        .iter()
+        .map(|i| FeedbackItem {
+            prompt: i.prompt.clone(),
+            response: i.response.clone(),
+            feedback: i.feedback.clone(),
+            rollout_logprobs: i.rollout_logprobs.clone(),
+        })
+        .collect()
+}
+
 fn map_err(e: SdpoError) -> EngineError {
     if e.is_bad_input() {
         EngineError::BadInput(e.to_string())
@@ -124,19 +136,10 @@ impl TrainingEngine for SdpoEngine {
             steps_per_batch: t.steps_per_batch as usize,
             teacher_mode,
         };
-        let items: Vec<FeedbackItem> = job
-            .items
-            .iter()
-            .map(|i| FeedbackItem {
-                prompt: i.prompt.clone(),
-                response: i.response.clone(),
-                feedback: i.feedback.clone(),
-                rollout_logprobs: i.rollout_logprobs.clone(),
-            })
-            .collect();
-        let out = self
+        let items = trainer_items(&job.items);
+        let (out, _) = self
             .trainer
-            .distill(&adapter, opt, &items, &cfg)
+            .distill_with_teachers(&adapter, opt, &items, job.teachers.as_deref(), &cfg, false)
             .map_err(map_err)?;
         let mut metadata = match serde_json::to_value(&out.metadata) {
             Ok(Value::Object(m)) => m,
@@ -152,6 +155,19 @@ impl TrainingEngine for SdpoEngine {
                 optimizer: out.optimizer,
             }),
         })
+    }
+
+    fn teacher_inputs(
+        &self,
+        items: &[crate::types::FeedbackItem],
+    ) -> Result<Vec<(Vec<u32>, usize)>, EngineError> {
+        trainer_items(items)
+            .iter()
+            .map(|i| {
+                let p = self.trainer.prepare(i).map_err(map_err)?;
+                Ok((p.teacher_input_ids(), p.teacher_prompt_ids.len()))
+            })
+            .collect()
     }
 
     fn score(

@@ -9,6 +9,7 @@ use crate::config::ApiConfig;
 use crate::engine::TrainingEngine;
 use crate::locks::AdapterLocks;
 use crate::metrics::Metrics;
+use crate::teacher::RemoteTeacher;
 
 struct Inner {
     config: ApiConfig,
@@ -17,6 +18,7 @@ struct Inner {
     engine: RwLock<Option<Arc<dyn TrainingEngine>>>,
     locks: AdapterLocks,
     metrics: Metrics,
+    teacher: Option<RemoteTeacher>,
 }
 
 /// Everything the routes share. Cheap to clone.
@@ -33,8 +35,16 @@ impl ApiState {
         backend: Arc<dyn Backend>,
         engine: Option<Arc<dyn TrainingEngine>>,
     ) -> Self {
+        let teacher = config.teacher_base_url.as_deref().map(|url| {
+            RemoteTeacher::new(
+                url,
+                config.teacher_api_key.clone(),
+                config.teacher_model.clone(),
+            )
+        });
         ApiState {
             inner: Arc::new(Inner {
+                teacher,
                 config,
                 store,
                 backend,
@@ -94,5 +104,10 @@ impl ApiState {
     /// Counters.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The `teacher_mode: "remote"` teacher, when configured.
+    pub fn teacher(&self) -> Option<&RemoteTeacher> {
+        self.inner.teacher.as_ref()
     }
 }

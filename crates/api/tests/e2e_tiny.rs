@@ -28,6 +28,22 @@ async fn score(api: &Api, id: Option<&str>, body: &Value) -> Vec<f64> {
         .collect()
 }
 
+/// A real `claas serve` on 127.0.0.1; returns its base URL.
+async fn start_serve(cfg: claas_serve::ServeConfig) -> String {
+    let app = tokio::task::spawn_blocking(move || claas_serve::AppState::from_config(&cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(claas_serve::serve_on(
+        listener,
+        Arc::new(app),
+        std::future::pending(),
+    ));
+    url
+}
+
 #[tokio::test]
 async fn feedback_trains_the_builtin_tiny_adapter() {
     let (vurl, fake) = start_fake_vllm().await;
@@ -291,25 +307,14 @@ async fn parity_feedback_and_export_match_distill_step_fixture() {
 /// saves, wakes and reloads, and the served adapter's log-probabilities change.
 #[tokio::test]
 async fn feedback_against_a_real_claas_serve() {
-    let serve_cfg = claas_serve::ServeConfig {
+    let serve_url = start_serve(claas_serve::ServeConfig {
         model: "builtin:tiny".into(),
         api_key: Some("sk-test".into()),
         enable_lora: true,
         enable_sleep_mode: true,
         ..claas_serve::ServeConfig::default()
-    };
-    let c = serve_cfg.clone();
-    let app = tokio::task::spawn_blocking(move || claas_serve::AppState::from_config(&c))
-        .await
-        .unwrap()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let serve_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(claas_serve::serve_on(
-        listener,
-        Arc::new(app),
-        std::future::pending(),
-    ));
+    })
+    .await;
 
     let api = start_api(
         Some(&serve_url),
@@ -403,4 +408,94 @@ async fn feedback_against_a_real_claas_serve() {
     let rec = read_json(Path::new(b["feedback_log_path"].as_str().unwrap()));
     assert_eq!(rec["status"], "ok");
     assert_eq!(rec["resolved_lora_id"], json!(id));
+}
+
+/// `teacher_mode: "remote"` against a real `claas serve` of the same base model: the remote
+/// teacher's top-k equals the self-teacher's, so the step is the same; misconfigurations are
+/// clear errors that change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_teacher_on_a_claas_serve_matches_the_self_teacher() {
+    let teacher = start_serve(claas_serve::ServeConfig {
+        model: "builtin:tiny".into(),
+        api_key: Some("sk-teacher".into()),
+        max_logprobs: 100,
+        ..claas_serve::ServeConfig::default()
+    })
+    .await;
+    let engine: Arc<SdpoEngine> = Arc::new(SdpoEngine::load("builtin:tiny").unwrap());
+    let api = start_api(None, Some(engine.clone()), |c| {
+        c.teacher_base_url = Some(format!("{teacher}/v1"));
+        c.teacher_api_key = Some("sk-teacher".into());
+    })
+    .await;
+    let id = init_adapter(&api, "t/self").await;
+    // The same starting weights under another id (a hand-copied folder is an adapter).
+    let src = api.state.store().resolve(&id).unwrap().dir;
+    let copy = api.root().join("t/remote");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(src.join(f), copy.join(f)).unwrap();
+    }
+
+    let mut body = feedback_body(&id);
+    body["training"]["learning_rate"] = json!(1e-3);
+    let (s, local) = api.post("/v1/feedback", body.clone()).await;
+    assert_eq!(s, 200, "{local}");
+    body["lora_id"] = json!("t/remote");
+    body["training"]["teacher_mode"] = json!("remote");
+    let (s, remote) = api.post("/v1/feedback", body.clone()).await;
+    assert_eq!(s, 200, "{remote}");
+    let (l, r) = (
+        &local["distill_result"]["metadata"],
+        &remote["distill_result"]["metadata"],
+    );
+    assert_eq!(l["teacher_mode"], "self");
+    assert_eq!(r["teacher_mode"], "remote");
+    assert_eq!(l["tokens_processed"], r["tokens_processed"]);
+    for key in ["total_loss", "distill_loss", "grad_norm", "mean_is_ratio"] {
+        let (x, y) = (l[key].as_f64().unwrap(), r[key].as_f64().unwrap());
+        assert!(
+            (x - y).abs() <= 1e-3 * x.abs().max(1e-3),
+            "{key}: self {x} vs remote {y}"
+        );
+    }
+    assert!(l["distill_loss"].as_f64().unwrap().abs() > 0.0);
+
+    // No teacher configured: 422 before anything happens.
+    let plain = start_api(None, Some(engine.clone()), |_| {}).await;
+    let id = init_adapter(&plain, "t/none").await;
+    let before = tree(&plain.root());
+    body["lora_id"] = json!(id);
+    let (s, b) = plain.post("/v1/feedback", body.clone()).await;
+    assert_eq!(s, 422, "{b}");
+    assert!(
+        b["detail"]
+            .as_str()
+            .unwrap()
+            .contains("CLAAS_TEACHER_BASE_URL"),
+        "{b}"
+    );
+    assert_eq!(tree(&plain.root()), before);
+
+    // A teacher server that caps log-probs below teacher_top_k: 502 naming the server's limit.
+    let capped = start_serve(claas_serve::ServeConfig {
+        model: "builtin:tiny".into(),
+        ..claas_serve::ServeConfig::default()
+    })
+    .await;
+    let api = start_api(None, Some(engine), |c| {
+        c.teacher_base_url = Some(capped.clone())
+    })
+    .await;
+    let id = init_adapter(&api, "t/capped").await;
+    let before = tree(&api.root());
+    body["lora_id"] = json!(id);
+    let (s, b) = api.post("/v1/distill", body).await;
+    assert_eq!(s, 502, "{b}");
+    let d = b["detail"].as_str().unwrap();
+    assert!(
+        d.contains("Remote teacher") && d.contains("--max-logprobs"),
+        "{d}"
+    );
+    assert_eq!(tree(&api.root()), before);
 }

@@ -34,8 +34,8 @@ pub use loss::{sdpo_loss, LossInput, LossOutput};
 pub use optim::{adamw_step, clip_grad_norm, AdamHyper, AdamState, Moments};
 pub use teacher::{teacher_messages, teacher_prompt, teacher_user_content, TEACHER_SYSTEM_PROMPT};
 pub use trainer::{
-    DistillMetadata, DistillOutcome, DistillTimings, FeedbackItem, ItemTrace, PreparedItem,
-    StepTrace, Targets, TeacherMode, Trainer, TrainingConfig,
+    DistillMetadata, DistillOutcome, DistillTimings, ExternalTeacher, FeedbackItem, ItemTrace,
+    PreparedItem, StepTrace, Targets, TeacherMode, Trainer, TrainingConfig,
 };
 
 #[cfg(test)]

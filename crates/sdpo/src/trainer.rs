@@ -23,7 +23,7 @@ pub enum TeacherMode {
     #[default]
     #[serde(rename = "self")]
     SelfTeacher,
-    /// An external teacher (`"remote"`); not provided by this trainer.
+    /// Another model's log-probabilities, scored by the caller ([`ExternalTeacher`]).
     #[serde(rename = "remote")]
     Remote,
 }
@@ -197,6 +197,19 @@ pub struct Targets {
     /// `[T]` base log-probabilities of the response tokens (KL-to-base reference).
     pub base_logprobs: Vec<f32>,
 }
+
+/// A teacher scored elsewhere (`teacher_mode: "remote"`, e.g. a larger model of the same
+/// tokenizer family on a vLLM-compatible server): per response token, the top alternatives
+/// `(token id, log-prob)` in any order, and the response token's own log-prob if reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExternalTeacher {
+    pub rows: Vec<Vec<(u32, f32)>>,
+    pub response_logprobs: Vec<Option<f32>>,
+}
+
+/// Log-prob given to padding slots of rows shorter than k (the reference's
+/// `parse_teacher_result` pads with -100 at token 0: weight e^-100, i.e. none).
+const PAD_LOGPROB: f32 = -100.0;
 
 /// Everything one step computed, for parity tests and diagnostics.
 #[derive(Debug, Clone)]
@@ -376,6 +389,80 @@ impl Trainer {
         })
     }
 
+    /// Targets from an external teacher's scores: its top-k (sorted, cut to `top_k`, short rows
+    /// padded as the reference does) and the base log-probabilities (the only local pass).
+    pub fn external_targets(
+        &self,
+        p: &PreparedItem,
+        ext: &ExternalTeacher,
+        top_k: usize,
+    ) -> Result<Targets> {
+        let t = p.response_ids.len();
+        if ext.rows.len() != t {
+            return Err(SdpoError::InvalidInput(format!(
+                "the remote teacher scored {} positions; the response has {t} tokens",
+                ext.rows.len()
+            )));
+        }
+        let vocab = self.model.config().vocab_size;
+        let k = ext.rows.iter().map(Vec::len).max().unwrap_or(0).min(top_k);
+        if k == 0 {
+            return Err(SdpoError::InvalidInput(
+                "the remote teacher returned no log-probabilities".into(),
+            ));
+        }
+        let mut topk_logprobs = Vec::with_capacity(t * k);
+        let mut topk_indices = Vec::with_capacity(t * k);
+        for row in &ext.rows {
+            if let Some(&(id, lp)) = row
+                .iter()
+                .find(|(id, lp)| *id as usize >= vocab || lp.is_nan() || *lp > 1e-3)
+            {
+                return Err(SdpoError::InvalidInput(format!(
+                    "the remote teacher returned token {id} with log-probability {lp}; a teacher must share the student's vocabulary ({vocab} tokens) and report log-probabilities <= 0"
+                )));
+            }
+            let mut row = row.clone();
+            row.sort_by(|a, b| b.1.total_cmp(&a.1));
+            row.truncate(k);
+            row.resize(k, (0, PAD_LOGPROB));
+            for (id, lp) in row {
+                topk_indices.push(id);
+                topk_logprobs.push(lp.max(PAD_LOGPROB));
+            }
+        }
+        let start = p.prompt_ids.len();
+        let student_ids = p.student_input_ids();
+        let mut scored =
+            self.model
+                .logits_packed(&[(&student_ids, start - 1)], None, self.chunk)?;
+        let Some(base_rows) = scored.pop() else {
+            return Err(SdpoError::InvalidInput("nothing to score".into()));
+        };
+        let base_logprobs = gather_logprobs(&base_rows.narrow(0, 0, t)?, &p.response_ids)?;
+        let teacher_logprob_of_response = (0..t)
+            .map(|i| {
+                ext.response_logprobs
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .unwrap_or_else(|| {
+                        ext.rows[i]
+                            .iter()
+                            .find(|(id, _)| *id == p.response_ids[i])
+                            .map_or(f32::NEG_INFINITY, |(_, lp)| *lp)
+                    })
+            })
+            .collect();
+        Ok(Targets {
+            topk_logprobs,
+            topk_indices,
+            k,
+            teacher_logprob_of_response,
+            base_logprobs,
+        })
+    }
+
     /// Per-token log-probabilities of `response` after `prompt` (student input, no template)
     /// under the base model plus `adapter` (or the bare base), without gradients.
     pub fn score(
@@ -439,12 +526,41 @@ impl Trainer {
         cfg: &TrainingConfig,
         trace: bool,
     ) -> Result<(DistillOutcome, Vec<StepTrace>)> {
+        self.distill_with_teachers(adapter, opt, items, None, cfg, trace)
+    }
+
+    /// [`Trainer::distill_traced`] with the teachers of `teacher_mode: "remote"`, one per item,
+    /// scored by the caller on the items' [`PreparedItem::teacher_input_ids`].
+    pub fn distill_with_teachers(
+        &self,
+        adapter: &LoraAdapter,
+        opt: Option<AdamState>,
+        items: &[FeedbackItem],
+        teachers: Option<&[ExternalTeacher]>,
+        cfg: &TrainingConfig,
+        trace: bool,
+    ) -> Result<(DistillOutcome, Vec<StepTrace>)> {
         let t_total = Instant::now();
         cfg.validate()?;
-        if cfg.teacher_mode == TeacherMode::Remote {
-            return Err(SdpoError::Unsupported(
-                "teacher_mode \"remote\" is not supported by this server; use \"self\"".into(),
-            ));
+        match (cfg.teacher_mode, teachers) {
+            (TeacherMode::Remote, None) => {
+                return Err(SdpoError::Unsupported(
+                    "teacher_mode \"remote\" needs a remote teacher and none is configured (CLAAS_TEACHER_BASE_URL); use \"self\"".into(),
+                ))
+            }
+            (TeacherMode::Remote, Some(t)) if t.len() != items.len() => {
+                return Err(SdpoError::InvalidInput(format!(
+                    "{} remote teacher scorings for {} feedback items",
+                    t.len(),
+                    items.len()
+                )))
+            }
+            (TeacherMode::SelfTeacher, Some(_)) => {
+                return Err(SdpoError::InvalidInput(
+                    "remote teacher scores were given with teacher_mode \"self\"".into(),
+                ))
+            }
+            _ => {}
         }
         if items.is_empty() {
             return Err(SdpoError::InvalidInput(
@@ -476,10 +592,17 @@ impl Trainer {
         timings.tokenize_ms = ms(t0);
 
         let t0 = Instant::now();
-        let targets = prepared
-            .iter()
-            .map(|p| self.targets(p, cfg.teacher_top_k))
-            .collect::<Result<Vec<_>>>()?;
+        let targets = match teachers {
+            Some(ts) => prepared
+                .iter()
+                .zip(ts)
+                .map(|(p, ext)| self.external_targets(p, ext, cfg.teacher_top_k))
+                .collect::<Result<Vec<_>>>()?,
+            None => prepared
+                .iter()
+                .map(|p| self.targets(p, cfg.teacher_top_k))
+                .collect::<Result<Vec<_>>>()?,
+        };
         timings.teacher_ms = ms(t0);
 
         let lora = TrainableLora::from_adapter(adapter)?;

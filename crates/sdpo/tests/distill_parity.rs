@@ -11,7 +11,8 @@ use candle_core::Device;
 use claas_chat::{ChatTemplate, Tokenizer, TokenizerConfig};
 use claas_model::{LoadOptions, LoraAdapter, Qwen3};
 use claas_sdpo::{
-    AdamState, FeedbackItem, SdpoError, StepTrace, TeacherMode, Trainer, TrainingConfig,
+    AdamState, ExternalTeacher, FeedbackItem, SdpoError, StepTrace, TeacherMode, Trainer,
+    TrainingConfig,
 };
 use common::*;
 use serde_json::Value;
@@ -620,4 +621,109 @@ fn parity_contaminated_fixture_differs_as_documented() {
         it.prepared.teacher_input_ids(),
         ids(&bad["teacher_input_ids"])
     );
+}
+
+/// `teacher_mode: "remote"` with scores equal to the self-teacher's (rows in another order,
+/// as a server may list them) is the same step; malformed scores are typed 4xx errors.
+#[test]
+fn remote_teacher_scores_drive_the_same_step() {
+    let t = trainer();
+    let fx = read_json("distill_step.json");
+    let (item, cfg) = request(&fx);
+    let a = start_adapter(&t);
+    let local = t
+        .distill(&a, None, std::slice::from_ref(&item), &cfg)
+        .unwrap();
+
+    let p = t.prepare(&item).unwrap();
+    let tg = t.targets(&p, cfg.teacher_top_k).unwrap();
+    let rows: Vec<Vec<(u32, f32)>> = tg
+        .topk_indices
+        .chunks_exact(tg.k)
+        .zip(tg.topk_logprobs.chunks_exact(tg.k))
+        .map(|(ids, lps)| ids.iter().copied().zip(lps.iter().copied()).rev().collect())
+        .collect();
+    let ext = ExternalTeacher {
+        rows: rows.clone(),
+        response_logprobs: tg
+            .teacher_logprob_of_response
+            .iter()
+            .map(|&x| Some(x))
+            .collect(),
+    };
+    let mut remote = cfg.clone();
+    remote.teacher_mode = TeacherMode::Remote;
+    let (out, _) = t
+        .distill_with_teachers(
+            &a,
+            None,
+            std::slice::from_ref(&item),
+            Some(std::slice::from_ref(&ext)),
+            &remote,
+            false,
+        )
+        .unwrap();
+    assert_eq!(out.metadata.teacher_mode, "remote");
+    let (m, l) = (&out.metadata, &local.metadata);
+    for (name, x, y) in [
+        ("total_loss", m.total_loss, l.total_loss),
+        ("distill_loss", m.distill_loss, l.distill_loss),
+        ("kl_reg", m.kl_reg, l.kl_reg),
+        ("grad_norm", m.grad_norm, l.grad_norm),
+        ("mean_is_ratio", m.mean_is_ratio, l.mean_is_ratio),
+    ] {
+        assert!(
+            (x - y).abs() <= 1e-6 * y.abs().max(1.0),
+            "{name}: {x} vs {y}"
+        );
+    }
+    let (after_remote, after_local) =
+        (adapter_values(&out.adapter), adapter_values(&local.adapter));
+    for (k, v) in &after_local {
+        let d = v
+            .iter()
+            .zip(&after_remote[k])
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(d <= 1e-7, "{k}: {d}");
+    }
+
+    let run = |ext: ExternalTeacher| {
+        t.distill_with_teachers(
+            &a,
+            None,
+            std::slice::from_ref(&item),
+            Some(std::slice::from_ref(&ext)),
+            &remote,
+            false,
+        )
+        .map(|_| ())
+    };
+    // Short rows are padded (the reference pads with -100 at token 0).
+    let mut short = ext.clone();
+    short.rows[0].truncate(3);
+    run(short).unwrap();
+    let mut missing = ext.clone();
+    missing.rows.pop();
+    let e = run(missing).unwrap_err();
+    assert!(
+        matches!(e, SdpoError::InvalidInput(_)) && e.is_bad_input(),
+        "{e}"
+    );
+    let mut foreign = ext.clone();
+    foreign.rows[1][0].0 = 10_000_000;
+    let e = run(foreign).unwrap_err();
+    assert!(e.to_string().contains("vocabulary"), "{e}");
+    // Scores without the remote mode, or the remote mode without scores, are refused.
+    let e = t
+        .distill_with_teachers(
+            &a,
+            None,
+            std::slice::from_ref(&item),
+            Some(std::slice::from_ref(&ext)),
+            &cfg,
+            false,
+        )
+        .unwrap_err();
+    assert!(e.is_bad_input(), "{e}");
 }

@@ -993,10 +993,13 @@ async fn chat(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
             "when using `top_logprobs`, `logprobs` must be set to true",
         ));
     }
-    if req.top_logprobs.is_some_and(|k| k > 20) {
+    if req.top_logprobs.is_some_and(|k| k > st.max_logprobs) {
         return Err(ApiError::bad_param(
             "top_logprobs",
-            "top_logprobs must be at most 20",
+            format!(
+                "top_logprobs must be at most {} (--max-logprobs)",
+                st.max_logprobs
+            ),
         ));
     }
     let tool_choice_none = matches!(&req.tool_choice, Some(Value::String(s)) if s == "none");
@@ -1309,16 +1312,22 @@ async fn completions(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
             "the prompt must not be empty",
         ));
     }
-    if req.logprobs.is_some_and(|k| k > 20) {
+    if req.logprobs.is_some_and(|k| k > st.max_logprobs) {
         return Err(ApiError::bad_param(
             "logprobs",
-            "logprobs must be at most 20",
+            format!(
+                "logprobs must be at most {} (--max-logprobs)",
+                st.max_logprobs
+            ),
         ));
     }
-    if req.prompt_logprobs.is_some_and(|k| k > 20) {
+    if req.prompt_logprobs.is_some_and(|k| k > st.max_logprobs) {
         return Err(ApiError::bad_param(
             "prompt_logprobs",
-            "prompt_logprobs must be at most 20",
+            format!(
+                "prompt_logprobs must be at most {} (--max-logprobs)",
+                st.max_logprobs
+            ),
         ));
     }
     let echo = req.echo.unwrap_or(false);

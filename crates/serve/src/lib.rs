@@ -58,6 +58,11 @@ pub struct ServeConfig {
     pub lora_modules: Vec<String>,
     #[arg(long)]
     pub enable_sleep_mode: bool,
+    /// Most log-probabilities a request may ask for per token (`logprobs`, `top_logprobs`,
+    /// `prompt_logprobs`), as vLLM's `--max-logprobs`. A server scoring as a remote SDPO
+    /// teacher needs the request's `teacher_top_k` (up to 100).
+    #[arg(long, default_value_t = 20)]
+    pub max_logprobs: usize,
     /// CLaaS `.aliases.json` (alias -> adapter path relative to the LoRA root); each alias is
     /// served under its name with runs of characters outside `[a-zA-Z0-9._-]` replaced by `-`.
     #[arg(long)]
@@ -86,6 +91,7 @@ impl Default for ServeConfig {
             max_lora_rank: None,
             lora_modules: Vec::new(),
             enable_sleep_mode: false,
+            max_logprobs: 20,
             lora_alias_file: None,
             lora_root: None,
             max_num_seqs: 64,
@@ -148,6 +154,8 @@ pub struct AppState {
     pub api_key: Option<String>,
     pub lora_root: Option<PathBuf>,
     pub enable_sleep_mode: bool,
+    /// `--max-logprobs`.
+    pub max_logprobs: usize,
     pub created: i64,
 }
 
@@ -282,6 +290,7 @@ impl AppState {
             api_key: cfg.api_key.clone().filter(|k| !k.is_empty()),
             lora_root: cfg.lora_root.clone(),
             enable_sleep_mode: cfg.enable_sleep_mode,
+            max_logprobs: cfg.max_logprobs,
             created,
         })
     }

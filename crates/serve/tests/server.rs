@@ -825,3 +825,55 @@ async fn builtin_model_openclaw_sized_request() {
         assert_eq!(json!(text), ns["content"]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_logprobs_bounds_every_logprobs_field() {
+    let s = start(base_cfg()).await;
+    for (path, body, param) in [
+        (
+            "/v1/completions",
+            json!({"model": "tiny", "prompt": "a b", "max_tokens": 1, "prompt_logprobs": 21}),
+            "prompt_logprobs",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "tiny", "prompt": "a b", "max_tokens": 1, "logprobs": 21}),
+            "logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "tiny", "messages": [{"role": "user", "content": "a"}], "max_tokens": 1, "logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+        ),
+    ] {
+        let (c, v) = post(&s, path, body).await;
+        assert_eq!(c, 400, "{v}");
+        assert_openai_error(&v, 400);
+        assert_eq!(v["error"]["param"], param, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("at most 20"),
+            "{v}"
+        );
+    }
+    // A scoring server (e.g. a remote SDPO teacher) raises the limit.
+    let mut cfg = base_cfg();
+    cfg.max_logprobs = 60;
+    let s = start(cfg).await;
+    let (c, v) = post(
+        &s,
+        "/v1/completions",
+        json!({"model": "tiny", "prompt": [5, 6, 7], "max_tokens": 1, "prompt_logprobs": 60}),
+    )
+    .await;
+    assert_eq!(c, 200, "{v}");
+    let entries = v["choices"][0]["prompt_logprobs"].as_array().unwrap();
+    assert_eq!(entries.len(), 3);
+    assert!(entries[0].is_null());
+    for e in &entries[1..] {
+        let n = e.as_object().unwrap().len();
+        assert!((60..=61).contains(&n), "{n} entries");
+    }
+}

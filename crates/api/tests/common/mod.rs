@@ -376,6 +376,9 @@ pub fn test_config(tmp: &Path) -> ApiConfig {
         // server that never drains shortens it.
         drain_timeout: Duration::from_secs(30),
         wake_on_failure: true,
+        teacher_base_url: None,
+        teacher_model: None,
+        teacher_api_key: None,
     }
 }
 
