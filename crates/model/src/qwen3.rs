@@ -581,6 +581,26 @@ impl Qwen3 {
     /// Differentiable logits `[len, vocab]` of one whole sequence: gradients flow into the
     /// adapter's tensors (e.g. a [`crate::TrainableLora`]), never into base weights.
     pub fn forward_train(&self, ids: &[u32], adapter: Option<&LoraAdapter>) -> Result<Tensor> {
+        self.forward_train_rows(ids, adapter, 0, ids.len())
+    }
+
+    /// [`Qwen3::forward_train`] returning only the logits of rows `from..from + n`. The LM head
+    /// is the widest matmul, forward and backward; rows nobody reads would cost both (and a
+    /// `[len, vocab]` zero gradient).
+    pub fn forward_train_rows(
+        &self,
+        ids: &[u32],
+        adapter: Option<&LoraAdapter>,
+        from: usize,
+        n: usize,
+    ) -> Result<Tensor> {
+        if from + n > ids.len() || n == 0 {
+            return Err(ModelError::Config(format!(
+                "rows {from}..{} of a {}-token sequence",
+                from + n,
+                ids.len()
+            )));
+        }
         if ids.is_empty() {
             return Err(ModelError::Config("empty sequence".into()));
         }
@@ -608,6 +628,11 @@ impl Qwen3 {
                 ForwardMode::Training,
             )?;
         }
+        let x = if n == ids.len() {
+            x
+        } else {
+            x.narrow(0, from, n)?
+        };
         let h = self.rms_norm(&x, &self.norm, ForwardMode::Training)?;
         self.head(&h, ForwardMode::Training)
     }

@@ -33,7 +33,15 @@ fn check_full(file: &str, lora: bool) {
         let got = m.forward_train(&ids, a.as_ref()).unwrap();
         let d = max_abs_diff(&got, &want);
         assert!(d <= ATOL, "{file} seq {i} (training path): max |d| = {d:e}");
+        // ... also when only some rows get the LM head.
+        if ids.len() >= 3 {
+            let (from, n) = (1, ids.len() - 2);
+            let got = m.forward_train_rows(&ids, a.as_ref(), from, n).unwrap();
+            let d = max_abs_diff(&got, &want[from..from + n]);
+            assert!(d <= ATOL, "{file} seq {i} (training rows): max |d| = {d:e}");
+        }
     }
+    assert!(m.forward_train_rows(&[1, 2], None, 1, 2).is_err());
 }
 
 #[test]

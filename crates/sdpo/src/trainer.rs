@@ -637,10 +637,11 @@ impl Trainer {
                 let t = p.response_ids.len();
                 let start = p.prompt_ids.len();
                 let view = lora.adapter();
-                let logits = self
+                // Logits only at the positions predicting response tokens.
+                let student = self
                     .model
-                    .forward_train(&p.student_input_ids(), Some(&view))?;
-                let student = logits.narrow(0, start - 1, t)?.unsqueeze(0)?;
+                    .forward_train_rows(&p.student_input_ids(), Some(&view), start - 1, t)?
+                    .unsqueeze(0)?;
                 let resp = Tensor::new(p.response_ids.as_slice(), &dev)?.unsqueeze(0)?;
                 let old = match &item.rollout_logprobs {
                     Some(r) => Tensor::new(r.as_slice(), &dev)?.unsqueeze(0)?,
