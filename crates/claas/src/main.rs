@@ -131,7 +131,22 @@ async fn ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// glibc hands large freed blocks straight back to the OS (mmap/munmap, heap trimming), so each
+/// training step page-faults every activation and gradient in again: about a third of the SDPO
+/// backward on the 0.6B shape (docs/BENCHMARKS.md). Keep them in the heap instead; sleep level
+/// 2 returns them explicitly (`claas_engine::release_freed_memory`).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -13,8 +13,8 @@ pub mod sampling;
 mod scheduler;
 
 pub use engine::{
-    AdapterInfo, Canceller, Engine, EngineConfig, GenerateRequest, ModelLoader, RequestHandle,
-    SleepReport,
+    release_freed_memory, AdapterInfo, Canceller, Engine, EngineConfig, GenerateRequest,
+    ModelLoader, RequestHandle, SleepReport,
 };
 pub use error::EngineError;
 pub use metrics::{Histogram, Metrics};

@@ -146,6 +146,7 @@ impl Loop {
                 ));
             }
             self.model = None;
+            crate::engine::release_freed_memory();
         }
         Ok(SleepReport {
             level,
