@@ -653,16 +653,18 @@ fn remote_teacher_scores_drive_the_same_step() {
     };
     let mut remote = cfg.clone();
     remote.teacher_mode = TeacherMode::Remote;
-    let (out, _) = t
-        .distill_with_teachers(
+    let run = |ext: &ExternalTeacher, cfg: &TrainingConfig| {
+        t.distill_with_teachers(
             &a,
             None,
             std::slice::from_ref(&item),
-            Some(std::slice::from_ref(&ext)),
-            &remote,
+            Some(std::slice::from_ref(ext)),
+            cfg,
             false,
         )
-        .unwrap();
+        .map(|(out, _)| out)
+    };
+    let out = run(&ext, &remote).unwrap();
     assert_eq!(out.metadata.teacher_mode, "remote");
     let (m, l) = (&out.metadata, &local.metadata);
     for (name, x, y) in [
@@ -688,42 +690,23 @@ fn remote_teacher_scores_drive_the_same_step() {
         assert!(d <= 1e-7, "{k}: {d}");
     }
 
-    let run = |ext: ExternalTeacher| {
-        t.distill_with_teachers(
-            &a,
-            None,
-            std::slice::from_ref(&item),
-            Some(std::slice::from_ref(&ext)),
-            &remote,
-            false,
-        )
-        .map(|_| ())
-    };
     // Short rows are padded (the reference pads with -100 at token 0).
     let mut short = ext.clone();
     short.rows[0].truncate(3);
-    run(short).unwrap();
+    run(&short, &remote).unwrap();
     let mut missing = ext.clone();
     missing.rows.pop();
-    let e = run(missing).unwrap_err();
+    let e = run(&missing, &remote).unwrap_err();
     assert!(
         matches!(e, SdpoError::InvalidInput(_)) && e.is_bad_input(),
         "{e}"
     );
     let mut foreign = ext.clone();
     foreign.rows[1][0].0 = 10_000_000;
-    let e = run(foreign).unwrap_err();
+    let e = run(&foreign, &remote).unwrap_err();
     assert!(e.to_string().contains("vocabulary"), "{e}");
-    // Scores without the remote mode, or the remote mode without scores, are refused.
-    let e = t
-        .distill_with_teachers(
-            &a,
-            None,
-            std::slice::from_ref(&item),
-            Some(std::slice::from_ref(&ext)),
-            &cfg,
-            false,
-        )
-        .unwrap_err();
+    // Scores with teacher_mode "self" are refused (no scores with "remote": see
+    // `bad_inputs_are_typed_errors`).
+    let e = run(&ext, &cfg).unwrap_err();
     assert!(e.is_bad_input(), "{e}");
 }

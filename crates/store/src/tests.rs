@@ -142,19 +142,27 @@ fn failed_writer_changes_nothing() {
     );
 }
 
+const ALL_POINTS: [FaultPoint; 3] = [
+    FaultPoint::Staged,
+    FaultPoint::MovedAside,
+    FaultPoint::Swapped,
+];
+
+/// A store holding adapter `u/a` tagged "old".
+fn store_with_old_adapter() -> (tempfile::TempDir, LoraStore) {
+    let (t, s) = store();
+    s.save_atomic("u/a", |d| write_adapter(d, "old")).unwrap();
+    (t, s)
+}
+
 fn crash_at(s: &LoraStore, point: FaultPoint) {
     s.set_fault_hook(Some(Arc::new(move |p, _| p == point)));
 }
 
 #[test]
 fn crash_between_stage_and_rename_keeps_old_adapter() {
-    for point in [
-        FaultPoint::Staged,
-        FaultPoint::MovedAside,
-        FaultPoint::Swapped,
-    ] {
-        let (_t, s) = store();
-        s.save_atomic("u/a", |d| write_adapter(d, "old")).unwrap();
+    for point in ALL_POINTS {
+        let (_t, s) = store_with_old_adapter();
         crash_at(&s, point);
         let err = s
             .save_atomic("u/a", |d| write_adapter(d, "new"))
@@ -185,13 +193,8 @@ fn crash_between_stage_and_rename_keeps_old_adapter() {
 
 #[test]
 fn another_process_opening_mid_save_leaves_the_live_transaction_alone() {
-    for point in [
-        FaultPoint::Staged,
-        FaultPoint::MovedAside,
-        FaultPoint::Swapped,
-    ] {
-        let (_t, s) = store();
-        s.save_atomic("u/a", |d| write_adapter(d, "old")).unwrap();
+    for point in ALL_POINTS {
+        let (_t, s) = store_with_old_adapter();
         // A second opener (another API process, `claas init`) arrives at `point`; its recovery
         // must not mistake this live save for a crashed one.
         let root = s.root().to_path_buf();
