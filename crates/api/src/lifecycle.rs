@@ -75,7 +75,7 @@ async fn lock(
     let timeout = state.config().lock_timeout;
     state
         .locks()
-        .acquire(state.store(), &resolved.id, timeout)
+        .acquire(&resolved.id, timeout, Some(state.store()))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or_else(|| {

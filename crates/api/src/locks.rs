@@ -37,18 +37,26 @@ impl AdapterLocks {
         map.entry(key).or_default().clone()
     }
 
-    /// Waits up to `timeout` for the lock of `key`, in this process and then across
-    /// processes sharing `store`; `Ok(None)` on timeout.
+    /// Waits up to `timeout` for the lock of `key` in this process and, for updates
+    /// (`across_processes`), then for the store's file lock of the adapter, which other
+    /// processes sharing the root respect; `Ok(None)` on timeout. Reads and the creation of a
+    /// new adapter take only the first: they need no lock file on disk.
     pub async fn acquire(
         &self,
-        store: &LoraStore,
         key: &str,
         timeout: Duration,
+        across_processes: Option<&LoraStore>,
     ) -> Result<Option<AdapterGuard>, claas_store::StoreError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let m = self.lock_for(key);
         let Ok(process) = tokio::time::timeout_at(deadline, m.lock_owned()).await else {
             return Ok(None);
+        };
+        let Some(store) = across_processes else {
+            return Ok(Some(AdapterGuard {
+                _process: process,
+                _file: None,
+            }));
         };
         loop {
             if let Some(file) = store.try_lock_adapter(key)? {
@@ -64,7 +72,8 @@ impl AdapterLocks {
         }
     }
 
-    /// Takes this process's lock of `key` if it is free (not the cross-process one).
+    /// Takes this process's lock of `key` if it is free (not the cross-process one; for tests
+    /// and embedders that need to hold an adapter still).
     pub fn try_acquire(&self, key: &str) -> Option<AdapterGuard> {
         let process = self.lock_for(key).try_lock_owned().ok()?;
         Some(AdapterGuard {

@@ -143,7 +143,7 @@ async fn init_lora(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value
     let timeout = st.config().lock_timeout;
     let _guard = st
         .locks()
-        .acquire(st.store(), &new_id, timeout)
+        .acquire(&new_id, timeout, None)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or_else(|| {
@@ -292,7 +292,7 @@ async fn score(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, A
     let _guard = match &resolved {
         Some(r) => Some(
             st.locks()
-                .acquire(st.store(), &r.id, st.config().lock_timeout)
+                .acquire(&r.id, st.config().lock_timeout, None)
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))?
                 .ok_or_else(|| {

@@ -133,8 +133,9 @@ async fn ctrl_c() {
 
 /// glibc hands large freed blocks straight back to the OS (mmap/munmap, heap trimming), so each
 /// training step page-faults every activation and gradient in again: about a third of the SDPO
-/// backward on the 0.6B shape (docs/BENCHMARKS.md). Keep them in the heap instead; sleep level
-/// 2 returns them explicitly (`claas_engine::release_freed_memory`).
+/// backward on the 0.6B shape (docs/BENCHMARKS.md). Keep blocks up to 32 MiB (glibc's largest
+/// mmap threshold; vocab-wide logits stay mmapped) in the heap instead; sleep level 2 returns
+/// them explicitly (`claas_engine::release_freed_memory`).
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before any other thread exists.

@@ -118,10 +118,11 @@ fn finish(seq: &Seq, reason: FinishReason, stop_token: Option<u32>, metrics: &Me
     }
     r.remaining -= 1;
     if r.remaining == 0 {
-        metrics.requests_finished.fetch_add(1, Ordering::Relaxed);
+        // Aborted before finished: a reader that sees the request finished sees how.
         if reason == FinishReason::Abort {
-            metrics.requests_aborted.fetch_add(1, Ordering::Relaxed);
+            metrics.requests_aborted.fetch_add(1, Ordering::SeqCst);
         }
+        metrics.requests_finished.fetch_add(1, Ordering::SeqCst);
         metrics.e2e.observe(r.arrived.elapsed().as_secs_f64());
     }
 }
@@ -232,7 +233,10 @@ impl Loop {
                 i += 1;
             }
         }
-        self.retire(aborted.into_iter().map(|s| (s, FinishReason::Abort, None)));
+        self.retire(
+            aborted.into_iter().map(|s| (s, FinishReason::Abort, None)),
+            None,
+        );
         let waiting = std::mem::take(&mut self.waiting);
         for s in waiting {
             if Self::cancelled(&s) {
@@ -353,10 +357,10 @@ impl Loop {
                     .rev()
                     .map(|&i| self.running.swap_remove(i))
                     .collect();
-                for s in &failed {
-                    let _ = s.tx.send(Event::Error(msg.clone()));
-                }
-                self.retire(failed.into_iter().map(|s| (s, FinishReason::Abort, None)));
+                self.retire(
+                    failed.into_iter().map(|s| (s, FinishReason::Abort, None)),
+                    Some(&msg),
+                );
                 return;
             }
         };
@@ -439,16 +443,24 @@ impl Loop {
             .into_iter()
             .map(|(i, reason, stop)| (self.running.swap_remove(i), reason, stop))
             .collect();
-        self.retire(finished.into_iter());
+        self.retire(finished.into_iter(), None);
     }
 
-    /// Finishes sequences already taken out of `running`. The gauge drops first, so a client
-    /// that has its final event never then sees its request still counted as running.
-    fn retire(&self, seqs: impl Iterator<Item = (Seq, FinishReason, Option<u32>)>) {
+    /// Finishes sequences already taken out of `running` (with `error` sent first, if any).
+    /// The gauge drops first, so a client that has its final event never then sees its request
+    /// still counted as running.
+    fn retire(
+        &self,
+        seqs: impl Iterator<Item = (Seq, FinishReason, Option<u32>)>,
+        error: Option<&str>,
+    ) {
         self.metrics
             .running
             .store(self.running.len(), Ordering::SeqCst);
         for (s, reason, stop) in seqs {
+            if let Some(msg) = error {
+                let _ = s.tx.send(Event::Error(msg.to_string()));
+            }
             finish(&s, reason, stop, &self.metrics);
         }
     }

@@ -1,4 +1,5 @@
-//! Per-row LoRA deltas for decode batches where rows use different adapters ("BGMV").
+//! Per-row LoRA deltas ("BGMV"): for decode steps and short prefill chunks, where rows may use
+//! different adapters.
 //!
 //! A decode step of n sequences on n adapters would otherwise cost, per linear, n pairs of
 //! 1-row matmuls plus n adds and a concatenation: about a hundred small allocations per layer,

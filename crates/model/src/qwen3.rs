@@ -241,8 +241,9 @@ impl Qwen3 {
         {
             return Ok(y);
         }
-        // Decode steps: one in-place pass instead of a pair of tiny matmuls (plus an add and a
-        // concat) per adapter (see `bgmv`). Prefill chunks keep the matmuls, efficient there.
+        // Decode steps and short prefill chunks (every adapter's rows <= ROW_DELTA_MAX_ROWS): one
+        // in-place pass instead of a pair of small matmuls (plus an add and a concat) per
+        // adapter (see `bgmv`). Longer chunks keep the matmuls, efficient there.
         if mode == ForwardMode::Inference && groups.iter().all(|g| g.1 <= ROW_DELTA_MAX_ROWS) {
             let mut pairs = Vec::with_capacity(x.dim(0)?);
             for &(_, n, a) in &groups {
@@ -594,10 +595,9 @@ impl Qwen3 {
         from: usize,
         n: usize,
     ) -> Result<Tensor> {
-        if from + n > ids.len() || n == 0 {
+        if from.checked_add(n).is_none_or(|end| end > ids.len()) || n == 0 {
             return Err(ModelError::Config(format!(
-                "rows {from}..{} of a {}-token sequence",
-                from + n,
+                "{n} rows from row {from} of a {}-token sequence",
                 ids.len()
             )));
         }

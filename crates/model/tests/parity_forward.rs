@@ -131,3 +131,41 @@ fn parity_packed_scoring_of_selected_rows() {
         );
     }
 }
+
+/// Prefill chunks longer than the row kernel handles, on two adapters in one packed batch (the
+/// per-group matmul path), compute what each sequence computes alone.
+#[test]
+fn packed_long_prefill_on_two_adapters_matches_single_runs() {
+    let m = model();
+    let a = adapter(&m);
+    let seqs: Vec<Vec<u32>> = [70usize, 90]
+        .iter()
+        .enumerate()
+        .map(|(s, &n)| (0..n as u32).map(|i| (i * 37 + s as u32 * 11) % 1000).collect())
+        .collect();
+    let adapters = [Some(&a), None];
+    let mut caches = [KvCache::new(), KvCache::new()];
+    let mut batch: Vec<SeqInput> = seqs
+        .iter()
+        .zip(caches.iter_mut())
+        .zip(adapters)
+        .map(|((ids, cache), adapter)| SeqInput {
+            tokens: ids,
+            cache,
+            adapter,
+            all_logits: true,
+        })
+        .collect();
+    let packed = m.forward_batch(&mut batch).unwrap();
+    for ((ids, adapter), got) in seqs.iter().zip(adapters).zip(&packed) {
+        let alone = m.logits(ids, adapter, 512).unwrap();
+        let want: Vec<Vec<f64>> = alone
+            .to_vec2::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.into_iter().map(f64::from).collect())
+            .collect();
+        let d = max_abs_diff(got, &want);
+        assert!(d <= ATOL, "{} tokens: max |d| = {d:e}", ids.len());
+    }
+}

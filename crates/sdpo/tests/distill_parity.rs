@@ -693,6 +693,19 @@ fn remote_teacher_scores_drive_the_same_step() {
     // Short rows are padded (the reference pads with -100 at token 0).
     let mut short = ext.clone();
     short.rows[0].truncate(3);
+    let padded = t.external_targets(&p, &short, cfg.teacher_top_k).unwrap();
+    assert_eq!(padded.k, tg.k);
+    let mut kept = short.rows[0].clone();
+    kept.sort_by(|x, y| y.1.total_cmp(&x.1));
+    for (j, (&id, &lp)) in padded.topk_indices[..tg.k]
+        .iter()
+        .zip(&padded.topk_logprobs[..tg.k])
+        .enumerate()
+    {
+        let want = kept.get(j).copied().unwrap_or((0, -100.0));
+        assert_eq!((id, lp), want, "slot {j}");
+    }
+    assert_eq!(padded.topk_indices[tg.k..], tg.topk_indices[tg.k..]);
     run(&short, &remote).unwrap();
     let mut missing = ext.clone();
     missing.rows.pop();

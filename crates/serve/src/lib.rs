@@ -47,7 +47,9 @@ pub struct ServeConfig {
     #[arg(long)]
     pub enable_lora: bool,
     /// Distinct adapters in one batch at most; requests on further adapters wait their turn
-    /// (as in vLLM). Unset: no limit (vLLM's default of 1 exists for GPU memory; on CPU every
+    /// (as in vLLM: while requests on admitted adapters keep coming, a waiting one can wait
+    /// long). An adapter replaced at runtime counts twice until its old version's requests
+    /// finish. Unset: no limit (vLLM's default of 1 exists for GPU memory; on CPU every
     /// resident adapter can share a batch at no memory cost).
     #[arg(long)]
     pub max_loras: Option<usize>,

@@ -750,23 +750,23 @@ async fn disconnect_frees_the_slot() {
     drop(resp);
     // The engine checks for closed streams at every step; without that the request would
     // run for its full 30000 tokens and outlast this loop.
+    // One scrape is not a snapshot: wait until every figure agrees. A request that completed
+    // instead of being aborted never satisfies the aborted count.
+    let mut last = String::new();
     let mut freed = false;
     for _ in 0..2000 {
         let (_, m) = get(&s, "/metrics").await;
-        if metric(&m, "vllm:request_success_total") >= 1.0 {
-            assert_eq!(
-                metric(&m, "vllm:request_aborted_total"),
-                1.0,
-                "the request was aborted, not completed"
-            );
-            assert_eq!(metric(&m, "vllm:num_requests_running"), 0.0);
-            assert_eq!(metric(&m, "vllm:num_requests_waiting"), 0.0);
-            freed = true;
+        freed = metric(&m, "vllm:request_success_total") == 1.0
+            && metric(&m, "vllm:request_aborted_total") == 1.0
+            && metric(&m, "vllm:num_requests_running") == 0.0
+            && metric(&m, "vllm:num_requests_waiting") == 0.0;
+        last = m;
+        if freed {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    assert!(freed);
+    assert!(freed, "the aborted request was not freed:\n{last}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

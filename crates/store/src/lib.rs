@@ -304,16 +304,50 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .map_err(|e| StoreError::io(path, e))
 }
 
-/// Whether a live process (this one included) holds the lock of transaction folder `txn`.
-/// A folder without a lock file belongs to a crashed writer (or one that has not started:
-/// it then fails cleanly when its folder disappears).
-fn txn_is_live(txn: &Path) -> bool {
-    let path = txn.join(TXN_LOCK);
-    match fs::OpenOptions::new().read(true).write(true).open(&path) {
-        Ok(f) => !matches!(f.try_lock(), Ok(())),
-        Err(e) => e.kind() != io::ErrorKind::NotFound,
+/// How a recovering opener may treat a folder under `.tmp/`.
+enum Claim {
+    /// A live process (this one included) holds its lock: leave it alone.
+    Live,
+    /// Its lock is ours until dropped: its writer is dead.
+    Claimed(#[allow(dead_code)] File),
+    /// It has no lock file: a writer that died before locking (or a store older than locks).
+    Unlocked,
+}
+
+fn claim(dir: &Path) -> Claim {
+    match fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join(TXN_LOCK))
+    {
+        Ok(f) => match f.try_lock() {
+            Ok(()) => Claim::Claimed(f),
+            Err(_) => Claim::Live,
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Claim::Unlocked,
+        // Cannot tell: leave it to a later open.
+        Err(_) => Claim::Live,
     }
 }
+
+/// Removes a transaction folder of this process, still locked: renamed to `del-` first, so no
+/// other opener ever sees a `txn-` folder whose lock file is already gone.
+fn discard_txn(txn: &Path) {
+    let name = txn
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let del = txn.with_file_name(format!("del-{}", name.trim_start_matches("txn-")));
+    let res = fs::rename(txn, &del).and_then(|()| fs::remove_dir_all(&del));
+    if let Err(e) = res {
+        // Whatever is left is removed by a later `open`.
+        tracing::warn!(txn = %txn.display(), error = %e, "could not remove a transaction folder");
+    }
+}
+
+/// A `pre-` folder lives for microseconds before it is locked and renamed; one older than this
+/// is left over from a writer that died in between.
+const STALE_PRE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Exclusive, cross-process right to update one adapter; released when dropped (or when the
 /// process dies).
@@ -398,15 +432,38 @@ impl LoraStore {
         if tmp.is_dir() {
             for entry in fs::read_dir(&tmp).map_err(|e| StoreError::io(&tmp, e))? {
                 let entry = entry.map_err(|e| StoreError::io(&tmp, e))?;
-                let txn = entry.path();
-                if !txn.is_dir() {
-                    let _ = fs::remove_file(&txn);
+                let dir = entry.path();
+                if !dir.is_dir() {
+                    let _ = fs::remove_file(&dir);
                     continue;
                 }
-                if txn_is_live(&txn) {
+                let name = entry.file_name().to_string_lossy().to_string();
+                let held = claim(&dir);
+                if matches!(held, Claim::Live) {
                     continue;
                 }
-                self.recover_txn(&txn)?;
+                if name.starts_with("txn-") {
+                    // Writers only drop a `txn-` folder's lock by dying (see `discard_txn`).
+                    if let Err(e) = self.recover_txn(&dir) {
+                        if dir.exists() {
+                            return Err(e);
+                        }
+                    }
+                } else {
+                    let stale = entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > STALE_PRE);
+                    // `del-` folders are finished; `pre-` ones may belong to a writer that has
+                    // not locked yet, unless old.
+                    let claimed = matches!(held, Claim::Claimed(_));
+                    if name.starts_with("del-") || stale || (claimed && !name.starts_with("pre-")) {
+                        let _ = fs::remove_dir_all(&dir);
+                    }
+                }
+                drop(held);
             }
         }
         // Stray temp files of atomic single-file writes (only `.aliases.json` is written in the
@@ -497,7 +554,7 @@ impl LoraStore {
             Ok(())
         })();
         if let Err(e) = prepare {
-            let _ = fs::remove_dir_all(&txn);
+            discard_txn(&txn);
             return Err(e);
         }
         self.fault(FaultPoint::Staged, rel)?;
@@ -506,7 +563,7 @@ impl LoraStore {
         let had_old = target.exists();
         if had_old {
             if let Err(e) = fs::rename(&target, &old) {
-                let _ = fs::remove_dir_all(&txn);
+                discard_txn(&txn);
                 return Err(StoreError::io(&target, e));
             }
             fsync_path(&parent)?;
@@ -517,15 +574,12 @@ impl LoraStore {
             if had_old {
                 let _ = fs::rename(&old, &target);
             }
-            let _ = fs::remove_dir_all(&txn);
+            discard_txn(&txn);
             return Err(StoreError::io(&target, e));
         }
         fsync_path(&parent)?;
         self.fault(FaultPoint::Swapped, rel)?;
-        if let Err(e) = fs::remove_dir_all(&txn) {
-            // The new folder is in place; a leftover txn is removed by the next `open`.
-            tracing::warn!(txn = %txn.display(), error = %e, "could not remove finished transaction folder");
-        }
+        discard_txn(&txn);
         Ok(())
     }
 
@@ -876,6 +930,12 @@ impl LoraStore {
 }
 
 fn validate_state_name(name: &str) -> Result<()> {
+    if name == "lock" || name == "version" {
+        return Err(StoreError::invalid(
+            name,
+            "this state name is reserved by the store (update lock, version counter)",
+        ));
+    }
     if name.is_empty()
         || !name
             .chars()

@@ -338,6 +338,44 @@ fn side_state_lives_beside_and_is_optional() {
     assert!(s
         .save_state("u/a", "../x", |_| Ok::<(), std::io::Error>(()))
         .is_err());
+    // the store's own side state cannot be overwritten through the generic API
+    for reserved in ["lock", "version"] {
+        assert!(s
+            .save_state("u/a", reserved, |_| Ok::<(), std::io::Error>(()))
+            .is_err());
+        assert!(s.clear_state("u/a", reserved).is_err());
+    }
+}
+
+#[test]
+fn recovery_touches_only_dead_writers_folders() {
+    let (_t, s) = store_with_old_adapter();
+    let tmp = s.root().join(TMP_DIR_NAME);
+    // A live writer mid-swap in another process: its old folder is aside, the id is empty.
+    let live = tmp.join("txn-live");
+    fs::create_dir_all(&live).unwrap();
+    fs::rename(s.root().join("u/a"), live.join("old")).unwrap();
+    fs::write(live.join("target"), "u/a").unwrap();
+    let held = File::create(live.join(TXN_LOCK)).unwrap();
+    held.lock().unwrap();
+    // A writer that has created its folder but not locked it yet, and a finished one.
+    fs::create_dir_all(tmp.join("pre-young")).unwrap();
+    fs::create_dir_all(tmp.join("del-done/new")).unwrap();
+
+    LoraStore::open(s.root()).unwrap();
+    assert!(
+        live.join("old").is_dir(),
+        "a live transaction was recovered"
+    );
+    assert!(!s.root().join("u/a").exists());
+    assert!(tmp.join("pre-young").is_dir());
+    assert!(!tmp.join("del-done").exists());
+
+    // The writer dies: the next opener puts the old folder back.
+    drop(held);
+    let s2 = LoraStore::open(s.root()).unwrap();
+    assert_eq!(read_tag(&s2.resolve("u/a").unwrap().dir), "old");
+    assert!(!live.exists());
 }
 
 #[test]
