@@ -686,6 +686,9 @@ impl LoraStore {
             &self.state_path(id, "version")?,
             next.to_string().as_bytes(),
         )?;
+        // The update lock's file is created with the adapter's state, not by the first update,
+        // which may then fail with nothing on disk changed.
+        open_lock_file(&self.state_path(id, "lock")?)?;
         Ok(next)
     }
 
@@ -728,7 +731,8 @@ impl LoraStore {
     }
 
     /// Takes the cross-process update lock of adapter `id` if no other holder has it (another
-    /// process, or another call in this one). The lock file lives in the side state.
+    /// process, or another call in this one). The lock file lives in the side state; saves
+    /// create it, so only an adapter copied in by hand gets it from its first update.
     pub fn try_lock_adapter(&self, id: &str) -> Result<Option<AdapterLock>> {
         let path = self.state_path(id, "lock")?;
         let f = open_lock_file(&path)?;
