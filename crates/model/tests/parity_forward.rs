@@ -141,7 +141,11 @@ fn packed_long_prefill_on_two_adapters_matches_single_runs() {
     let seqs: Vec<Vec<u32>> = [70usize, 90]
         .iter()
         .enumerate()
-        .map(|(s, &n)| (0..n as u32).map(|i| (i * 37 + s as u32 * 11) % 1000).collect())
+        .map(|(s, &n)| {
+            (0..n as u32)
+                .map(|i| (i * 37 + s as u32 * 11) % 1000)
+                .collect()
+        })
         .collect();
     let adapters = [Some(&a), None];
     let mut caches = [KvCache::new(), KvCache::new()];
