@@ -520,8 +520,9 @@ impl LoraStore {
         let txn = tmp.join(format!("txn-{uid}"));
         fs::create_dir_all(&pre).map_err(|e| StoreError::io(&pre, e))?;
         let live = open_lock_file(&pre.join(TXN_LOCK)).and_then(|f| {
-            f.try_lock()
-                .map_err(|e| StoreError::io(&pre, io::Error::other(e.to_string())))?;
+            // Blocking: a recovering opener may hold a young `pre-` folder's lock for an instant
+            // while it looks (it never removes one).
+            f.lock().map_err(|e| StoreError::io(&pre, e))?;
             fs::rename(&pre, &txn).map_err(|e| StoreError::io(&txn, e))?;
             Ok(f)
         });
