@@ -34,14 +34,7 @@ async fn start_serve(cfg: claas_serve::ServeConfig) -> String {
         .await
         .unwrap()
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(claas_serve::serve_on(
-        listener,
-        Arc::new(app),
-        std::future::pending(),
-    ));
-    url
+    serve(claas_serve::router(Arc::new(app))).await
 }
 
 #[tokio::test]
@@ -119,12 +112,7 @@ async fn feedback_trains_the_builtin_tiny_adapter() {
     assert_eq!(b["distill_result"]["metadata"]["adapter_version"], 3);
 
     // The export is a loadable PEFT adapter.
-    let r = api
-        .http
-        .get(format!("{}/v1/lora/export?lora_id={id}", api.url))
-        .send()
-        .await
-        .unwrap();
+    let r = api.get_raw(&format!("/v1/lora/export?lora_id={id}")).await;
     assert_eq!(r.status(), 200);
     let bytes = r.bytes().await.unwrap();
     let out = tempfile::tempdir().unwrap();
@@ -242,12 +230,7 @@ async fn parity_feedback_and_export_match_distill_step_fixture() {
     assert_eq!(got["tokens_processed"], want["tokens_processed"]);
     assert_eq!(got["teacher_mode"], want["teacher_mode"]);
 
-    let r = api
-        .http
-        .get(format!("{}/v1/lora/export?lora_id={id}", api.url))
-        .send()
-        .await
-        .unwrap();
+    let r = api.get_raw(&format!("/v1/lora/export?lora_id={id}")).await;
     assert_eq!(r.status(), 200);
     let bytes = r.bytes().await.unwrap();
     let out = tempfile::tempdir().unwrap();
@@ -323,24 +306,11 @@ async fn feedback_against_a_real_claas_serve() {
     )
     .await;
     let id = init_adapter(&api, "srv/bot").await;
-    let models: Value = api
-        .http
-        .get(format!("{serve_url}/v1/models"))
-        .bearer_auth("sk-test")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let names: Vec<&str> = models["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["id"].as_str())
-        .collect();
+    let names = claas_testkit::served_model_ids(&serve_url, "sk-test").await;
     assert!(
-        names.contains(&"srv-bot-latest") && names.contains(&"srv-bot-init"),
+        ["srv-bot-latest", "srv-bot-init"]
+            .iter()
+            .all(|n| names.iter().any(|m| m == n)),
         "{names:?}"
     );
 
@@ -381,16 +351,7 @@ async fn feedback_against_a_real_claas_serve() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["vllm"], json!({"slept": true, "woke": true}));
     assert!(b["timing_ms"]["logprobs"].is_u64());
-    let slept: Value = api
-        .http
-        .get(format!("{serve_url}/is_sleeping"))
-        .bearer_auth("sk-test")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let slept = claas_testkit::get_json(&format!("{serve_url}/is_sleeping"), "sk-test").await;
     assert_eq!(slept["is_sleeping"], false, "the server was woken");
 
     let after = backend

@@ -121,15 +121,7 @@ async fn feedback_happy_path_orchestrates_the_server() {
     let job2 = engine.seen.lock().unwrap().jobs[1].clone();
     assert_eq!(job2.optimizer_dir.as_deref(), Some(opt.as_path()));
 
-    let text = api
-        .http
-        .get(format!("{}/metrics", api.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = api.get_raw("/metrics").await.text().await.unwrap();
     assert!(
         text.contains("claas_feedback_requests_total{status=\"ok\"} 2"),
         "{text}"

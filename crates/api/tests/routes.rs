@@ -35,12 +35,7 @@ async fn root_docs_openapi_health_metrics() {
         b["components"]["schemas"]["TrainingConfig"]["properties"]["learning_rate"]["default"],
         json!(3e-5)
     );
-    let docs = api
-        .http
-        .get(format!("{}/docs", api.url))
-        .send()
-        .await
-        .unwrap();
+    let docs = api.get_raw("/docs").await;
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().contains("/openapi.json"));
 
@@ -49,12 +44,7 @@ async fn root_docs_openapi_health_metrics() {
     assert_eq!(b["status"], "degraded", "no trainer loaded: {b}");
     assert_eq!(b["inference"]["status"], "not_configured");
 
-    let m = api
-        .http
-        .get(format!("{}/metrics", api.url))
-        .send()
-        .await
-        .unwrap();
+    let m = api.get_raw("/metrics").await;
     assert_eq!(m.status(), 200);
     let text = m.text().await.unwrap();
     assert!(

@@ -1,21 +1,14 @@
 //! The engine over the tiny fixture model: mixed-adapter continuous batching against the
 //! PyTorch logits, seeds, n, back-pressure, cancellation, sleep, validation.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use claas_engine::{
     Engine, EngineConfig, EngineError, Event, GenerateRequest, SamplingParams, TokenLogprob,
 };
 use claas_model::{LoadOptions, LoraAdapter, Qwen3};
-use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures"
-    ))
-}
+use claas_testkit::fixtures::{dir as fixtures, ids, log_softmax, matrix, read_json};
 
 fn engine(cfg: EngineConfig) -> Engine {
     let model =
@@ -74,12 +67,6 @@ fn drain(mut h: claas_engine::RequestHandle, n: usize) -> Drained {
     (plp, toks, fin)
 }
 
-fn log_softmax(row: &[f64]) -> Vec<f64> {
-    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
-    row.iter().map(|x| x - lse).collect()
-}
-
 #[test]
 fn parity_mixed_adapter_chunked_batch_prompt_logprobs() {
     // A small prefill chunk makes the longer prompts span several steps while the others decode.
@@ -89,27 +76,10 @@ fn parity_mixed_adapter_chunked_batch_prompt_logprobs() {
     });
     let mut jobs = Vec::new();
     for (file, adapter) in [("forward.json", None), ("forward_lora.json", Some("r4"))] {
-        let fx: Value =
-            serde_json::from_str(&std::fs::read_to_string(fixtures().join(file)).unwrap()).unwrap();
+        let fx = read_json(file);
         for seq in fx["sequences"].as_array().unwrap() {
-            let ids: Vec<u32> = seq["input_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect();
-            let logits: Vec<Vec<f64>> = seq["logits"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| {
-                    r.as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|x| x.as_f64().unwrap())
-                        .collect()
-                })
-                .collect();
+            let ids = ids(&seq["input_ids"]);
+            let logits = matrix(&seq["logits"]);
             let mut r = req(ids.clone(), adapter, greedy(3));
             r.prompt_logprobs = Some(1);
             r.params.logprobs = Some(0);

@@ -241,6 +241,14 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var, D};
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max_all())
+            .and_then(|d| d.to_scalar::<f64>())
+            .unwrap()
+    }
+
     /// Values and gradient equal the composed log_softmax + gather in f64, duplicates included.
     #[test]
     fn matches_composed_ops_in_f64() {
@@ -268,14 +276,7 @@ mod tests {
             .unwrap()
             .gather(&it, D::Minus1)
             .unwrap();
-        let d: f64 = (&fused - &composed)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = max_abs_diff(&fused, &composed);
         assert!(d < 1e-12, "values differ by {d}");
         let g1 = (&fused * &wt)
             .unwrap()
@@ -291,14 +292,7 @@ mod tests {
             .unwrap();
         let g1 = g1.get(a.as_tensor()).unwrap();
         let g2 = g2.get(a.as_tensor()).unwrap();
-        let d: f64 = (g1 - g2)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = max_abs_diff(g1, g2);
         assert!(d < 1e-12, "gradients differ by {d}");
     }
 }

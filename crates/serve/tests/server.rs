@@ -1,18 +1,12 @@
 //! End-to-end tests: the real server on 127.0.0.1:0 over the tiny fixture model, driven with
 //! reqwest and with the official `openai` Python client.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use claas_serve::{AppState, ServeConfig};
 use serde_json::{json, Value};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures"
-    ))
-}
+use claas_testkit::fixtures::{dir as fixtures, ids, log_softmax, matrix, read_json};
 
 fn base_cfg() -> ServeConfig {
     ServeConfig {
@@ -129,12 +123,6 @@ fn metric(text: &str, name: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|x| x.parse().ok())
         .unwrap_or_else(|| panic!("metric {name} missing in\n{text}"))
-}
-
-fn log_softmax(row: &[f64]) -> Vec<f64> {
-    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
-    row.iter().map(|x| x - lse).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,27 +354,10 @@ async fn chat_and_completions_stream_and_non_stream() {
 async fn parity_prompt_logprobs_match_fixture_logits() {
     let s = start(base_cfg()).await;
     for (file, model) in [("forward.json", "tiny"), ("forward_lora.json", "r4")] {
-        let fx: Value =
-            serde_json::from_str(&std::fs::read_to_string(fixtures().join(file)).unwrap()).unwrap();
+        let fx = read_json(file);
         for seq in fx["sequences"].as_array().unwrap() {
-            let ids: Vec<u32> = seq["input_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect();
-            let logits: Vec<Vec<f64>> = seq["logits"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| {
-                    r.as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|x| x.as_f64().unwrap())
-                        .collect()
-                })
-                .collect();
+            let ids = ids(&seq["input_ids"]);
+            let logits = matrix(&seq["logits"]);
             assert_eq!(logits.len(), ids.len());
             let (c, v) = post(
                 &s,

@@ -127,22 +127,11 @@ async fn feedback_updates_the_served_adapter_in_place() {
     let c = http();
 
     // Init created the adapter and the alias; serving lists the alias under its served name.
-    let models: Value = c
-        .get(format!("{}/v1/models", s.serve))
-        .bearer_auth("sk-local")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<&str> = models["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
-    assert!(ids.contains(&"openclaw-assistant-latest"), "{ids:?}");
+    let ids = claas_testkit::served_model_ids(&s.serve, "sk-local").await;
+    assert!(
+        ids.iter().any(|i| i == "openclaw-assistant-latest"),
+        "{ids:?}"
+    );
 
     // A chat with the adapter, keeping the rollout log-probabilities as a client would.
     let chat: Value = c

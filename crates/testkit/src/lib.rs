@@ -25,6 +25,30 @@ pub async fn serve(router: Router) -> String {
     format!("http://{addr}")
 }
 
+/// `GET url` with a bearer key, parsed as JSON.
+pub async fn get_json(url: &str, api_key: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The model ids a vLLM-compatible server at `base_url` lists (`GET /v1/models`).
+pub async fn served_model_ids(base_url: &str, api_key: &str) -> Vec<String> {
+    let models = get_json(&format!("{base_url}/v1/models"), api_key).await;
+    models["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no model list: {models}"))
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Sockets behind [`dead_url`]s, held for the life of the test process.
 static DEAD_PORTS: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
 
@@ -292,5 +316,12 @@ pub mod fixtures {
                     .collect()
             })
             .collect()
+    }
+
+    /// Log-softmax of one row of fixture logits, in f64.
+    pub fn log_softmax(row: &[f64]) -> Vec<f64> {
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        row.iter().map(|x| x - lse).collect()
     }
 }

@@ -20,14 +20,7 @@ use claas_api::{
 use claas_store::LoraStore;
 use serde_json::{json, Map, Value};
 
-pub async fn serve(router: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, router).await.unwrap();
-    });
-    format!("http://{addr}")
-}
+pub use claas_testkit::serve;
 
 /// Every file below `dir` (relative paths), for "nothing was written" checks.
 pub fn tree(dir: &Path) -> Vec<String> {
@@ -350,13 +343,16 @@ impl Api {
         let s = r.status().as_u16();
         (s, r.json().await.unwrap_or(Value::Null))
     }
-    pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
+    /// `GET path`, the response as it came (for non-JSON bodies).
+    pub async fn get_raw(&self, path: &str) -> reqwest::Response {
+        self.http
             .get(format!("{}{path}", self.url))
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.get_raw(path).await;
         let s = r.status().as_u16();
         (s, r.json().await.unwrap_or(Value::Null))
     }
