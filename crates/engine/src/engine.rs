@@ -1,5 +1,5 @@
 //! The engine handle: submission with validation and back-pressure, the adapter registry,
-//! sleep/wake and metrics. The step loop itself lives in `scheduler`.
+//! sleep/wake, pause/resume and metrics. The step loop itself lives in `scheduler`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -138,8 +138,26 @@ pub(crate) struct Pending {
     pub arrived: Instant,
 }
 
+/// What `/pause` does with requests the engine already holds (vLLM's `mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseMode {
+    /// Abort every held request (running and queued) at once; they finish with `Abort`.
+    Abort,
+    /// Let running sequences finish; queued ones stay queued. `pause` returns once nothing runs.
+    Wait,
+    /// Freeze everything where it is; all of it continues on resume.
+    Keep,
+}
+
 pub(crate) enum Msg {
     Request(Box<Pending>),
+    Pause {
+        mode: PauseMode,
+        reply: mpsc::Sender<()>,
+    },
+    Resume {
+        reply: mpsc::Sender<()>,
+    },
     Sleep {
         level: u8,
         reply: mpsc::Sender<Result<SleepReport, EngineError>>,
@@ -163,6 +181,8 @@ pub(crate) struct Shared {
     pub sleeping: AtomicU8,
     /// Serialises sleep/wake transitions.
     sleep_lock: Mutex<()>,
+    /// Set by the engine thread while generation is paused.
+    paused: Arc<AtomicBool>,
     tx: mpsc::Sender<Msg>,
 }
 
@@ -237,10 +257,12 @@ impl Engine {
             load_lock: Mutex::new(()),
             sleeping: AtomicU8::new(0),
             sleep_lock: Mutex::new(()),
+            paused: Arc::new(AtomicBool::new(false)),
             tx,
             cfg,
         });
         let metrics = shared.metrics.clone();
+        let paused = shared.paused.clone();
         let sc = crate::scheduler::SchedulerParams {
             max_num_seqs: shared.cfg.max_num_seqs.max(1),
             prefill_chunk: shared.cfg.prefill_chunk.max(1),
@@ -250,7 +272,7 @@ impl Engine {
         };
         std::thread::Builder::new()
             .name("claas-engine".into())
-            .spawn(move || crate::scheduler::run(sc, metrics, model, loader, rx))
+            .spawn(move || crate::scheduler::run(sc, metrics, paused, model, loader, rx))
             .map_err(|e| EngineError::SleepMode(format!("cannot start engine thread: {e}")))?;
         Ok(Engine { shared })
     }
@@ -423,12 +445,41 @@ impl Engine {
             .map(|e| e.info.clone())
     }
 
+    /// Pauses generation (vLLM's `pause_generation`): nothing new is scheduled until
+    /// [`Engine::resume`]; requests submitted meanwhile are accepted and wait in the queue.
+    /// `mode` says what happens to requests already held. Blocks until the pause holds (for
+    /// `Wait`: until the running sequences have finished, or a resume ended the pause).
+    pub fn pause(&self, mode: PauseMode) -> Result<(), EngineError> {
+        let (reply, rx) = mpsc::channel();
+        self.shared
+            .tx
+            .send(Msg::Pause { mode, reply })
+            .map_err(|_| EngineError::Stopped)?;
+        rx.recv().map_err(|_| EngineError::Stopped)
+    }
+
+    /// Resumes generation after [`Engine::pause`] (a no-op when not paused).
+    pub fn resume(&self) -> Result<(), EngineError> {
+        let (reply, rx) = mpsc::channel();
+        self.shared
+            .tx
+            .send(Msg::Resume { reply })
+            .map_err(|_| EngineError::Stopped)?;
+        rx.recv().map_err(|_| EngineError::Stopped)
+    }
+
+    /// True from the moment a pause is taken up until it is resumed.
+    pub fn is_paused(&self) -> bool {
+        self.shared.paused.load(Ordering::SeqCst)
+    }
+
     /// 0 when awake, else the sleep level.
     pub fn sleep_level(&self) -> u8 {
         self.shared.sleeping.load(Ordering::SeqCst)
     }
 
-    /// Refuses new requests, lets running ones finish, then releases the model: level 1 keeps
+    /// Refuses new requests, lets running ones finish (requests a pause holds stay held, their
+    /// caches kept), then releases the model: level 1 keeps
     /// the weights resident (on CPU they already are host memory), level 2 drops them and
     /// reloads through the loader on wake. Blocks until done.
     pub fn sleep(&self, level: u8) -> Result<SleepReport, EngineError> {

@@ -14,7 +14,7 @@ mod scheduler;
 
 pub use engine::{
     release_freed_memory, AdapterInfo, Canceller, Engine, EngineConfig, GenerateRequest,
-    ModelLoader, RequestHandle, SleepReport,
+    ModelLoader, PauseMode, RequestHandle, SleepReport,
 };
 pub use error::EngineError;
 pub use metrics::{Histogram, Metrics};

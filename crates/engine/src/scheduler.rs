@@ -5,16 +5,16 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use claas_model::{KvCache, LoraAdapter, Qwen3, SeqInput};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::engine::{rss_bytes, ModelLoader, Msg, Pending, SleepReport};
+use crate::engine::{rss_bytes, ModelLoader, Msg, PauseMode, Pending, SleepReport};
 use crate::sampling::{apply_penalties, log_softmax, sample, token_logprob};
 use crate::{EngineError, Event, FinishReason, Metrics, SamplingParams, TokenLogprob};
 
@@ -24,6 +24,19 @@ pub(crate) struct SchedulerParams {
     pub max_model_len: usize,
     pub max_loras: Option<usize>,
     pub seed: u64,
+}
+
+/// How often a paused engine that holds requests looks for cancelled ones.
+const HELD_SWEEP: Duration = Duration::from_millis(50);
+
+/// vLLM's scheduler pause states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pause {
+    Unpaused,
+    /// No admissions; running sequences continue.
+    New,
+    /// Nothing steps.
+    All,
 }
 
 struct ReqState {
@@ -68,11 +81,17 @@ struct Loop {
         std::sync::mpsc::Sender<Result<SleepReport, EngineError>>,
     )>,
     rng: StdRng,
+    pause: Pause,
+    /// Published for `Engine::is_paused`.
+    paused_flag: Arc<AtomicBool>,
+    /// `Wait`-mode pause calls, answered once nothing runs.
+    pause_waiters: Vec<Sender<()>>,
 }
 
 pub(crate) fn run(
     p: SchedulerParams,
     metrics: Arc<Metrics>,
+    paused_flag: Arc<AtomicBool>,
     model: Arc<Qwen3>,
     loader: Option<ModelLoader>,
     rx: Receiver<Msg>,
@@ -86,16 +105,33 @@ pub(crate) fn run(
         waiting: VecDeque::new(),
         running: Vec::new(),
         pending_sleep: None,
+        pause: Pause::Unpaused,
+        paused_flag,
+        pause_waiters: Vec::new(),
     };
     loop {
-        if l.running.is_empty() && l.waiting.is_empty() {
+        l.answer_pause_waiters();
+        if l.idle() {
             if let Some((level, reply)) = l.pending_sleep.take() {
                 let _ = reply.send(l.do_sleep(level));
                 continue;
             }
-            match rx.recv() {
-                Ok(m) => l.handle(m),
-                Err(_) => return,
+            if l.running.is_empty() && l.waiting.is_empty() {
+                match rx.recv() {
+                    Ok(m) => l.handle(m),
+                    Err(_) => return,
+                }
+            } else {
+                // Paused with requests held: nothing to compute, but a client that goes
+                // away must still free its slot.
+                match rx.recv_timeout(HELD_SWEEP) {
+                    Ok(m) => l.handle(m),
+                    Err(RecvTimeoutError::Timeout) => {
+                        l.sweep();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
             }
         }
         while let Ok(m) = rx.try_recv() {
@@ -134,6 +170,58 @@ impl Loop {
             Msg::Sleep { level, reply } => self.pending_sleep = Some((level, reply)),
             Msg::Wake { reply } => {
                 let _ = reply.send(self.do_wake());
+            }
+            Msg::Pause { mode, reply } => self.do_pause(mode, reply),
+            Msg::Resume { reply } => {
+                self.pause = Pause::Unpaused;
+                self.paused_flag.store(false, Ordering::SeqCst);
+                // A drain interrupted by resume is over too.
+                for w in self.pause_waiters.drain(..) {
+                    let _ = w.send(());
+                }
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Nothing can make progress until a message arrives.
+    fn idle(&self) -> bool {
+        (self.running.is_empty() || self.pause == Pause::All)
+            && (self.waiting.is_empty() || self.pause != Pause::Unpaused)
+    }
+
+    fn do_pause(&mut self, mode: PauseMode, reply: Sender<()>) {
+        self.paused_flag.store(true, Ordering::SeqCst);
+        match mode {
+            PauseMode::Abort => {
+                // Everything the engine holds, queued or running, as vLLM's abort mode.
+                let running = std::mem::take(&mut self.running);
+                self.retire(
+                    running.into_iter().map(|s| (s, FinishReason::Abort, None)),
+                    None,
+                );
+                for s in std::mem::take(&mut self.waiting) {
+                    finish(&s, FinishReason::Abort, None, &self.metrics);
+                }
+                self.pause = Pause::New;
+                let _ = reply.send(());
+            }
+            PauseMode::Wait => {
+                self.pause = Pause::New;
+                self.pause_waiters.push(reply);
+            }
+            PauseMode::Keep => {
+                self.pause = Pause::All;
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Answers `Wait`-mode pauses once no sequence runs.
+    fn answer_pause_waiters(&mut self) {
+        if self.pause == Pause::New && self.running.is_empty() {
+            for w in self.pause_waiters.drain(..) {
+                let _ = w.send(());
             }
         }
     }
@@ -221,9 +309,9 @@ impl Loop {
         s.tx.is_closed() || s.cancel[s.index].load(Ordering::Relaxed)
     }
 
-    fn step(&mut self) {
+    /// Drops cancelled or disconnected sequences.
+    fn sweep(&mut self) {
         let metrics = self.metrics.clone();
-        // Drop cancelled or disconnected sequences before spending compute on them.
         let mut i = 0;
         let mut aborted = Vec::new();
         while i < self.running.len() {
@@ -245,6 +333,15 @@ impl Loop {
                 self.waiting.push_back(s);
             }
         }
+    }
+
+    fn step(&mut self) {
+        let metrics = self.metrics.clone();
+        // Drop cancelled or disconnected sequences before spending compute on them.
+        self.sweep();
+        if self.pause == Pause::All {
+            return;
+        }
         // With a `max_loras` limit, a request on one adapter too many waits at the head of the
         // queue while later requests that fit are admitted (vLLM's policy).
         let adapter_key = |s: &Seq| s.adapter.as_ref().map(|a| Arc::as_ptr(a) as usize);
@@ -252,7 +349,7 @@ impl Loop {
         active.sort_unstable();
         active.dedup();
         let mut deferred = Vec::new();
-        while self.running.len() < self.p.max_num_seqs {
+        while self.pause == Pause::Unpaused && self.running.len() < self.p.max_num_seqs {
             let Some(s) = self.waiting.pop_front() else {
                 break;
             };

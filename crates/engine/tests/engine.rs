@@ -1,10 +1,11 @@
 //! The engine over the tiny fixture model: mixed-adapter continuous batching against the
-//! PyTorch logits, seeds, n, back-pressure, cancellation, sleep, validation.
+//! PyTorch logits, seeds, n, back-pressure, cancellation, sleep, pause, validation.
 
 use std::sync::Arc;
 
 use claas_engine::{
-    Engine, EngineConfig, EngineError, Event, GenerateRequest, SamplingParams, TokenLogprob,
+    Engine, EngineConfig, EngineError, Event, GenerateRequest, PauseMode, SamplingParams,
+    TokenLogprob,
 };
 use claas_model::{LoadOptions, LoraAdapter, Qwen3};
 
@@ -317,4 +318,111 @@ fn max_loras_limits_distinct_adapters_per_batch() {
         "the second adapter ran while the first was still in the batch ({tokens} tokens in)"
     );
     assert_eq!(tokens, 300);
+}
+
+fn builtin_engine(max_num_seqs: usize) -> Engine {
+    let dir = claas_model::resolve_model("builtin:tiny").unwrap();
+    let model = Arc::new(Qwen3::load(&dir, &LoadOptions::default()).unwrap());
+    let cfg = EngineConfig {
+        max_num_seqs,
+        ..EngineConfig::default()
+    };
+    Engine::start(model, cfg, None).unwrap()
+}
+
+/// Blocks until the request has produced its first token (so it is running).
+fn first_token(h: &mut claas_engine::RequestHandle) -> u32 {
+    loop {
+        match h.events.blocking_recv().expect("stream closed early") {
+            Event::Token { token, .. } => return token,
+            Event::Error(e) => panic!("engine error: {e}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn pause_holds_new_requests_until_resume() {
+    let e = engine(EngineConfig::default());
+    let want = drain(e.submit(req(vec![4, 5], Some("r4"), greedy(8))).unwrap(), 1).1;
+    assert!(!e.is_paused());
+    e.pause(PauseMode::Abort).unwrap();
+    assert!(e.is_paused());
+    // Accepted, not rejected, while paused.
+    let mut held = e.submit(req(vec![4, 5], Some("r4"), greedy(8))).unwrap();
+    // A `wait` pause answers once nothing runs. The engine takes messages in order, so the
+    // request above is queued by now; had it been scheduled, this would block until it
+    // finished and its events would be waiting below.
+    e.pause(PauseMode::Wait).unwrap();
+    assert!(matches!(
+        held.events.try_recv(),
+        Err(tokio::sync::mpsc::error::TryRecvError::Empty)
+    ));
+    let m = e.metrics();
+    assert_eq!(m.waiting.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(m.running.load(std::sync::atomic::Ordering::SeqCst), 0);
+    e.resume().unwrap();
+    assert!(!e.is_paused());
+    assert_eq!(drain(held, 1).1, want);
+}
+
+#[test]
+fn pause_abort_ends_running_and_queued_requests() {
+    let e = builtin_engine(1);
+    let mut running = e.submit(req(vec![1, 2, 3], None, greedy(LONG))).unwrap();
+    let queued = e.submit(req(vec![1, 2, 3], None, greedy(LONG))).unwrap();
+    first_token(&mut running);
+    e.pause(PauseMode::Abort).unwrap();
+    let (_, toks, fin) = drain(running, 1);
+    assert_eq!(fin[0], "abort");
+    assert!(toks[0].len() < LONG);
+    let (_, toks, fin) = drain(queued, 1);
+    assert_eq!(fin[0], "abort");
+    assert!(toks[0].is_empty());
+    // New requests wait for the resume, then run normally.
+    let later = e.submit(req(vec![1, 2, 3], None, greedy(4))).unwrap();
+    e.resume().unwrap();
+    let (_, toks, fin) = drain(later, 1);
+    assert_eq!((toks[0].len(), fin[0].as_str()), (4, "length"));
+}
+
+#[test]
+fn pause_wait_lets_running_requests_finish() {
+    let e = builtin_engine(1);
+    const N: usize = 1500;
+    let want = drain(e.submit(req(vec![7, 8, 9], None, greedy(N))).unwrap(), 1).1;
+    let mut running = e.submit(req(vec![7, 8, 9], None, greedy(N))).unwrap();
+    let first = first_token(&mut running);
+    e.pause(PauseMode::Wait).unwrap();
+    assert!(e.is_paused());
+    // Every event was sent before the pause answered.
+    let mut toks = vec![first];
+    let reason = loop {
+        match running.events.try_recv() {
+            Ok(Event::Token { token, .. }) => toks.push(token),
+            Ok(Event::Finished { reason, .. }) => break reason,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(reason.as_str(), "length");
+    assert_eq!(vec![toks], want);
+    e.resume().unwrap();
+}
+
+#[test]
+fn pause_keep_freezes_and_resume_continues() {
+    let e = builtin_engine(4);
+    const N: usize = 600;
+    let want = drain(e.submit(req(vec![7, 8, 9], None, greedy(N))).unwrap(), 1).1;
+    let mut running = e.submit(req(vec![7, 8, 9], None, greedy(N))).unwrap();
+    let first = first_token(&mut running);
+    e.pause(PauseMode::Keep).unwrap();
+    assert!(e.is_paused());
+    e.resume().unwrap();
+    // The frozen sequence kept its cache and carries on to the same greedy output.
+    let (_, rest, fin) = drain(running, 1);
+    assert_eq!(fin[0], "length");
+    let mut toks = vec![first];
+    toks.extend(&rest[0]);
+    assert_eq!(vec![toks], want);
 }
