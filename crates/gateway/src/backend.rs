@@ -26,25 +26,26 @@ impl ChatMessage {
     }
 }
 
-/// The model's reply with the log-probabilities the server sampled it with.
+/// The model's reply and the id under which the CLaaS API recorded it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatReply {
-    /// Full reply text (reasoning included).
+    /// The completion `id`: the API's record of the exact prompt and sampled tokens, which
+    /// `/feedback` names so training uses those tokens rather than a re-tokenization.
+    pub id: Option<String>,
+    /// Full reply text (reasoning included when the server returns it).
     pub content: String,
-    /// One log-probability per generated token, when the server returned them.
-    pub logprobs: Option<Vec<f64>>,
 }
 
 /// Why a chat completion failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BackendError {
-    #[error("could not reach the model server: {0}")]
+    #[error("could not reach the CLaaS API: {0}")]
     Unreachable(String),
-    #[error("the model server did not answer in time")]
+    #[error("the model did not answer in time")]
     Timeout,
-    #[error("the model server answered {status}: {message}")]
+    #[error("the CLaaS API answered {status}: {message}")]
     Status { status: u16, message: String },
-    #[error("the model server sent an unusable answer: {0}")]
+    #[error("the CLaaS API sent an unusable answer: {0}")]
     Invalid(String),
 }
 
@@ -59,7 +60,9 @@ impl BackendError {
     }
 }
 
-/// Client of `POST {base}/v1/chat/completions`.
+/// Client of the CLaaS API's chat proxy, `POST {api}/v1/chat/completions`. Chatting through
+/// the API (not the inference server directly) is what makes it record each completion, so
+/// feedback trains on the tokens that were actually sampled.
 #[derive(Debug, Clone)]
 pub(crate) struct ChatBackend {
     http: reqwest::Client,
@@ -73,7 +76,7 @@ pub(crate) struct ChatBackend {
 impl ChatBackend {
     pub(crate) fn new(
         http: reqwest::Client,
-        base_url: &str,
+        api_url: &str,
         api_key: Option<String>,
         model: String,
         max_tokens: Option<u32>,
@@ -81,7 +84,7 @@ impl ChatBackend {
     ) -> Self {
         Self {
             http,
-            url: format!("{}/v1/chat/completions", base_url.trim_end_matches('/')),
+            url: format!("{}/v1/chat/completions", api_url.trim_end_matches('/')),
             api_key,
             model,
             max_tokens,
@@ -89,7 +92,7 @@ impl ChatBackend {
         }
     }
 
-    /// One non-streaming completion with `logprobs: true`.
+    /// One non-streaming completion.
     pub(crate) async fn complete(
         &self,
         messages: &[ChatMessage],
@@ -97,7 +100,6 @@ impl ChatBackend {
         let mut body = json!({
             "model": self.model,
             "messages": messages,
-            "logprobs": true,
             "stream": false,
         });
         if let Some(n) = self.max_tokens {
@@ -147,19 +149,12 @@ fn parse_completion(text: &str) -> Result<ChatReply, BackendError> {
     if content.trim().is_empty() {
         return Err(BackendError::Invalid("the reply is empty".into()));
     }
-    // A partial list would misalign tokens and log-probabilities in training, so any gap
-    // means "no log-probabilities".
-    let logprobs = choice
-        .pointer("/logprobs/content")
-        .and_then(Value::as_array)
-        .and_then(|items| {
-            items
-                .iter()
-                .map(|item| item.get("logprob").and_then(Value::as_f64))
-                .collect::<Option<Vec<f64>>>()
-        })
-        .filter(|lp| !lp.is_empty());
-    Ok(ChatReply { content, logprobs })
+    let id = v
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .map(String::from);
+    Ok(ChatReply { id, content })
 }
 
 /// The human-readable part of an OpenAI-style, FastAPI-style or plain error body.
@@ -188,26 +183,37 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// The body of `POST /v1/feedback`, as the reference plugin builds it, plus the rollout
-/// log-probabilities the gateway has and the plugin did not.
+/// The body of `POST /v1/feedback`: the reference plugin's fields plus the two extensions that
+/// let the API train on its record of the reply (`completion_id`) or, when that record is gone
+/// (e.g. after an API restart), rebuild the prompt from the chat (`messages`).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct FeedbackPayload {
     pub lora_id: String,
+    /// The clean last user message.
     pub prompt: String,
+    /// The reply text the user saw.
     pub response: String,
     pub feedback: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rollout_logprobs: Option<Vec<f64>>,
+    pub completion_id: Option<String>,
+    /// The messages the reply answered, as sent to the chat API.
+    pub messages: Vec<ChatMessage>,
     pub training: Value,
 }
 
-/// The fields of the API's answer that the reply shows.
+/// The fields of the API's feedback answer that the bot uses.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct FeedbackResult {
     #[serde(default)]
     pub timing_ms: Option<TimingMs>,
     #[serde(default)]
     pub distill_result: Option<DistillResult>,
+    /// The adapter version this update produced.
+    #[serde(default)]
+    pub adapter_version: Option<u64>,
+    /// The version it trained from: what `/undo` goes back to.
+    #[serde(default)]
+    pub previous_version: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -222,9 +228,18 @@ pub(crate) struct DistillResult {
     pub metadata: Option<Value>,
 }
 
-/// Why `/feedback` failed; the texts after `❌ Feedback failed: ` match the plugin's.
+/// The fields of `POST /v1/lora/rollback`'s answer that the bot uses.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct RollbackResult {
+    /// The version now current.
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+/// Why a CLaaS API call (`/feedback`, `/undo`) failed; the texts after `❌ Feedback failed: `
+/// match the plugin's.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum FeedbackError {
+pub(crate) enum ClaasError {
     #[error("Another feedback update is in progress. Try again in a moment.")]
     Busy,
     #[error("CLaaS API returned {status}: {body}")]
@@ -237,11 +252,11 @@ pub(crate) enum FeedbackError {
     Invalid(String),
 }
 
-/// Client of the CLaaS API's feedback route.
+/// Client of the CLaaS API's feedback and rollback routes.
 #[derive(Debug, Clone)]
 pub(crate) struct ClaasClient {
     http: reqwest::Client,
-    url: String,
+    base: String,
     timeout: Duration,
 }
 
@@ -249,68 +264,61 @@ impl ClaasClient {
     pub(crate) fn new(http: reqwest::Client, base_url: &str, timeout: Duration) -> Self {
         Self {
             http,
-            url: format!("{}/v1/feedback", base_url.trim_end_matches('/')),
+            base: base_url.trim_end_matches('/').to_string(),
             timeout,
         }
     }
 
-    /// `POST /v1/feedback`. Not retried on failure (a distill step is not idempotent), with one
-    /// exception: a 422 about `rollout_logprobs` means nothing was trained and the
-    /// log-probabilities do not line up with the API's tokenization of the reply (the served
-    /// tokens need not be the canonical tokenization of their text), so the request is sent
-    /// once more without them and the API takes them from the server on-policy.
+    /// `POST /v1/feedback`. Never retried: a distill step is not idempotent.
     pub(crate) async fn submit(
         &self,
         payload: &FeedbackPayload,
-    ) -> Result<FeedbackResult, FeedbackError> {
-        match self.submit_once(payload).await {
-            Err(FeedbackError::Status { status: 422, body })
-                if payload.rollout_logprobs.is_some() && body.contains("rollout_logprobs") =>
-            {
-                tracing::info!(
-                    "rollout log-probabilities rejected ({body}); retrying without them"
-                );
-                let retry = FeedbackPayload {
-                    rollout_logprobs: None,
-                    ..payload.clone()
-                };
-                self.submit_once(&retry).await
-            }
-            other => other,
-        }
+    ) -> Result<FeedbackResult, ClaasError> {
+        self.post("/v1/feedback", payload).await
     }
 
-    async fn submit_once(
+    /// `POST /v1/lora/rollback`: make `version` the adapter's current version again.
+    pub(crate) async fn rollback(
         &self,
-        payload: &FeedbackPayload,
-    ) -> Result<FeedbackResult, FeedbackError> {
+        lora_id: &str,
+        version: u64,
+    ) -> Result<RollbackResult, ClaasError> {
+        let body = json!({ "lora_id": lora_id, "version": version });
+        self.post("/v1/lora/rollback", &body).await
+    }
+
+    async fn post<B: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClaasError> {
         let secs = self.timeout.as_secs();
         let map_err = |e: reqwest::Error| {
             if e.is_timeout() {
-                FeedbackError::Timeout(secs)
+                ClaasError::Timeout(secs)
             } else {
-                FeedbackError::Unreachable(error_chain(&e))
+                ClaasError::Unreachable(error_chain(&e))
             }
         };
         let resp = self
             .http
-            .post(&self.url)
+            .post(format!("{}{path}", self.base))
             .timeout(self.timeout)
-            .json(payload)
+            .json(body)
             .send()
             .await
             .map_err(map_err)?;
         let status = resp.status().as_u16();
         let text = resp.text().await.map_err(map_err)?;
         if status == 409 {
-            return Err(FeedbackError::Busy);
+            return Err(ClaasError::Busy);
         }
         if !(200..300).contains(&status) {
             // The plugin shows the first 500 characters of the raw body.
             let body: String = text.chars().take(500).collect();
-            return Err(FeedbackError::Status { status, body });
+            return Err(ClaasError::Status { status, body });
         }
-        serde_json::from_str(&text).map_err(|e| FeedbackError::Invalid(e.to_string()))
+        serde_json::from_str(&text).map_err(|e| ClaasError::Invalid(e.to_string()))
     }
 }
 
@@ -319,21 +327,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn completion_with_logprobs() {
-        let body = r#"{"choices":[{"message":{"role":"assistant","content":"Hi there"},
-            "logprobs":{"content":[{"token":"Hi","logprob":-0.5},{"token":" there","logprob":-1.25}]}}]}"#;
+    fn completion_id_and_content_are_read() {
+        let body = r#"{"id":"chatcmpl-abc","choices":[{"message":{"role":"assistant","content":"Hi there"}}]}"#;
         let r = parse_completion(body).unwrap();
         assert_eq!(r.content, "Hi there");
-        assert_eq!(r.logprobs, Some(vec![-0.5, -1.25]));
-    }
-
-    #[test]
-    fn gaps_in_logprobs_drop_them_all() {
-        let body = r#"{"choices":[{"message":{"content":"Hi"},
-            "logprobs":{"content":[{"token":"Hi","logprob":-0.5},{"token":"x"}]}}]}"#;
-        assert_eq!(parse_completion(body).unwrap().logprobs, None);
-        let body = r#"{"choices":[{"message":{"content":"Hi"},"logprobs":null}]}"#;
-        assert_eq!(parse_completion(body).unwrap().logprobs, None);
+        assert_eq!(r.id.as_deref(), Some("chatcmpl-abc"));
+        let no_id = r#"{"choices":[{"message":{"content":"Hi"}}]}"#;
+        assert_eq!(parse_completion(no_id).unwrap().id, None);
     }
 
     #[test]
@@ -364,17 +364,29 @@ mod tests {
     }
 
     #[test]
-    fn feedback_payload_omits_missing_logprobs() {
+    fn feedback_payload_omits_a_missing_completion_id() {
         let p = FeedbackPayload {
             lora_id: "a".into(),
             prompt: "p".into(),
             response: "r".into(),
             feedback: "f".into(),
-            rollout_logprobs: None,
+            completion_id: None,
+            messages: vec![ChatMessage::new("user", "p")],
             training: json!({"teacher_mode": "self"}),
         };
         let v = serde_json::to_value(&p).unwrap();
+        assert!(v.get("completion_id").is_none());
         assert!(v.get("rollout_logprobs").is_none());
+        assert_eq!(v["messages"], json!([{"role": "user", "content": "p"}]));
         assert_eq!(v["training"]["teacher_mode"], "self");
+    }
+
+    #[test]
+    fn feedback_versions_are_optional() {
+        let r: FeedbackResult =
+            serde_json::from_str(r#"{"adapter_version":3,"previous_version":null}"#).unwrap();
+        assert_eq!((r.adapter_version, r.previous_version), (Some(3), None));
+        let old: FeedbackResult = serde_json::from_str(r#"{"status":"ok"}"#).unwrap();
+        assert_eq!(old.adapter_version, None);
     }
 }

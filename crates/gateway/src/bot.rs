@@ -13,9 +13,9 @@ use crate::backend::{
     BackendError, ChatBackend, ChatMessage, ChatReply, ClaasClient, FeedbackPayload,
 };
 use crate::config::GatewayConfig;
-use crate::conversation::Conversations;
+use crate::conversation::{Conversations, LastReply, UndoPoint};
 use crate::error::GatewayError;
-use crate::feedback::{build_chatml, success_reply};
+use crate::feedback::success_reply;
 use crate::telegram::{Message, TelegramClient, TelegramError, Update};
 use crate::text::{split_message, visible_reply, TELEGRAM_MESSAGE_LIMIT};
 
@@ -30,11 +30,13 @@ const START_TEXT: &str = "\u{1F44B} Hi! I'm an assistant that learns from your f
 Just send me a message. If you want a reply to be different, tell me with /feedback <what to change> \
 and I will update myself right away.\n\n\
 /feedback <text> \u{2013} teach me from my last reply\n\
+/undo \u{2013} take back what I learned from your last feedback\n\
 /reset \u{2013} start a new conversation\n\
 /help \u{2013} show the commands";
 
 const HELP_TEXT: &str = "Send me any message and I'll reply.\n\n\
 /feedback <text> \u{2013} feedback on my last reply; I learn from it right away (e.g. /feedback be shorter)\n\
+/undo \u{2013} revert my last update from your feedback in this chat\n\
 /reset \u{2013} forget this conversation and start over\n\
 /start \u{2013} the welcome message\n\
 /help \u{2013} this message";
@@ -45,6 +47,7 @@ const NO_CONVERSATION: &str =
     "No recent conversation found. Chat with the bot first, then use /feedback.";
 const NO_BOT_RESPONSE: &str = "No bot response found in the last conversation.";
 const LEARNING: &str = "\u{1F9E0} Learning from your feedback\u{2026}";
+const NOTHING_TO_UNDO: &str = "Nothing to undo in this chat yet.";
 
 /// Run the gateway until `shutdown` completes.
 ///
@@ -64,7 +67,7 @@ where
     let mut bot = Bot {
         chat: ChatBackend::new(
             http.clone(),
-            &cfg.vllm_base_url,
+            &cfg.claas_api_url,
             cfg.vllm_api_key.clone(),
             cfg.model.clone(),
             cfg.max_tokens,
@@ -307,6 +310,7 @@ impl Bot {
                     self.say(chat, RESET_TEXT).await;
                 }
                 "feedback" => self.feedback(chat, args, turn).await,
+                "undo" => self.undo(chat).await,
                 other => {
                     self.say(chat, &format!("Unknown command /{other}.\n\n{HELP_TEXT}"))
                         .await
@@ -355,13 +359,24 @@ impl Bot {
         let ((), result) = tokio::join!(first_typing, generate);
 
         match result {
-            Ok(ChatReply { content, logprobs }) => {
+            Ok(ChatReply { id, content }) => {
                 let visible = visible_reply(&content).to_string();
+                let last = LastReply {
+                    completion_id: id,
+                    prompt: text.to_string(),
+                    // A reply with nothing visible is still what was sampled; name all of it.
+                    response: if visible.is_empty() {
+                        content.clone()
+                    } else {
+                        visible.clone()
+                    },
+                    messages,
+                };
                 self.convs().record_exchange(
                     chat,
                     user,
                     ChatMessage::new("assistant", content),
-                    logprobs,
+                    last,
                     Instant::now(),
                 );
                 let shown = if visible.is_empty() {
@@ -420,25 +435,56 @@ impl Bot {
             self.say(chat, NO_CONVERSATION).await;
             return;
         };
-        let Some(chatml) = build_chatml(&conv.messages) else {
+        let Some(last) = conv.last else {
             self.say(chat, NO_BOT_RESPONSE).await;
             return;
         };
         self.say(chat, LEARNING).await;
         let payload = FeedbackPayload {
             lora_id: self.cfg.lora_id.clone(),
-            prompt: chatml.prompt,
-            response: chatml.response,
+            prompt: last.prompt,
+            response: last.response,
             feedback: feedback.to_string(),
-            rollout_logprobs: conv.last_logprobs,
+            completion_id: last.completion_id,
+            messages: last.messages,
             training: json!({ "teacher_mode": "self" }),
         };
         let started = Instant::now();
         let text = match self.claas.submit(&payload).await {
-            Ok(result) => success_reply(&result, started.elapsed().as_secs_f64() * 1000.0),
+            Ok(result) => {
+                let point = result.previous_version.map(|version| UndoPoint {
+                    version,
+                    applied: result.adapter_version,
+                });
+                self.convs().set_undo(chat, point, Instant::now());
+                success_reply(&result, started.elapsed().as_secs_f64() * 1000.0)
+            }
             Err(e) => {
                 tracing::warn!("feedback for chat {chat} failed: {e}");
                 format!("\u{274C} Feedback failed: {e}")
+            }
+        };
+        self.say(chat, &text).await;
+    }
+
+    /// `/undo`: roll the adapter back to the version this chat's last feedback trained from.
+    /// The chat's turn is held throughout, so a second `/undo` sees the first one's outcome.
+    async fn undo(&self, chat: i64) {
+        let Some(point) = self.convs().undo_point(chat) else {
+            self.say(chat, NOTHING_TO_UNDO).await;
+            return;
+        };
+        let text = match self.claas.rollback(&self.cfg.lora_id, point.version).await {
+            Ok(result) => {
+                self.convs().consume_undo(chat, point);
+                format!(
+                    "\u{21A9}\u{FE0F} Reverted to v{}",
+                    result.version.unwrap_or(point.version)
+                )
+            }
+            Err(e) => {
+                tracing::warn!("undo for chat {chat} failed: {e}");
+                format!("\u{274C} Undo failed: {e}")
             }
         };
         self.say(chat, &text).await;

@@ -18,16 +18,18 @@ pub struct GatewayConfig {
     pub telegram_bot_token: String,
     /// Bot API base URL without trailing slash (`TELEGRAM_API_URL`).
     pub telegram_api_url: String,
-    /// Inference server base URL without trailing `/v1` (`VLLM_BASE_URL`; both forms accepted).
+    /// Not used: the gateway chats through the CLaaS API ([`Self::claas_api_url`]) and no longer
+    /// reads `VLLM_BASE_URL`. Kept only while `claas up` still sets it; remove it with that line.
     pub vllm_base_url: String,
-    /// Bearer key for the inference server (`VLLM_API_KEY`, then `API_KEY`; default `sk-local`).
+    /// Bearer key sent with chat requests (`VLLM_API_KEY`, then `API_KEY`; default `sk-local`).
     pub vllm_api_key: Option<String>,
     /// Served model to chat with (`GATEWAY_MODEL`; default the served name of `lora_id`,
     /// `openclaw-assistant-latest`).
     pub model: String,
-    /// CLaaS API base URL (`CLAAS_API_URL`).
+    /// CLaaS API base URL (`CLAAS_API_URL`): chat goes through its `/v1/chat/completions`
+    /// proxy so every reply is recorded for `/feedback`.
     pub claas_api_url: String,
-    /// Adapter id sent with `/feedback` (`CLAAS_LORA_ID`; default `{LORA_NAME}-latest`).
+    /// Adapter id sent with `/feedback` and `/undo` (`CLAAS_LORA_ID`; default `{LORA_NAME}-latest`).
     pub lora_id: String,
     /// Telegram user ids allowed to talk to the bot (`TELEGRAM_ALLOWED_USERS`, comma separated);
     /// `None` lets everyone in, like the reference's `dmPolicy: open`.
@@ -46,7 +48,7 @@ pub struct GatewayConfig {
     pub max_history_messages: usize,
     /// Timeout of one chat completion (5 min).
     pub chat_timeout: Duration,
-    /// Timeout of one `/feedback` call (2 min, as the reference plugin and the API lock).
+    /// Timeout of one `/feedback` or `/undo` call (2 min, as the reference plugin and the API lock).
     pub feedback_timeout: Duration,
     /// Attempts per chat completion when the server is unreachable or answers 5xx (3).
     pub backend_attempts: u32,
@@ -104,9 +106,6 @@ impl GatewayConfig {
         let mut cfg = Self::new(token);
         if let Some(url) = get("TELEGRAM_API_URL") {
             cfg.telegram_api_url = check_url("TELEGRAM_API_URL", &url)?;
-        }
-        if let Some(url) = get("VLLM_BASE_URL") {
-            cfg.vllm_base_url = strip_v1(&check_url("VLLM_BASE_URL", &url)?);
         }
         if let Some(key) = get("VLLM_API_KEY").or_else(|| get("API_KEY")) {
             cfg.vllm_api_key = Some(key);
@@ -234,13 +233,13 @@ mod tests {
         let c = cfg(&[
             ("TELEGRAM_BOT_TOKEN", "1:abc"),
             ("TELEGRAM_API_URL", "http://127.0.0.1:9/"),
-            ("VLLM_BASE_URL", "http://vllm:8000/v1/"),
+            ("CLAAS_API_URL", "http://claas-api:8080/"),
             ("LORA_NAME", "me/bot"),
             ("TELEGRAM_ALLOWED_USERS", "12, 34"),
         ])
         .unwrap();
         assert_eq!(c.telegram_api_url, "http://127.0.0.1:9");
-        assert_eq!(c.vllm_base_url, "http://vllm:8000");
+        assert_eq!(c.claas_api_url, "http://claas-api:8080");
         assert_eq!(c.lora_id, "me/bot-latest");
         assert_eq!(c.model, "me-bot-latest");
         assert!(c.is_allowed(Some(12)) && c.is_allowed(Some(34)));

@@ -1,48 +1,15 @@
-//! `/feedback` the way the reference `claas-feedback` plugin does it: ChatML rendering of the
-//! conversation and the reply text.
+//! The texts `/feedback` answers with, formatted exactly like the reference `claas-feedback`
+//! plugin's, plus the adapter version the update produced.
 
 use serde_json::Value;
 
-use crate::backend::{ChatMessage, FeedbackResult};
+use crate::backend::FeedbackResult;
 use crate::text::js_to_fixed;
 
-const IM_START: &str = "<|im_start|>";
-const IM_END: &str = "<|im_end|>";
-
-/// Prompt/response pair sent to `POST /v1/feedback`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatMl {
-    /// Every user/assistant turn before the last assistant message, each rendered as
-    /// `<|im_start|>{role}\n{content}<|im_end|>`, joined with `\n`.
-    pub prompt: String,
-    /// The last assistant message.
-    pub response: String,
-}
-
-/// The plugin's `buildChatML`: keeps user/assistant turns with non-empty content, splits at
-/// the last assistant turn. `None` when there is no assistant turn.
-///
-/// This deliberately matches the plugin rather than rendering the served model's chat template:
-/// the CLaaS API receives byte-identical prompts from OpenClaw users and gateway users.
-pub fn build_chatml(messages: &[ChatMessage]) -> Option<ChatMl> {
-    let turns: Vec<&ChatMessage> = messages
-        .iter()
-        .filter(|m| (m.role == "user" || m.role == "assistant") && !m.content.is_empty())
-        .collect();
-    let last = turns.iter().rposition(|m| m.role == "assistant")?;
-    let prompt = turns[..last]
-        .iter()
-        .map(|m| format!("{IM_START}{}\n{}{IM_END}", m.role, m.content))
-        .collect::<Vec<_>>()
-        .join("\n");
-    Some(ChatMl {
-        prompt,
-        response: turns[last].content.clone(),
-    })
-}
-
-/// `✅ Feedback applied (12.3s | loss: 0.1234 | 42 tokens)`, formatted exactly like the plugin
-/// (time from the API's `timing_ms.total`, else the measured round trip).
+/// `✅ Feedback applied → v3 (12.3s | loss: 0.1234 | 42 tokens)`: the plugin's text (time from
+/// the API's `timing_ms.total`, else the measured round trip) with the new adapter version, which
+/// is what `/undo` and `GET /v1/lora/versions` talk about. Without a version (an older API) the
+/// arrow is left out.
 pub(crate) fn success_reply(result: &FeedbackResult, elapsed_ms: f64) -> String {
     let total_ms = result
         .timing_ms
@@ -66,7 +33,10 @@ pub(crate) fn success_reply(result: &FeedbackResult, elapsed_ms: f64) -> String 
     {
         detail.push_str(&format!(" | {tokens} tokens"));
     }
-    format!("\u{2705} Feedback applied ({detail})")
+    match result.adapter_version {
+        Some(v) => format!("\u{2705} Feedback applied \u{2192} v{v} ({detail})"),
+        None => format!("\u{2705} Feedback applied ({detail})"),
+    }
 }
 
 /// `${value}` of JavaScript for the JSON scalars the API may send.
@@ -95,34 +65,6 @@ mod tests {
     use crate::backend::{DistillResult, TimingMs};
     use serde_json::json;
 
-    fn m(role: &str, content: &str) -> ChatMessage {
-        ChatMessage::new(role, content)
-    }
-
-    #[test]
-    fn chatml_matches_the_plugin() {
-        let msgs = [
-            m("system", "be nice"),
-            m("user", "hi"),
-            m("assistant", "hello"),
-            m("user", "more"),
-            m("assistant", ""),
-            m("assistant", "sure"),
-        ];
-        let c = build_chatml(&msgs).unwrap();
-        assert_eq!(
-            c.prompt,
-            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n<|im_start|>user\nmore<|im_end|>"
-        );
-        assert_eq!(c.response, "sure");
-    }
-
-    #[test]
-    fn chatml_needs_an_assistant_turn() {
-        assert_eq!(build_chatml(&[m("user", "hi")]), None);
-        assert_eq!(build_chatml(&[]), None);
-    }
-
     #[test]
     fn reply_text_matches_the_plugin() {
         let r = FeedbackResult {
@@ -132,6 +74,8 @@ mod tests {
             distill_result: Some(DistillResult {
                 metadata: Some(json!({"total_loss": 0.123456, "tokens_processed": 42})),
             }),
+            adapter_version: None,
+            previous_version: None,
         };
         assert_eq!(
             success_reply(&r, 99.0),
@@ -144,10 +88,30 @@ mod tests {
             distill_result: Some(DistillResult {
                 metadata: Some(json!({"tokens_processed": 7.0, "total_loss": null})),
             }),
+            adapter_version: None,
+            previous_version: None,
         };
         assert_eq!(
             success_reply(&float_tokens, 0.0),
             "✅ Feedback applied (0.0s | 7 tokens)"
+        );
+    }
+
+    #[test]
+    fn reply_text_names_the_new_version() {
+        let r = FeedbackResult {
+            timing_ms: Some(TimingMs {
+                total: Some(1250.0),
+            }),
+            distill_result: Some(DistillResult {
+                metadata: Some(json!({"total_loss": 0.123456, "tokens_processed": 7})),
+            }),
+            adapter_version: Some(3),
+            previous_version: Some(2),
+        };
+        assert_eq!(
+            success_reply(&r, 0.0),
+            "✅ Feedback applied → v3 (1.3s | loss: 0.1235 | 7 tokens)"
         );
     }
 }

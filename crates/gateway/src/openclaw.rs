@@ -2,7 +2,9 @@
 //! today's OpenClaw (npm `openclaw` 2026.9.x) validates, plus the `claas-feedback` plugin
 //! installed into the `extensions/` folder beside it.
 //!
-//! The content follows the reference's `docker/scripts/init-stack.py`, with what current
+//! The content follows the reference's `docker/scripts/init-stack.py` (at its HEAD: the model
+//! provider's `baseUrl` is the CLaaS API's chat proxy, `{CLAAS_API_URL}/v1`, so every OpenClaw
+//! reply is recorded for `/feedback`), with what current
 //! OpenClaw requires instead: no `meta.lastTouchedAt`, `channels.telegram.streaming.mode`
 //! instead of `streamMode`, `plugins.entries.claas-feedback.hooks.allowConversationAccess`
 //! (agent_end is a conversation hook), and `channels.telegram.apiRoot` when a Telegram API URL
@@ -66,11 +68,10 @@ pub struct OpenClawSettings {
     pub lora_name: String,
     /// Served name of the base model (the reference's `qwen3-8b`).
     pub base_model_id: String,
-    /// OpenAI-compatible base URL OpenClaw calls, ending in `/v1`.
-    pub vllm_base_url: String,
-    /// Key for that server.
+    /// Key OpenClaw sends with chat requests.
     pub api_key: String,
-    /// CLaaS API base URL for the plugin.
+    /// CLaaS API base URL: the plugin's `claasApiUrl`, and with `/v1` the provider's `baseUrl`
+    /// (the API proxies chat to the inference server and records each completion).
     pub claas_api_url: String,
     /// Telegram bot token, if any.
     pub telegram_bot_token: Option<String>,
@@ -198,7 +199,6 @@ impl OpenClawSettings {
             state_dir,
             lora_name: DEFAULT_LORA_NAME.to_string(),
             base_model_id: "qwen3-8b".to_string(),
-            vllm_base_url: "http://localhost:8000/v1".to_string(),
             api_key: "sk-local".to_string(),
             claas_api_url: "http://localhost:8080".to_string(),
             telegram_bot_token: None,
@@ -214,7 +214,7 @@ impl OpenClawSettings {
     /// From the environment: `OPENCLAW_HOME` (OpenClaw's meaning: replaces `$HOME`),
     /// `OPENCLAW_STATE_DIR`, `OPENCLAW_CONFIG_PATH`, `LORA_NAME`, `MODEL` /
     /// `SERVED_MODEL_NAMES` (base model id: first served name, else the lower-cased last
-    /// path part of `MODEL`), `VLLM_BASE_URL`, `API_KEY`, `CLAAS_API_URL`,
+    /// path part of `MODEL`), `API_KEY` (or `VLLM_API_KEY`), `CLAAS_API_URL`,
     /// `TELEGRAM_BOT_TOKEN`, `TELEGRAM_API_URL`, `OPENCLAW_GATEWAY_TOKEN`, `OPENCLAW_PORT`,
     /// `MAX_MODEL_LEN` (context window).
     pub fn from_env() -> Result<Self, OpenClawError> {
@@ -269,14 +269,12 @@ impl OpenClawSettings {
                 .unwrap_or(&model);
             s.base_model_id = last.to_lowercase();
         }
-        if let Some(url) = get("VLLM_BASE_URL") {
-            s.vllm_base_url = format!("{}/v1", strip_v1(&url));
-        }
         if let Some(key) = get("API_KEY").or_else(|| get("VLLM_API_KEY")) {
             s.api_key = key;
         }
         if let Some(url) = get("CLAAS_API_URL") {
-            s.claas_api_url = url.trim_end_matches('/').to_string();
+            // The plugin appends `/v1/feedback` and the provider `/v1`; take either spelling.
+            s.claas_api_url = strip_v1(&url);
         }
         s.telegram_bot_token = get("TELEGRAM_BOT_TOKEN");
         s.telegram_api_url = get("TELEGRAM_API_URL").map(|u| u.trim_end_matches('/').to_string());
@@ -321,9 +319,14 @@ impl OpenClawSettings {
         })
     }
 
+    /// The provider OpenClaw chats through: `{claas_api_url}/v1`.
+    pub fn provider_base_url(&self) -> String {
+        format!("{}/v1", strip_v1(&self.claas_api_url))
+    }
+
     fn provider(&self) -> Value {
         json!({
-            "baseUrl": self.vllm_base_url,
+            "baseUrl": self.provider_base_url(),
             "apiKey": self.api_key,
             "api": "openai-completions",
             "models": self.model_ids().iter().map(|id| self.model_entry(id)).collect::<Vec<_>>(),
@@ -792,22 +795,30 @@ mod tests {
             ("LORA_NAME", "team/bot"),
             ("MODEL", "Qwen/Qwen3-0.6B"),
             ("VLLM_BASE_URL", "http://vllm:8000"),
+            ("CLAAS_API_URL", "http://claas-api:8080/"),
             ("TELEGRAM_API_URL", "http://127.0.0.1:9999/"),
         ])
         .unwrap();
         assert_eq!(s.base_model_id, "qwen3-0.6b");
         assert_eq!(s.adapter_model_id(), "team-bot-latest");
         assert_eq!(s.lora_alias(), "team/bot-latest");
-        assert_eq!(s.vllm_base_url, "http://vllm:8000/v1");
+        // Chat goes through the API (as the reference's HEAD init): VLLM_BASE_URL is not used.
+        assert_eq!(s.claas_api_url, "http://claas-api:8080");
+        assert_eq!(s.provider_base_url(), "http://claas-api:8080/v1");
         assert_eq!(s.telegram_api_url.as_deref(), Some("http://127.0.0.1:9999"));
         let s = settings(&[
             ("HOME", "/h"),
             ("SERVED_MODEL_NAMES", "base, other"),
-            ("VLLM_BASE_URL", "http://x/v1/"),
+            ("CLAAS_API_URL", "http://x/v1/"),
         ])
         .unwrap();
         assert_eq!(s.base_model_id, "base");
-        assert_eq!(s.vllm_base_url, "http://x/v1");
+        assert_eq!(s.claas_api_url, "http://x");
+        assert_eq!(s.provider_base_url(), "http://x/v1");
+        assert_eq!(
+            OpenClawSettings::new("/x").provider_base_url(),
+            "http://localhost:8080/v1"
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The Telegram gateway against a fake Bot API, a fake OpenAI chat server and a fake CLaaS API.
+//! The Telegram gateway against a fake Bot API and a fake CLaaS API (chat proxy, feedback,
+//! rollback).
 
 mod common;
 
@@ -24,10 +25,11 @@ async fn a_message_gets_the_model_reply_after_a_typing_action() {
     // Plain text: no parse mode, so model Markdown can never make Telegram reject a reply.
     assert!(h.tg.sent_raw().iter().all(|m| m.parse_mode.is_none()));
 
+    // The chat went to the CLaaS API's proxy (the only server that answers chat here).
     let reqs = h.chat.requests();
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0]["model"], "openclaw-assistant-latest");
-    assert_eq!(reqs[0]["logprobs"], true);
+    assert_eq!(reqs[0]["stream"], false);
     assert_eq!(
         reqs[0]["messages"],
         json!([{"role": "user", "content": "hello there"}])
@@ -82,68 +84,200 @@ async fn conversations_are_kept_per_chat_and_reset_forgets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn feedback_sends_the_plugin_payload_and_reports_success() {
-    let h = Harness::start(|_| {}).await;
+async fn feedback_names_the_recorded_completion_and_reports_the_version() {
+    let h = Harness::start(|cfg| cfg.system_prompt = Some("Be brief.".into())).await;
     h.tg.push_text(ALICE, "hi");
     h.tg.wait_sent(ALICE, 1).await;
-    h.chat.set_reply("A much longer answer than needed");
-    h.tg.push_text(ALICE, "tell me more");
-    h.tg.wait_sent(ALICE, 2).await;
+    h.chat
+        .set_reply("<think>\nthey want detail\n</think>\n\nA much longer answer than needed");
+    h.tg.push_text(ALICE, "  tell me more ");
+    let sent = h.tg.wait_sent(ALICE, 2).await;
+    assert_eq!(sent[1], "A much longer answer than needed");
 
     h.tg.push_text(ALICE, "/feedback be shorter");
     let sent = h.tg.wait_sent(ALICE, 4).await;
     assert_eq!(sent[2], "🧠 Learning from your feedback…");
     assert_eq!(
         sent[3],
-        "✅ Feedback applied (1.3s | loss: 0.1235 | 7 tokens)"
+        "✅ Feedback applied → v2 (1.3s | loss: 0.1235 | 7 tokens)"
     );
 
     let payloads = h.claas.payloads();
     assert_eq!(payloads.len(), 1);
     let p = &payloads[0];
     assert_eq!(p["lora_id"], "openclaw/assistant-latest");
-    assert_eq!(
-        p["prompt"],
-        format!(
-            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n{}<|im_end|>\n<|im_start|>user\ntell me more<|im_end|>",
-            echo_reply("hi")
-        )
-    );
+    // The second chat request's id: the API's record of exactly what was sampled.
+    assert_eq!(p["completion_id"], completion_id(2));
+    assert_eq!(p["prompt"], "tell me more");
     assert_eq!(p["response"], "A much longer answer than needed");
     assert_eq!(p["feedback"], "be shorter");
+    // The messages that reply answered, exactly as sent to the chat proxy.
+    assert_eq!(p["messages"], h.chat.requests()[1]["messages"]);
     assert_eq!(
-        p["rollout_logprobs"],
-        json!(fake_logprobs("A much longer answer than needed"))
+        p["messages"],
+        json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": echo_reply("hi")},
+            {"role": "user", "content": "tell me more"},
+        ])
     );
+    assert!(p.get("rollout_logprobs").is_none(), "{p}");
     assert_eq!(p["training"], json!({"teacher_mode": "self"}));
 
     h.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn feedback_retries_without_logprobs_the_api_cannot_line_up() {
+async fn feedback_without_a_completion_id_still_sends_the_messages() {
     let h = Harness::start(|_| {}).await;
-    h.claas.reject_rollout_logprobs();
+    h.chat.omit_ids();
     h.tg.push_text(ALICE, "hi");
     h.tg.wait_sent(ALICE, 1).await;
-    h.tg.push_text(ALICE, "/feedback be shorter");
-    let sent = h.tg.wait_sent(ALICE, 3).await;
-    assert_eq!(
-        sent[2],
-        "✅ Feedback applied (1.3s | loss: 0.1235 | 7 tokens)"
+    h.tg.push_text(ALICE, "/feedback nicer");
+    h.tg.wait_sent(ALICE, 3).await;
+    let p = &h.claas.payloads()[0];
+    assert!(p.get("completion_id").is_none(), "{p}");
+    assert_eq!(p["messages"], json!([{"role": "user", "content": "hi"}]));
+    assert_eq!(p["prompt"], "hi");
+    assert_eq!(p["response"], echo_reply("hi"));
+    h.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undo_rolls_back_to_the_version_before_this_chats_last_feedback() {
+    let h = Harness::start(|_| {}).await;
+    h.claas.set_current_version(Some(6));
+    h.tg.push_text(ALICE, "/undo");
+    let sent = h.tg.wait_sent(ALICE, 1).await;
+    assert_eq!(sent[0], "Nothing to undo in this chat yet.");
+    assert!(
+        h.claas.rollbacks().is_empty(),
+        "no API call without feedback"
     );
-    let payloads = h.claas.payloads();
-    assert_eq!(payloads.len(), 2, "exactly one retry");
-    assert!(payloads[0].get("rollout_logprobs").is_some());
-    assert!(payloads[1].get("rollout_logprobs").is_none());
-    assert_eq!(payloads[0]["response"], payloads[1]["response"]);
+
+    h.tg.push_text(ALICE, "hi");
+    h.tg.wait_sent(ALICE, 2).await;
+    h.tg.push_text(ALICE, "/feedback shorter");
+    let sent = h.tg.wait_sent(ALICE, 4).await;
+    assert!(
+        sent[3].starts_with("✅ Feedback applied → v7 ("),
+        "{sent:?}"
+    );
+    h.tg.push_text(ALICE, "/feedback even shorter");
+    let sent = h.tg.wait_sent(ALICE, 6).await;
+    assert!(
+        sent[5].starts_with("✅ Feedback applied → v8 ("),
+        "{sent:?}"
+    );
+
+    // Another chat's feedback and /reset do not change what this chat undoes.
+    h.tg.push_text(BOB, "yo");
+    h.tg.wait_sent(BOB, 1).await;
+    h.tg.push_text(BOB, "/undo");
+    let bob = h.tg.wait_sent(BOB, 2).await;
+    assert_eq!(bob[1], "Nothing to undo in this chat yet.");
+    h.tg.push_text(ALICE, "/reset");
+    h.tg.wait_sent(ALICE, 7).await;
+
+    h.tg.push_text(ALICE, "/undo");
+    let sent = h.tg.wait_sent(ALICE, 8).await;
+    assert_eq!(sent[7], "↩️ Reverted to v7");
+    assert_eq!(
+        h.claas.rollbacks(),
+        vec![json!({"lora_id": "openclaw/assistant-latest", "version": 7})]
+    );
+    assert_eq!(h.claas.current_version(), Some(7));
+
+    // Undone once: nothing left until the next feedback.
+    h.tg.push_text(ALICE, "/undo");
+    let sent = h.tg.wait_sent(ALICE, 9).await;
+    assert_eq!(sent[8], "Nothing to undo in this chat yet.");
+    assert_eq!(h.claas.rollbacks().len(), 1);
+
+    h.tg.push_text(ALICE, "hello again");
+    h.tg.wait_sent(ALICE, 10).await;
+    h.tg.push_text(ALICE, "/feedback warmer");
+    let sent = h.tg.wait_sent(ALICE, 12).await;
+    assert!(
+        sent[11].starts_with("✅ Feedback applied → v8 ("),
+        "{sent:?}"
+    );
+    h.tg.push_text(ALICE, "/undo@test_bot");
+    let sent = h.tg.wait_sent(ALICE, 13).await;
+    assert_eq!(sent[12], "↩️ Reverted to v7");
+    assert_eq!(
+        h.claas.rollbacks()[1],
+        json!({"lora_id": "openclaw/assistant-latest", "version": 7})
+    );
+    h.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undo_errors_from_the_api_are_reported_and_keep_the_undo_point() {
+    let h = Harness::start(|_| {}).await;
+    h.tg.push_text(ALICE, "hi");
+    h.tg.wait_sent(ALICE, 1).await;
+    h.tg.push_text(ALICE, "/feedback shorter");
+    let sent = h.tg.wait_sent(ALICE, 3).await;
+    assert!(
+        sent[2].starts_with("✅ Feedback applied → v2 ("),
+        "{sent:?}"
+    );
+
+    // 409: an update of the adapter is running.
+    h.claas.set_busy(true);
+    h.tg.push_text(ALICE, "/undo");
+    let sent = h.tg.wait_sent(ALICE, 4).await;
+    assert_eq!(
+        sent[3],
+        "❌ Undo failed: Another feedback update is in progress. Try again in a moment."
+    );
+    h.claas.set_busy(false);
+
+    // 404: the version is gone.
+    h.claas.set_rollback_status(Some(404));
+    h.tg.push_text(ALICE, "/undo");
+    let sent = h.tg.wait_sent(ALICE, 5).await;
+    assert_eq!(
+        sent[4],
+        r#"❌ Undo failed: CLaaS API returned 404: {"detail":"LoRA 'openclaw/assistant-init' has no version 1"}"#
+    );
+    h.claas.set_rollback_status(None);
+
+    // The failures did not use up the undo.
+    h.tg.push_text(ALICE, "/undo");
+    let sent = h.tg.wait_sent(ALICE, 6).await;
+    assert_eq!(sent[5], "↩️ Reverted to v1");
+    let rollbacks = h.claas.rollbacks();
+    assert_eq!(rollbacks.len(), 3);
+    assert!(rollbacks.iter().all(|r| r["version"] == 1), "{rollbacks:?}");
+    h.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_on_an_adapter_without_history_leaves_nothing_to_undo() {
+    let h = Harness::start(|_| {}).await;
+    h.claas.set_current_version(None);
+    h.tg.push_text(ALICE, "hi");
+    h.tg.wait_sent(ALICE, 1).await;
+    h.tg.push_text(ALICE, "/feedback shorter");
+    let sent = h.tg.wait_sent(ALICE, 3).await;
+    assert!(
+        sent[2].starts_with("✅ Feedback applied → v1 ("),
+        "{sent:?}"
+    );
+    h.tg.push_text(ALICE, "/undo");
+    let sent = h.tg.wait_sent(ALICE, 4).await;
+    assert_eq!(sent[3], "Nothing to undo in this chat yet.");
+    assert!(h.claas.rollbacks().is_empty());
     h.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feedback_conflict_gives_the_busy_message() {
     let h = Harness::start(|_| {}).await;
-    h.claas.set_busy();
+    h.claas.set_busy(true);
     h.tg.push_text(ALICE, "hi");
     h.tg.wait_sent(ALICE, 1).await;
     h.tg.push_text(ALICE, "/feedback nicer");
@@ -180,20 +314,6 @@ async fn feedback_errors_and_misuse_are_explained() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn feedback_against_a_dead_api_is_reported() {
-    let h = Harness::start(|cfg| cfg.claas_api_url = dead_url()).await;
-    h.tg.push_text(ALICE, "hi");
-    h.tg.wait_sent(ALICE, 1).await;
-    h.tg.push_text(ALICE, "/feedback better");
-    let sent = h.tg.wait_sent(ALICE, 3).await;
-    assert!(
-        sent[2].starts_with("❌ Feedback failed: could not reach the CLaaS API"),
-        "{sent:?}"
-    );
-    h.stop().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chat_goes_on_while_feedback_is_being_applied() {
     let h = Harness::start(|_| {}).await;
     h.claas.hold();
@@ -210,7 +330,10 @@ async fn the_chat_goes_on_while_feedback_is_being_applied() {
 
     h.claas.release();
     let sent = h.tg.wait_sent(ALICE, 4).await;
-    assert!(sent[3].starts_with("✅ Feedback applied ("), "{sent:?}");
+    assert!(
+        sent[3].starts_with("✅ Feedback applied → v2 ("),
+        "{sent:?}"
+    );
     // The feedback was about the exchange before it, not the one sent meanwhile.
     assert_eq!(h.claas.payloads()[0]["response"], echo_reply("hi"));
     h.stop().await.unwrap();
@@ -254,12 +377,12 @@ async fn long_replies_are_split_under_telegrams_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_model_server_is_reported_and_the_gateway_survives() {
-    let h = Harness::start(|cfg| cfg.vllm_base_url = dead_url()).await;
+async fn a_dead_api_is_reported_and_the_gateway_survives() {
+    let h = Harness::start(|cfg| cfg.claas_api_url = dead_url()).await;
     h.tg.push_text(ALICE, "anyone?");
     let sent = h.tg.wait_sent(ALICE, 1).await;
     assert!(
-        sent[0].starts_with("⚠️ Sorry, I could not get a reply: could not reach the model server"),
+        sent[0].starts_with("⚠️ Sorry, I could not get a reply: could not reach the CLaaS API"),
         "{sent:?}"
     );
     h.tg.push_text(ALICE, "/help");
@@ -289,7 +412,7 @@ async fn model_server_errors_are_retried_then_reported() {
     let sent = h.tg.wait_sent(ALICE, 2).await;
     assert_eq!(
         sent[1],
-        "⚠️ Sorry, I could not get a reply: the model server answered 503: model is sleeping. Please try again in a moment."
+        "⚠️ Sorry, I could not get a reply: the CLaaS API answered 503: model is sleeping. Please try again in a moment."
     );
     // A 4xx is not retried.
     h.chat.fail_with(&[404]);
@@ -319,8 +442,8 @@ async fn a_webhook_is_removed_so_long_polling_works() {
     let tg = FakeTelegram::start().await;
     tg.set_webhook();
     tg.push_text(ALICE, "hook?");
-    let chat = FakeChat::start().await;
-    let mut cfg = test_config(&tg.url, &chat.url, &dead_url());
+    let (_chat, _claas, api) = start_api().await;
+    let mut cfg = test_config(&tg.url, &api);
     cfg.retry_base = std::time::Duration::from_millis(5);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(claas_gateway::run(cfg, async move {
@@ -347,7 +470,9 @@ async fn commands_and_non_text_messages_are_answered() {
     }));
     let sent = h.tg.wait_sent(ALICE, 4).await;
     assert!(sent[0].contains("learns from your feedback"));
+    assert!(sent[0].contains("/undo"));
     assert!(sent[1].contains("/reset"));
+    assert!(sent[1].contains("/undo"));
     assert!(sent[2].starts_with("Unknown command /frobnicate."));
     assert_eq!(sent[3], "I can only read text messages.");
     assert!(h.chat.requests().is_empty());
@@ -368,7 +493,7 @@ async fn consumed_updates_are_confirmed_to_telegram() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_token_stops_the_gateway_with_an_error() {
     let tg = FakeTelegram::start().await;
-    let mut cfg = test_config(&tg.url, &dead_url(), &dead_url());
+    let mut cfg = test_config(&tg.url, &dead_url());
     cfg.telegram_bot_token = "999:wrong".into();
     let err = claas_gateway::run(cfg, std::future::pending())
         .await
@@ -381,7 +506,7 @@ async fn a_rejected_token_stops_the_gateway_with_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_while_telegram_is_unreachable_returns_ok() {
-    let mut cfg = test_config(&dead_url(), &dead_url(), &dead_url());
+    let mut cfg = test_config(&dead_url(), &dead_url());
     cfg.retry_base = std::time::Duration::from_millis(5);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(claas_gateway::run(cfg, async move {

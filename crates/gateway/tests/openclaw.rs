@@ -20,7 +20,6 @@ fn mode(p: &Path) -> u32 {
 
 fn settings(dir: &Path) -> OpenClawSettings {
     let mut s = OpenClawSettings::new(dir.join(".openclaw"));
-    s.vllm_base_url = "http://vllm:8000/v1".into();
     s.claas_api_url = "http://claas-api:8080".into();
     s.telegram_bot_token = Some("123:abc".into());
     s
@@ -46,9 +45,10 @@ fn a_fresh_config_is_the_reference_one_fixed_for_current_openclaw() {
     );
 
     // docker/scripts/init-stack.py's config, minus meta.lastTouchedAt, with streaming.mode
-    // for streamMode and the plugin's conversation-access grant.
+    // for streamMode and the plugin's conversation-access grant. OpenClaw chats through the
+    // CLaaS API's proxy (as at the reference's HEAD), so every reply is recorded for /feedback.
     let provider = json!({
-        "baseUrl": "http://vllm:8000/v1", "apiKey": "sk-local", "api": "openai-completions",
+        "baseUrl": "http://claas-api:8080/v1", "apiKey": "sk-local", "api": "openai-completions",
         "models": [model("qwen3-8b"), model("openclaw-assistant-latest")]
     });
     let expected = json!({
@@ -161,6 +161,11 @@ fn an_existing_config_is_merged_and_the_rejected_seed_keys_dropped() {
             "discord": {"enabled": true}
         },
         "agents": {"defaults": {"models": {"openai/gpt-5": {"alias": "gpt"}}}},
+        // What an earlier `claas init` wrote: OpenClaw talking to the model server directly.
+        "models": {"providers": {
+            "local": {"baseUrl": "http://vllm:8000/v1", "apiKey": "sk-local"},
+            "openai": {"baseUrl": "https://example.invalid/v1"}
+        }},
         "plugins": {
             "allow": ["other"],
             "deny": ["claas-feedback"],
@@ -193,6 +198,14 @@ fn an_existing_config_is_merged_and_the_rejected_seed_keys_dropped() {
     assert_eq!(
         c["agents"]["defaults"]["models"]["local/qwen3-8b"]["alias"],
         "qwen3-8b (local vLLM)"
+    );
+    assert_eq!(
+        c["models"]["providers"]["local"]["baseUrl"], "http://claas-api:8080/v1",
+        "an old direct-to-vLLM provider is moved to the API proxy"
+    );
+    assert_eq!(
+        c["models"]["providers"]["openai"]["baseUrl"],
+        "https://example.invalid/v1"
     );
     assert_eq!(c["plugins"]["entries"]["claas-feedback"]["enabled"], true);
     assert_eq!(c["plugins"]["entries"]["other"]["enabled"], true);

@@ -1,5 +1,5 @@
-//! Local fakes for the gateway's integration tests: a Telegram Bot API server, an OpenAI chat
-//! server and the CLaaS feedback route, all axum on 127.0.0.1:0.
+//! Local fakes for the gateway's integration tests: a Telegram Bot API server and one server
+//! playing the CLaaS API (chat proxy, feedback, rollback), all axum on 127.0.0.1:0.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,7 +18,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 // ---------------------------------------------------------------------------------------------
-// OpenAI chat server
+// The CLaaS API's chat proxy (`/v1/chat/completions`)
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Default)]
@@ -27,19 +27,12 @@ struct ChatState {
     auth: Vec<Option<String>>,
     fixed_reply: Option<String>,
     fail_statuses: Vec<u16>,
+    no_id: bool,
 }
 
 #[derive(Clone, Default)]
 pub struct FakeChat {
     state: Arc<Mutex<ChatState>>,
-    pub url: String,
-}
-
-/// The log-probabilities the fake server reports for `reply`: one per word.
-pub fn fake_logprobs(reply: &str) -> Vec<f64> {
-    (0..reply.split_whitespace().count())
-        .map(|i| -((i + 1) as f64) / 8.0)
-        .collect()
 }
 
 /// What the fake model answers when no fixed reply is set.
@@ -47,18 +40,25 @@ pub fn echo_reply(user_text: &str) -> String {
     format!("You said: {user_text}")
 }
 
+/// The completion id the fake gives the `n`-th chat request (1-based).
+pub fn completion_id(n: usize) -> String {
+    format!("chatcmpl-fake-{n}")
+}
+
 impl FakeChat {
-    pub async fn start() -> Self {
-        let mut fake = FakeChat::default();
-        let router = Router::new()
+    fn router(&self) -> Router {
+        Router::new()
             .route("/v1/chat/completions", post(chat_handler))
-            .with_state(fake.state.clone());
-        fake.url = serve(router).await;
-        fake
+            .with_state(self.state.clone())
     }
 
     pub fn set_reply(&self, reply: &str) {
         self.state.lock().unwrap().fixed_reply = Some(reply.to_string());
+    }
+
+    /// Answer without an `id`, as a proxy that keeps no record might.
+    pub fn omit_ids(&self) {
+        self.state.lock().unwrap().no_id = true;
     }
 
     /// The next requests are answered with these statuses, in order.
@@ -82,6 +82,7 @@ async fn chat_handler(
 ) -> Response {
     let mut s = state.lock().unwrap();
     s.requests.push(body.clone());
+    let n = s.requests.len();
     s.auth.push(
         headers
             .get("authorization")
@@ -106,37 +107,50 @@ async fn chat_handler(
         .fixed_reply
         .clone()
         .unwrap_or_else(|| echo_reply(&last_user));
-    let content: Vec<Value> = reply
-        .split_whitespace()
-        .zip(fake_logprobs(&reply))
-        .map(|(t, lp)| json!({"token": t, "logprob": lp, "bytes": null, "top_logprobs": []}))
-        .collect();
-    Json(json!({
-        "id": "chatcmpl-1",
+    let mut out = json!({
+        "id": completion_id(n),
         "object": "chat.completion",
         "created": 0,
         "model": body["model"],
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": reply},
-            "logprobs": {"content": content},
+            "logprobs": null,
             "finish_reason": "stop",
         }],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }))
-    .into_response()
+    });
+    if s.no_id {
+        out.as_object_mut().unwrap().remove("id");
+    }
+    Json(out).into_response()
 }
 
 // ---------------------------------------------------------------------------------------------
-// CLaaS API
+// The CLaaS API's feedback and rollback routes
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Default)]
 struct ClaasState {
     payloads: Vec<Value>,
+    rollbacks: Vec<Value>,
     busy: bool,
     status: Option<u16>,
-    reject_rollout: bool,
+    rollback_status: Option<u16>,
+    /// The adapter's current version (`None`: no history yet).
+    current: Option<u64>,
+}
+
+impl Default for ClaasState {
+    fn default() -> Self {
+        Self {
+            payloads: Vec::new(),
+            rollbacks: Vec::new(),
+            busy: false,
+            status: None,
+            rollback_status: None,
+            current: Some(1),
+        }
+    }
 }
 
 #[derive(Clone, Default)]
@@ -145,31 +159,37 @@ pub struct FakeClaas {
     hold: Arc<AtomicBool>,
     release: Arc<Notify>,
     held: Arc<AtomicUsize>,
-    pub url: String,
 }
 
 impl FakeClaas {
-    pub async fn start() -> Self {
-        let mut fake = FakeClaas::default();
-        let router = Router::new()
+    fn router(&self) -> Router {
+        Router::new()
             .route("/v1/feedback", post(claas_handler))
-            .with_state(fake.clone());
-        fake.url = serve(router).await;
-        fake
+            .route("/v1/lora/rollback", post(rollback_handler))
+            .with_state(self.clone())
     }
 
-    pub fn set_busy(&self) {
-        self.state.lock().unwrap().busy = true;
+    /// Feedback and rollback answer 409, as while an update of the adapter is running.
+    pub fn set_busy(&self, busy: bool) {
+        self.state.lock().unwrap().busy = busy;
     }
 
     pub fn set_status(&self, status: u16) {
         self.state.lock().unwrap().status = Some(status);
     }
 
-    /// Answer 422 to payloads that carry `rollout_logprobs`, as the real API does when their
-    /// count does not match its tokenization of the response.
-    pub fn reject_rollout_logprobs(&self) {
-        self.state.lock().unwrap().reject_rollout = true;
+    /// Rollback answers this status with a FastAPI-style `detail`.
+    pub fn set_rollback_status(&self, status: Option<u16>) {
+        self.state.lock().unwrap().rollback_status = status;
+    }
+
+    /// Set the adapter's current version (`None`: an adapter without history).
+    pub fn set_current_version(&self, v: Option<u64>) {
+        self.state.lock().unwrap().current = v;
+    }
+
+    pub fn current_version(&self) -> Option<u64> {
+        self.state.lock().unwrap().current
     }
 
     /// Feedback requests wait until [`Self::release`].
@@ -192,22 +212,14 @@ impl FakeClaas {
     pub fn payloads(&self) -> Vec<Value> {
         self.state.lock().unwrap().payloads.clone()
     }
+
+    pub fn rollbacks(&self) -> Vec<Value> {
+        self.state.lock().unwrap().rollbacks.clone()
+    }
 }
 
 async fn claas_handler(State(fake): State<FakeClaas>, Json(body): Json<Value>) -> Response {
-    let (busy, status, reject_rollout) = {
-        let mut s = fake.state.lock().unwrap();
-        s.payloads.push(body.clone());
-        (s.busy, s.status, s.reject_rollout)
-    };
-    if reject_rollout && body.get("rollout_logprobs").is_some() {
-        let detail = "rollout_logprobs has 9 values but the response has 7 tokens (one log-probability per response token is required)";
-        return (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({"detail": detail})),
-        )
-            .into_response();
-    }
+    fake.state.lock().unwrap().payloads.push(body.clone());
     if fake.hold.load(Ordering::SeqCst) {
         let released = fake.release.notified();
         fake.held.fetch_add(1, Ordering::SeqCst);
@@ -215,24 +227,31 @@ async fn claas_handler(State(fake): State<FakeClaas>, Json(body): Json<Value>) -
             released.await;
         }
     }
-    if busy {
+    let mut s = fake.state.lock().unwrap();
+    if s.busy {
         let detail = format!(
             "Timed out waiting for lock on LoRA '{}'",
             body["lora_id"].as_str().unwrap_or("")
         );
         return (StatusCode::CONFLICT, Json(json!({"detail": detail}))).into_response();
     }
-    if let Some(status) = status {
+    if let Some(status) = s.status {
         return (
             StatusCode::from_u16(status).unwrap(),
             Json(json!({"detail": "LoRA not found: nope"})),
         )
             .into_response();
     }
+    let previous = s.current;
+    let version = previous.map_or(1, |v| v + 1);
+    s.current = Some(version);
     Json(json!({
         "status": "ok",
         "request_id": "req-1",
         "lora_id": body["lora_id"],
+        "adapter_version": version,
+        "previous_version": previous,
+        "version_name": format!("openclaw/assistant-init@v{version}"),
         "distill_result": {
             "lora_id": body["lora_id"],
             "metadata": {"total_loss": 0.123456, "distill_loss": 0.1, "tokens_processed": 7, "grad_norm": 0.5}
@@ -244,23 +263,70 @@ async fn claas_handler(State(fake): State<FakeClaas>, Json(body): Json<Value>) -
     .into_response()
 }
 
+async fn rollback_handler(State(fake): State<FakeClaas>, Json(body): Json<Value>) -> Response {
+    let mut s = fake.state.lock().unwrap();
+    s.rollbacks.push(body.clone());
+    if s.busy {
+        let detail = "an update of LoRA 'openclaw/assistant-init' is running; try again later";
+        return (StatusCode::CONFLICT, Json(json!({"detail": detail}))).into_response();
+    }
+    if let Some(status) = s.rollback_status {
+        let detail = format!(
+            "LoRA 'openclaw/assistant-init' has no version {}",
+            body["version"]
+        );
+        return (
+            StatusCode::from_u16(status).unwrap(),
+            Json(json!({"detail": detail})),
+        )
+            .into_response();
+    }
+    let Some(version) = body["version"].as_u64() else {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"detail": "version must be an integer"})),
+        )
+            .into_response();
+    };
+    let previous = s.current;
+    s.current = Some(version);
+    Json(json!({
+        "status": "ok",
+        "lora_id": "openclaw/assistant-init",
+        "version": version,
+        "previous_version": previous,
+        "name": format!("openclaw/assistant-init@v{version}"),
+    }))
+    .into_response()
+}
+
 // ---------------------------------------------------------------------------------------------
 // The gateway under test
 // ---------------------------------------------------------------------------------------------
+
+/// One local server playing the CLaaS API: chat proxy, feedback and rollback.
+pub async fn start_api() -> (FakeChat, FakeClaas, String) {
+    let chat = FakeChat::default();
+    let claas = FakeClaas::default();
+    let url = serve(chat.router().merge(claas.router())).await;
+    (chat, claas, url)
+}
 
 pub struct Harness {
     pub tg: FakeTelegram,
     pub chat: FakeChat,
     pub claas: FakeClaas,
+    pub api_url: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), GatewayError>>>,
 }
 
-pub fn test_config(tg: &str, chat: &str, claas: &str) -> GatewayConfig {
+pub fn test_config(tg: &str, api: &str) -> GatewayConfig {
     let mut cfg = GatewayConfig::new(TOKEN);
     cfg.telegram_api_url = tg.to_string();
-    cfg.vllm_base_url = chat.to_string();
-    cfg.claas_api_url = claas.to_string();
+    // Nothing listens here: the gateway must not talk to the inference server itself.
+    cfg.vllm_base_url = dead_url();
+    cfg.claas_api_url = api.to_string();
     cfg.poll_timeout = Duration::from_secs(1);
     cfg.retry_base = Duration::from_millis(10);
     cfg.retry_max = Duration::from_millis(50);
@@ -271,9 +337,8 @@ pub fn test_config(tg: &str, chat: &str, claas: &str) -> GatewayConfig {
 impl Harness {
     pub async fn start(adjust: impl FnOnce(&mut GatewayConfig)) -> Self {
         let tg = FakeTelegram::start().await;
-        let chat = FakeChat::start().await;
-        let claas = FakeClaas::start().await;
-        let mut cfg = test_config(&tg.url, &chat.url, &claas.url);
+        let (chat, claas, api_url) = start_api().await;
+        let mut cfg = test_config(&tg.url, &api_url);
         adjust(&mut cfg);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(claas_gateway::run(cfg, async move {
@@ -283,6 +348,7 @@ impl Harness {
             tg,
             chat,
             claas,
+            api_url,
             stop: Some(stop),
             task: Some(task),
         }
