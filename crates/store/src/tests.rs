@@ -1,5 +1,9 @@
 use super::*;
+use crate::txn::TXN_LOCK;
+use std::fs::{self, File};
 use std::io::Read;
+use std::sync::Arc;
+use std::sync::Mutex;
 
 fn write_adapter(dir: &Path, tag: &str) -> std::io::Result<()> {
     fs::write(
