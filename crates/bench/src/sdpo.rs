@@ -52,6 +52,7 @@ pub fn run(torch: Option<&serde_json::Value>, quick: bool) -> Result<(), BenchEr
         response: text_of(&tok, RESPONSE_TOKENS, " def sort(xs): return sorted(xs)")?,
         feedback: "Explain the complexity too.".into(),
         rollout_logprobs: None,
+        ..FeedbackItem::default()
     };
     let trainer = Trainer::new(model, Arc::new(tok), Arc::new(template));
     let tc = TrainingConfig {

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::loss::{sdpo_loss, LossInput};
 use crate::optim::{adamw_step, clip_grad_norm, tensor_to_vec, AdamState};
 use crate::select::select_log_softmax;
-use crate::teacher::teacher_prompt;
+use crate::teacher::{
+    hindsight_messages, render_prompt, teacher_prompt, StudentContext, TeacherPrompt,
+};
 use crate::{Result, SdpoError};
 
 /// Where the teacher's log-probabilities come from.
@@ -50,6 +52,9 @@ pub struct TrainingConfig {
     pub teacher_top_k: usize,
     pub steps_per_batch: usize,
     pub teacher_mode: TeacherMode,
+    /// The self-teacher's prompt ([`TeacherPrompt`]; ignored by a remote teacher's scores but
+    /// used to build what it scores).
+    pub teacher_prompt: TeacherPrompt,
 }
 
 impl Default for TrainingConfig {
@@ -61,8 +66,9 @@ impl Default for TrainingConfig {
             max_grad_norm: 1.0,
             kl_reg_weight: 0.0,
             teacher_top_k: 100,
-            steps_per_batch: 4,
+            steps_per_batch: 1,
             teacher_mode: TeacherMode::SelfTeacher,
+            teacher_prompt: TeacherPrompt::Hindsight,
         }
     }
 }
@@ -106,9 +112,15 @@ impl TrainingConfig {
 }
 
 /// One piece of feedback on one answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The student's tokens come from, in order of preference: `prompt_ids` + `response_ids` (the
+/// exact ids the server sampled, from a completion record), `messages` rendered with the chat
+/// template (`add_generation_prompt`) + the encoded response, or the 0f67ae6 form:
+/// `encode(prompt, add_special_tokens) ++ encode(response)` with `prompt` already
+/// chat-formatted by the client.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FeedbackItem {
-    /// The prompt exactly as the model saw it (already chat-formatted by the client).
+    /// The prompt as the client sent it: chat-formatted text (0f67ae6) or the clean user prompt.
     pub prompt: String,
     /// The model's answer.
     pub response: String,
@@ -117,6 +129,39 @@ pub struct FeedbackItem {
     /// Log-probabilities of the response tokens under the policy that sampled them.
     #[serde(default)]
     pub rollout_logprobs: Option<Vec<f32>>,
+    /// Exact prompt token ids the student saw (chat template applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_ids: Option<Vec<u32>>,
+    /// Exact response token ids the student sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_ids: Option<Vec<u32>>,
+    /// The chat messages the response answered (student prompt when no ids are given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<serde_json::Value>>,
+    /// The student's system prompt, for the hindsight teacher (recovered from `messages` or a
+    /// chat-formatted `prompt` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+    /// The clean user prompt, for the hindsight teacher (likewise recovered when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_prompt: Option<String>,
+}
+
+impl FeedbackItem {
+    /// The student's context as the hindsight teacher sees it.
+    pub fn student_context(&self) -> StudentContext {
+        let mut ctx = match &self.messages {
+            Some(m) => StudentContext::from_messages(m),
+            None => StudentContext::from_prompt_text(&self.prompt),
+        };
+        if let Some(s) = &self.system_prompt {
+            ctx.system_prompt = (!s.is_empty()).then(|| s.clone());
+        }
+        if let Some(u) = &self.user_prompt {
+            ctx.user_prompt = u.clone();
+        }
+        ctx
+    }
 }
 
 /// Training metrics of a distillation, as the reference reports them.
@@ -229,6 +274,19 @@ pub struct ItemTrace {
     pub student_logprobs: Vec<f32>,
 }
 
+/// What [`Trainer::score_chat`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatScore {
+    /// Log-probability of each completion token.
+    pub logprobs: Vec<f32>,
+    /// The completion's token ids.
+    pub token_ids: Vec<u32>,
+    /// Each id decoded on its own.
+    pub tokens: Vec<String>,
+    /// Number of prompt tokens.
+    pub prompt_tokens: usize,
+}
+
 /// Runs SDPO steps on one base model.
 pub struct Trainer {
     model: Arc<Qwen3>,
@@ -296,9 +354,38 @@ impl Trainer {
         &self.model
     }
 
-    fn encode_student(&self, prompt: &str, response: &str) -> Result<(Vec<u32>, Vec<u32>)> {
-        let prompt_ids = self.tokenizer.encode(prompt, true).map_err(chat_err)?;
-        let response_ids = self.tokenizer.encode(response, false).map_err(chat_err)?;
+    /// The student's prompt and response ids (see [`FeedbackItem`] for the order of sources),
+    /// checked against the vocabulary and the context length.
+    fn student_ids(&self, item: &FeedbackItem) -> Result<(Vec<u32>, Vec<u32>)> {
+        let (prompt_ids, response_ids) = match (&item.prompt_ids, &item.response_ids) {
+            (Some(p), Some(r)) => (p.clone(), r.clone()),
+            (None, None) => {
+                let prompt_ids = match &item.messages {
+                    Some(m) => render_prompt(&self.template, &self.tokenizer, m)?.1,
+                    None => self
+                        .tokenizer
+                        .encode(&item.prompt, true)
+                        .map_err(chat_err)?,
+                };
+                let response_ids = self
+                    .tokenizer
+                    .encode(&item.response, false)
+                    .map_err(chat_err)?;
+                (prompt_ids, response_ids)
+            }
+            _ => {
+                return Err(SdpoError::InvalidInput(
+                    "prompt_ids and response_ids must be given together".into(),
+                ))
+            }
+        };
+        self.check_ids(&prompt_ids, &response_ids)?;
+        Ok((prompt_ids, response_ids))
+    }
+
+    /// Rejects empty prompts or responses, ids outside the vocabulary and sequences longer than
+    /// the model's context.
+    fn check_ids(&self, prompt_ids: &[u32], response_ids: &[u32]) -> Result<()> {
         if prompt_ids.is_empty() {
             return Err(SdpoError::InvalidInput(
                 "prompt is empty: at least one prompt token must precede the response".into(),
@@ -307,6 +394,16 @@ impl Trainer {
         if response_ids.is_empty() {
             return Err(SdpoError::InvalidInput("response is empty".into()));
         }
+        let vocab = self.model.config().vocab_size;
+        if let Some(bad) = prompt_ids
+            .iter()
+            .chain(response_ids)
+            .find(|&&t| t as usize >= vocab)
+        {
+            return Err(SdpoError::InvalidInput(format!(
+                "token id {bad} is outside the model's vocabulary of {vocab}"
+            )));
+        }
         let max = self.model.config().max_position_embeddings;
         if prompt_ids.len() + response_ids.len() > max {
             return Err(SdpoError::TooLong(format!(
@@ -314,19 +411,25 @@ impl Trainer {
                 prompt_ids.len() + response_ids.len()
             )));
         }
-        Ok((prompt_ids, response_ids))
+        Ok(())
     }
 
-    /// Student ids (`encode(prompt, add_special_tokens) ++ encode(response)`, no template) and the
-    /// teacher prompt of one item.
-    pub fn prepare(&self, item: &FeedbackItem) -> Result<PreparedItem> {
-        let (prompt_ids, response_ids) = self.encode_student(&item.prompt, &item.response)?;
-        let (teacher_prompt_text, teacher_prompt_ids) = teacher_prompt(
-            &self.template,
-            &self.tokenizer,
-            &item.prompt,
-            &item.feedback,
-        )?;
+    /// Student ids and the teacher prompt of one item, with the teacher prompt `kind`.
+    pub fn prepare(&self, item: &FeedbackItem, kind: TeacherPrompt) -> Result<PreparedItem> {
+        let (prompt_ids, response_ids) = self.student_ids(item)?;
+        let (teacher_prompt_text, teacher_prompt_ids) = match kind {
+            TeacherPrompt::Seed => teacher_prompt(
+                &self.template,
+                &self.tokenizer,
+                &item.prompt,
+                &item.feedback,
+            )?,
+            TeacherPrompt::Hindsight => render_prompt(
+                &self.template,
+                &self.tokenizer,
+                &hindsight_messages(&item.student_context(), &item.feedback),
+            )?,
+        };
         let max = self.model.config().max_position_embeddings;
         if teacher_prompt_ids.len() + response_ids.len() > max {
             return Err(SdpoError::TooLong(format!(
@@ -471,8 +574,49 @@ impl Trainer {
         prompt: &str,
         response: &str,
     ) -> Result<Vec<f32>> {
-        let (prompt_ids, response_ids) = self.encode_student(prompt, response)?;
+        let (prompt_ids, response_ids) = self.student_ids(&FeedbackItem {
+            prompt: prompt.to_string(),
+            response: response.to_string(),
+            ..FeedbackItem::default()
+        })?;
         self.score_ids(adapter, &prompt_ids, &response_ids)
+    }
+
+    /// The reference's `/v1/score` of a chat completion: prompt ids = the template over
+    /// `messages` with a generation prompt; the completion's ids = what rendering `messages` +
+    /// `{assistant: completion}` without one adds after them (so they include the template's
+    /// closing tokens, as the reference scores them). Returns the completion ids, one decoded
+    /// piece per id, their log-probabilities under the base + `adapter`, and the prompt length.
+    pub fn score_chat(
+        &self,
+        adapter: Option<&LoraAdapter>,
+        messages: &[serde_json::Value],
+        completion: &str,
+    ) -> Result<ChatScore> {
+        let (_, prompt_ids) = render_prompt(&self.template, &self.tokenizer, messages)?;
+        let mut full = messages.to_vec();
+        full.push(serde_json::json!({"role": "assistant", "content": completion}));
+        let text = self
+            .template
+            .render(&full, None, false, None)
+            .map_err(chat_err)?;
+        let full_ids = self.tokenizer.encode(&text, false).map_err(chat_err)?;
+        let token_ids = full_ids.get(prompt_ids.len()..).unwrap_or(&[]).to_vec();
+        let tokens = token_ids
+            .iter()
+            .map(|&t| self.tokenizer.decode(&[t], false).map_err(chat_err))
+            .collect::<Result<Vec<_>>>()?;
+        let logprobs = if token_ids.is_empty() {
+            Vec::new()
+        } else {
+            self.score_ids(adapter, &prompt_ids, &token_ids)?
+        };
+        Ok(ChatScore {
+            logprobs,
+            token_ids,
+            tokens,
+            prompt_tokens: prompt_ids.len(),
+        })
     }
 
     /// [`Trainer::score`] on token ids (e.g. a chat-templated prompt tokenised by the caller).
@@ -482,18 +626,7 @@ impl Trainer {
         prompt_ids: &[u32],
         response_ids: &[u32],
     ) -> Result<Vec<f32>> {
-        if prompt_ids.is_empty() || response_ids.is_empty() {
-            return Err(SdpoError::InvalidInput(
-                "scoring needs at least one prompt token and one response token".into(),
-            ));
-        }
-        let max = self.model.config().max_position_embeddings;
-        if prompt_ids.len() + response_ids.len() > max {
-            return Err(SdpoError::TooLong(format!(
-                "prompt + response are {} tokens, the model's context is {max}",
-                prompt_ids.len() + response_ids.len()
-            )));
-        }
+        self.check_ids(prompt_ids, response_ids)?;
         let ids = [prompt_ids, response_ids].concat();
         let logits = self.model.logits(&ids, adapter, self.chunk)?;
         gather_logprobs(
@@ -572,7 +705,7 @@ impl Trainer {
         let t0 = Instant::now();
         let prepared = items
             .iter()
-            .map(|i| self.prepare(i))
+            .map(|i| self.prepare(i, cfg.teacher_prompt))
             .collect::<Result<Vec<_>>>()?;
         for (i, (item, p)) in items.iter().zip(&prepared).enumerate() {
             if let Some(r) = &item.rollout_logprobs {

@@ -11,8 +11,8 @@ use candle_core::Device;
 use claas_chat::{ChatTemplate, Tokenizer, TokenizerConfig};
 use claas_model::{LoadOptions, LoraAdapter, Qwen3};
 use claas_sdpo::{
-    AdamState, ExternalTeacher, FeedbackItem, SdpoError, StepTrace, TeacherMode, Trainer,
-    TrainingConfig,
+    AdamState, ExternalTeacher, FeedbackItem, SdpoError, StepTrace, TeacherMode, TeacherPrompt,
+    Trainer, TrainingConfig,
 };
 use common::*;
 use serde_json::Value;
@@ -50,6 +50,7 @@ fn request(fx: &Value) -> (FeedbackItem, TrainingConfig) {
                 .map(|x| x as f32)
                 .collect(),
         ),
+        ..FeedbackItem::default()
     };
     let cfg = TrainingConfig {
         learning_rate: tr["learning_rate"].as_f64().unwrap(),
@@ -59,6 +60,8 @@ fn request(fx: &Value) -> (FeedbackItem, TrainingConfig) {
         kl_reg_weight: tr["kl_reg_weight"].as_f64().unwrap(),
         teacher_top_k: tr["teacher_top_k"].as_u64().unwrap() as usize,
         steps_per_batch: 1,
+        // The fixture records the seed's teacher prompt.
+        teacher_prompt: TeacherPrompt::Seed,
         teacher_mode: match tr["teacher_mode"].as_str().unwrap() {
             "self" => TeacherMode::SelfTeacher,
             other => panic!("fixture teacher_mode {other}"),
@@ -635,7 +638,7 @@ fn remote_teacher_scores_drive_the_same_step() {
         .distill(&a, None, std::slice::from_ref(&item), &cfg)
         .unwrap();
 
-    let p = t.prepare(&item).unwrap();
+    let p = t.prepare(&item, TeacherPrompt::Seed).unwrap();
     let tg = t.targets(&p, cfg.teacher_top_k).unwrap();
     let rows: Vec<Vec<(u32, f32)>> = tg
         .topk_indices

@@ -33,7 +33,9 @@ fn trainer(dir: &Path) -> Trainer {
 
 /// Mean over response tokens of KL(student || teacher) over the full vocabulary.
 fn kl_student_teacher(t: &Trainer, adapter: &LoraAdapter, item: &FeedbackItem) -> f64 {
-    let p = t.prepare(item).unwrap();
+    let p = t
+        .prepare(item, TrainingConfig::default().teacher_prompt)
+        .unwrap();
     let n = p.response_ids.len();
     let m = t.model();
     let s = m
@@ -107,6 +109,7 @@ fn fixture_item() -> FeedbackItem {
         response: r["response"].as_str().unwrap().into(),
         feedback: r["feedback"].as_str().unwrap().into(),
         rollout_logprobs: None,
+        ..FeedbackItem::default()
     }
 }
 
