@@ -405,3 +405,602 @@ fn export_zip_has_the_peft_files() {
         Err(StoreError::NotFound(_))
     ));
 }
+
+// ---- version history ----
+
+/// Adapter files plus optimizer state, all tagged.
+fn write_version(dir: &Path, tag: &str) -> std::io::Result<()> {
+    write_adapter(dir, tag)?;
+    fs::create_dir(dir.join("optimizer"))?;
+    fs::write(dir.join("optimizer/m.bin"), format!("opt-{tag}"))
+}
+
+fn commit(s: &LoraStore, id: &str, tag: &str) -> Result<VersionInfo> {
+    s.commit_version(id, serde_json::json!({ "tag": tag }), |d| {
+        write_version(d, tag)
+    })
+}
+
+fn entry_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn tmp_is_empty(s: &LoraStore) -> bool {
+    let tmp = s.root().join(TMP_DIR_NAME);
+    !tmp.exists() || fs::read_dir(tmp).unwrap().count() == 0
+}
+
+#[cfg(unix)]
+fn same_inode(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (fs::metadata(a).unwrap(), fs::metadata(b).unwrap());
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+/// What must hold after any crash + reopen: every listed version is loadable, the live folder
+/// is loadable, plain, and one of the versions or the pre-crash adapter, aliases resolve.
+fn assert_consistent(s: &LoraStore, id: &str, before: &str, ctx: &str) -> String {
+    let versions = s.versions(id).unwrap();
+    let mut tags = Vec::new();
+    for v in &versions {
+        assert!(v.dir.join(VERSION_META).is_file(), "{ctx}: {}", v.name);
+        tags.push(read_tag(&v.dir));
+        let meta: serde_json::Value =
+            serde_json::from_slice(&fs::read(v.dir.join(VERSION_META)).unwrap()).unwrap();
+        assert_eq!(meta["version"], v.version, "{ctx}");
+    }
+    let live = s.resolve(id).unwrap().dir;
+    let tag = read_tag(&live);
+    assert!(
+        tag == before || tags.contains(&tag),
+        "{ctx}: live {tag:?} is neither {before:?} nor a version {tags:?}"
+    );
+    assert_eq!(
+        entry_names(&live),
+        vec![ADAPTER_CONFIG, ADAPTER_WEIGHTS],
+        "{ctx}"
+    );
+    if let Some(n) = s.current_version(id).unwrap() {
+        let cur = versions.iter().find(|v| v.version == n).unwrap();
+        assert!(cur.current, "{ctx}");
+        assert_eq!(read_tag(&cur.dir), tag, "{ctx}");
+    }
+    for (alias, target) in s.aliases().unwrap() {
+        if target == id {
+            assert_eq!(s.resolve(&alias).unwrap().id, id, "{ctx}");
+        }
+    }
+    assert!(tmp_is_empty(s), "{ctx}: journal left");
+    tag
+}
+
+#[test]
+fn commits_chain_versions_and_rollback_restores_files_and_optimizer() {
+    let (_t, s) = store_with_old_adapter();
+    s.save_state("u/a", "optimizer", |d| {
+        fs::write(d.join("m.bin"), b"opt-old")
+    })
+    .unwrap();
+    s.set_alias("u/a-latest", "u/a").unwrap();
+    assert!(s.versions("u/a").unwrap().is_empty());
+    assert_eq!(s.current_version("u/a").unwrap(), None);
+    assert_eq!(
+        s.optimizer_dir("u/a").unwrap(),
+        s.load_state("u/a", "optimizer").unwrap()
+    );
+
+    // through the alias, as /v1/feedback does
+    for tag in ["a", "b", "c"] {
+        let info = commit(&s, "u/a-latest", tag).unwrap();
+        assert!(info.current);
+        assert_eq!(info.id, "u/a");
+        assert_eq!(info.meta, serde_json::json!({ "tag": tag }));
+    }
+    let vs = s.versions("u/a-latest").unwrap();
+    let nums: Vec<u64> = vs.iter().map(|v| v.version).collect();
+    assert_eq!(nums, vec![0, 1, 2, 3]);
+    let parents: Vec<Option<u64>> = vs.iter().map(|v| v.parent).collect();
+    assert_eq!(parents, vec![None, Some(0), Some(1), Some(2)]);
+    assert_eq!(vs[0].meta, serde_json::json!({"kind": "snapshot"}));
+    assert_eq!(read_tag(&vs[0].dir), "old");
+    // the legacy optimizer state went into the snapshot
+    assert_eq!(
+        fs::read(vs[0].dir.join("optimizer/m.bin")).unwrap(),
+        b"opt-old"
+    );
+    assert_eq!(vs[3].name, "u/a@v3");
+    assert_eq!(vs[3].dir, s.root().join(".versions/u/a/v3"));
+    assert!(chrono::DateTime::parse_from_rfc3339(&vs[3].created_utc).is_ok());
+    assert_eq!(
+        vs.iter().map(|v| v.current).collect::<Vec<_>>(),
+        vec![false, false, false, true]
+    );
+    assert_eq!(s.current_version("u/a").unwrap(), Some(3));
+    assert_eq!(s.version("u/a").unwrap(), 3);
+    let live = s.root().join("u/a");
+    assert_eq!(read_tag(&live), "c");
+    assert_eq!(entry_names(&live), vec![ADAPTER_CONFIG, ADAPTER_WEIGHTS]);
+    #[cfg(unix)]
+    assert!(same_inode(
+        &live.join(ADAPTER_WEIGHTS),
+        &vs[3].dir.join(ADAPTER_WEIGHTS)
+    ));
+    let opt = s.optimizer_dir("u/a").unwrap().unwrap();
+    assert_eq!(opt, vs[3].dir.join("optimizer"));
+    // history is neither listed nor exported
+    assert_eq!(s.list("").unwrap(), vec!["u/a", "u/a-latest"]);
+    let (_, zip) = s.export_zip("u/a").unwrap();
+    assert_eq!(
+        zip::ZipArchive::new(std::io::Cursor::new(zip))
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let back = s.rollback("u/a-latest", 1).unwrap();
+    assert!(back.current);
+    assert_eq!(back.version, 1);
+    assert_eq!(s.current_version("u/a").unwrap(), Some(1));
+    for f in [ADAPTER_CONFIG, ADAPTER_WEIGHTS] {
+        assert_eq!(
+            fs::read(live.join(f)).unwrap(),
+            fs::read(vs[1].dir.join(f)).unwrap()
+        );
+    }
+    assert_eq!(entry_names(&live), vec![ADAPTER_CONFIG, ADAPTER_WEIGHTS]);
+    let opt = s.optimizer_dir("u/a").unwrap().unwrap();
+    assert_eq!(fs::read(opt.join("m.bin")).unwrap(), b"opt-a");
+    // rolling back to the current version is a no-op
+    assert_eq!(s.rollback("u/a", 1).unwrap().version, 1);
+    assert!(matches!(
+        s.rollback("u/a", 9),
+        Err(StoreError::VersionNotFound { version: 9, .. })
+    ));
+    assert!(matches!(
+        s.version_info("u/a", 9),
+        Err(StoreError::VersionNotFound { .. })
+    ));
+    assert!(matches!(s.versions("u/none"), Err(StoreError::NotFound(_))));
+
+    // a commit after a rollback continues the numbering and records where it came from
+    let next = commit(&s, "u/a", "d").unwrap();
+    assert_eq!((next.version, next.parent), (4, Some(1)));
+    let again = s.version_info("u/a", 4).unwrap();
+    assert_eq!(again, next);
+    assert_eq!(read_tag(&live), "d");
+    assert_eq!(s.versions("u/a").unwrap().len(), 5);
+    // rollback reaches the pre-update state
+    s.rollback("u/a", 0).unwrap();
+    assert_eq!(read_tag(&live), "old");
+    assert!(tmp_is_empty(&s));
+}
+
+#[test]
+fn create_versioned_and_failed_writers() {
+    let (_t, s) = store();
+    let v0 = s
+        .create_versioned("u/n", serde_json::json!({"init": true}), false, |d| {
+            write_adapter(d, "init")
+        })
+        .unwrap();
+    assert_eq!((v0.version, v0.parent, v0.current), (0, None, true));
+    assert_eq!(read_tag(&s.resolve("u/n").unwrap().dir), "init");
+    assert!(s.optimizer_dir("u/n").unwrap().is_none());
+    assert!(matches!(
+        s.create_versioned("u/n", serde_json::Value::Null, false, |d| {
+            write_adapter(d, "x")
+        }),
+        Err(StoreError::AlreadyExists(_))
+    ));
+    // a failing writer or one without a config changes nothing
+    let err = commit_err(&s, "u/n");
+    assert!(matches!(err, StoreError::Write(_)), "{err}");
+    let err = s
+        .commit_version("u/n", serde_json::Value::Null, |d| {
+            fs::write(d.join(ADAPTER_WEIGHTS), b"w")
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidAdapter { .. }), "{err}");
+    assert_eq!(s.versions("u/n").unwrap().len(), 1);
+    assert_eq!(read_tag(&s.resolve("u/n").unwrap().dir), "init");
+    assert!(tmp_is_empty(&s));
+    assert!(matches!(
+        commit(&s, "u/missing", "x"),
+        Err(StoreError::NotFound(_))
+    ));
+
+    // replacing an unversioned adapter keeps it as a snapshot first
+    s.save_atomic("u/h", |d| write_adapter(d, "hand")).unwrap();
+    let v = s
+        .create_versioned("u/h", serde_json::Value::Null, true, |d| {
+            write_adapter(d, "fresh")
+        })
+        .unwrap();
+    assert_eq!((v.version, v.parent), (1, Some(0)));
+    assert_eq!(read_tag(&s.version_info("u/h", 0).unwrap().dir), "hand");
+    // replacing a versioned one: its current version is the parent
+    let v = s
+        .create_versioned("u/h", serde_json::Value::Null, true, |d| {
+            write_adapter(d, "fresh2")
+        })
+        .unwrap();
+    assert_eq!((v.version, v.parent), (2, Some(1)));
+}
+
+fn commit_err(s: &LoraStore, id: &str) -> StoreError {
+    s.commit_version(id, serde_json::Value::Null, |d| -> std::io::Result<()> {
+        write_adapter(d, "half")?;
+        Err(std::io::Error::other("boom"))
+    })
+    .unwrap_err()
+}
+
+#[test]
+fn save_atomic_over_history_and_the_version_number() {
+    let (_t, s) = store();
+    s.create_versioned("u/a", serde_json::Value::Null, false, |d| {
+        write_adapter(d, "v0")
+    })
+    .unwrap();
+    commit(&s, "u/a", "v1").unwrap();
+    commit(&s, "u/a", "v2").unwrap();
+    assert_eq!(s.version("u/a").unwrap(), 2);
+    // an in-place save is no version; its counter never repeats a version number
+    let n = s
+        .save_atomic("u/a", |d| write_adapter(d, "manual"))
+        .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(s.current_version("u/a").unwrap(), None);
+    assert_eq!(s.version("u/a").unwrap(), 3);
+    assert!(s.optimizer_dir("u/a").unwrap().is_none());
+    // rolling back keeps the unversioned live folder as a snapshot
+    s.rollback("u/a", 1).unwrap();
+    let vs = s.versions("u/a").unwrap();
+    assert_eq!(vs.len(), 4);
+    assert_eq!(read_tag(&vs[3].dir), "manual");
+    assert_eq!(vs[3].meta, serde_json::json!({"kind": "snapshot"}));
+    assert_eq!(read_tag(&s.resolve("u/a").unwrap().dir), "v1");
+}
+
+#[test]
+fn copy_fallback_finds_the_current_version_by_hint_and_content() {
+    let (_t, s) = store();
+    s.set_force_copy(true);
+    s.create_versioned("u/c", serde_json::Value::Null, false, |d| {
+        write_adapter(d, "zero")
+    })
+    .unwrap();
+    commit(&s, "u/c", "one").unwrap();
+    commit(&s, "u/c", "two").unwrap();
+    let live = s.root().join("u/c");
+    let v2 = s.version_info("u/c", 2).unwrap();
+    #[cfg(unix)]
+    assert!(!same_inode(
+        &live.join(ADAPTER_WEIGHTS),
+        &v2.dir.join(ADAPTER_WEIGHTS)
+    ));
+    assert!(v2.current);
+    assert_eq!(
+        fs::read_to_string(s.state_path("u/c", "current").unwrap()).unwrap(),
+        "2"
+    );
+    s.rollback("u/c", 0).unwrap();
+    assert_eq!(s.current_version("u/c").unwrap(), Some(0));
+    assert_eq!(read_tag(&live), "zero");
+    // a stale hint (crash right after the swap) is checked against the files
+    crash_at(&s, FaultPoint::Swapped);
+    assert!(s.rollback("u/c", 1).is_err());
+    let s2 = LoraStore::open(s.root()).unwrap();
+    assert_eq!(read_tag(&live), "one");
+    assert_eq!(s2.current_version("u/c").unwrap(), Some(1));
+    // and with the hint gone entirely
+    fs::remove_file(s2.state_path("u/c", "current").unwrap()).unwrap();
+    assert_eq!(s2.current_version("u/c").unwrap(), Some(1));
+}
+
+#[test]
+fn retention_keeps_the_newest_versions() {
+    let (_t, s) = store();
+    s.set_retention(2);
+    s.create_versioned("u/r", serde_json::Value::Null, false, |d| {
+        write_adapter(d, "t0")
+    })
+    .unwrap();
+    for i in 1..=4 {
+        commit(&s, "u/r", &format!("t{i}")).unwrap();
+    }
+    let nums: Vec<u64> = s
+        .versions("u/r")
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(nums, vec![3, 4]);
+    assert_eq!(
+        entry_names(&s.root().join(".versions/u/r")),
+        vec!["v3", "v4"]
+    );
+    // numbers are never reused, and the parent may be a version that is gone
+    s.rollback("u/r", 3).unwrap();
+    s.set_retention(1);
+    let v5 = commit(&s, "u/r", "t5").unwrap();
+    assert_eq!((v5.version, v5.parent), (5, Some(3)));
+    let nums: Vec<u64> = s
+        .versions("u/r")
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(nums, vec![5]);
+    s.set_retention(0); // clamped to 1
+    commit(&s, "u/r", "t6").unwrap();
+    assert_eq!(s.versions("u/r").unwrap().len(), 1);
+    assert!(tmp_is_empty(&s));
+}
+
+#[test]
+fn delete_removes_adapter_history_state_and_aliases() {
+    let (_t, s) = store();
+    s.create_versioned("u/d", serde_json::Value::Null, false, |d| {
+        write_version(d, "d0")
+    })
+    .unwrap();
+    commit(&s, "u/d", "d1").unwrap();
+    s.save_state("u/d", "optimizer", |d| fs::write(d.join("m"), b"x"))
+        .unwrap();
+    s.set_alias("u/d-latest", "u/d").unwrap();
+    s.set_alias("u/d-other", "u/d").unwrap();
+    // a neighbour whose id shares the prefix stays
+    s.create_versioned("u/dd", serde_json::Value::Null, false, |d| {
+        write_adapter(d, "dd")
+    })
+    .unwrap();
+    s.set_alias("u/dd-latest", "u/dd").unwrap();
+
+    // deleting an alias removes just the alias
+    assert!(s.delete("u/d-other").unwrap());
+    assert!(s.exists("u/d").unwrap());
+    assert!(!s.aliases().unwrap().contains_key("u/d-other"));
+
+    let _held = s.try_lock_adapter("u/d").unwrap().unwrap();
+    assert!(s.delete("u/d").unwrap());
+    assert!(!s.exists("u/d").unwrap());
+    assert!(!s.exists("u/d-latest").unwrap());
+    assert_eq!(
+        s.aliases().unwrap().into_iter().collect::<Vec<_>>(),
+        vec![("u/dd-latest".to_string(), "u/dd".to_string())]
+    );
+    assert!(!s.root().join(".versions/u/d").exists());
+    assert_eq!(entry_names(&s.state_dir("u/d").unwrap()), vec!["@lock"]);
+    assert_eq!(s.list("").unwrap(), vec!["u/dd", "u/dd-latest"]);
+    assert_eq!(s.versions("u/dd").unwrap().len(), 1);
+    assert!(matches!(s.versions("u/d"), Err(StoreError::NotFound(_))));
+    assert!(!s.delete("u/d").unwrap());
+    assert!(!s.delete("u/nothing").unwrap());
+    assert!(s.delete("../x").is_err());
+    assert!(tmp_is_empty(&s));
+    // the id can be used again, with fresh history
+    let v = s
+        .create_versioned("u/d", serde_json::Value::Null, false, |d| {
+            write_adapter(d, "new")
+        })
+        .unwrap();
+    assert_eq!((v.version, v.parent), (0, None));
+}
+
+#[test]
+fn version_references() {
+    assert_eq!(split_version_ref("u/a@v3"), ("u/a", Some(3)));
+    assert_eq!(
+        split_version_ref("openclaw-assistant-latest@v12"),
+        ("openclaw-assistant-latest", Some(12))
+    );
+    for plain in [
+        "u/a", "u/a@", "u/a@v", "u/a@3", "u/a@v1x", "u/a@v-1", "u/a@v+1",
+    ] {
+        assert_eq!(split_version_ref(plain), (plain, None), "{plain}");
+    }
+    assert_eq!(split_version_ref("a@b@v2"), ("a@b", Some(2)));
+    assert!(validate_id("u/a@v1").is_err());
+
+    let (_t, s) = store();
+    s.create_versioned("u/a", serde_json::Value::Null, false, |d| {
+        write_adapter(d, "r0")
+    })
+    .unwrap();
+    commit(&s, "u/a", "r1").unwrap();
+    s.set_alias("u/a-latest", "u/a").unwrap();
+    let (r, v) = s.resolve_ref("u/a-latest@v0").unwrap();
+    assert_eq!(v, Some(0));
+    assert_eq!(r.id, "u/a");
+    assert_eq!(r.alias.as_deref(), Some("u/a-latest"));
+    assert_eq!(r.dir, s.root().join(".versions/u/a/v0"));
+    assert_eq!(read_tag(&r.dir), "r0");
+    let (r, v) = s.resolve_ref("u/a-latest").unwrap();
+    assert_eq!((r.dir, v), (s.root().join("u/a"), None));
+    assert!(matches!(
+        s.resolve_ref("u/a@v7"),
+        Err(StoreError::VersionNotFound { version: 7, .. })
+    ));
+    assert!(matches!(
+        s.resolve_ref("u/a@x"),
+        Err(StoreError::InvalidId { .. })
+    ));
+    assert!(matches!(
+        s.resolve_ref("u/b@v0"),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+const COMMIT_POINTS: [FaultPoint; 8] = [
+    FaultPoint::SnapshotTaken,
+    FaultPoint::VersionStaged,
+    FaultPoint::VersionCommitted,
+    FaultPoint::Staged,
+    FaultPoint::MovedAside,
+    FaultPoint::Swapped,
+    FaultPoint::HintWritten,
+    FaultPoint::RetentionMoved,
+];
+
+/// Unversioned `u/a` ("old") with an alias, retention 2: the first commit snapshots, the
+/// second runs retention.
+fn store_for_crashes(copy: bool) -> (tempfile::TempDir, LoraStore) {
+    let (t, s) = store_with_old_adapter();
+    s.set_alias("u/a-latest", "u/a").unwrap();
+    s.set_retention(2);
+    s.set_force_copy(copy);
+    (t, s)
+}
+
+#[test]
+fn crash_anywhere_in_a_commit_leaves_a_consistent_root() {
+    for copy in [false, true] {
+        for point in COMMIT_POINTS {
+            let ctx = format!("{point:?} copy={copy}");
+            let (_t, s) = store_for_crashes(copy);
+            crash_at(&s, point);
+            let mut before = "old".to_string();
+            let mut crashed = false;
+            for i in 0..3 {
+                match commit(&s, "u/a-latest", &format!("n{i}")) {
+                    Ok(_) => before = format!("n{i}"),
+                    Err(StoreError::InjectedFault(p)) => {
+                        assert_eq!(p, point);
+                        crashed = true;
+                        break;
+                    }
+                    Err(e) => panic!("{ctx}: {e}"),
+                }
+            }
+            assert!(crashed, "{ctx}: never reached");
+            let s2 = LoraStore::open(s.root()).unwrap();
+            s2.set_retention(2);
+            s2.set_force_copy(copy);
+            let live = assert_consistent(&s2, "u/a", &before, &ctx);
+            if matches!(point, FaultPoint::Swapped | FaultPoint::HintWritten) {
+                assert_ne!(live, before, "{ctx}: the swap was done");
+            }
+            if matches!(
+                point,
+                FaultPoint::Swapped | FaultPoint::HintWritten | FaultPoint::RetentionMoved
+            ) {
+                assert!(s2.current_version("u/a").unwrap().is_some(), "{ctx}");
+            }
+            // and it keeps working
+            let next = commit(&s2, "u/a-latest", "after").unwrap();
+            assert_eq!(read_tag(&s2.resolve("u/a-latest").unwrap().dir), "after");
+            assert_consistent(&s2, "u/a", "after", &ctx);
+            let oldest = s2.versions("u/a").unwrap()[0].clone();
+            assert_ne!(oldest.version, next.version, "{ctx}");
+            s2.rollback("u/a", oldest.version).unwrap();
+            assert_eq!(
+                assert_consistent(&s2, "u/a", "", &ctx),
+                read_tag(&oldest.dir)
+            );
+        }
+    }
+}
+
+#[test]
+fn crash_anywhere_in_a_rollback_leaves_a_consistent_root() {
+    let points = [
+        FaultPoint::SnapshotTaken,
+        FaultPoint::Staged,
+        FaultPoint::MovedAside,
+        FaultPoint::Swapped,
+        FaultPoint::HintWritten,
+    ];
+    for point in points {
+        let (_t, s) = store_for_crashes(false);
+        s.set_retention(20);
+        commit(&s, "u/a", "a").unwrap();
+        commit(&s, "u/a", "b").unwrap();
+        // a hand save makes the live folder no version, so the rollback snapshots it
+        s.save_atomic("u/a", |d| write_adapter(d, "manual"))
+            .unwrap();
+        crash_at(&s, point);
+        let err = s.rollback("u/a-latest", 1).unwrap_err();
+        assert!(matches!(err, StoreError::InjectedFault(p) if p == point));
+        let s2 = LoraStore::open(s.root()).unwrap();
+        let live = assert_consistent(&s2, "u/a", "manual", &format!("{point:?}"));
+        match point {
+            FaultPoint::Swapped | FaultPoint::HintWritten => {
+                assert_eq!(live, "a");
+                assert_eq!(s2.current_version("u/a").unwrap(), Some(1));
+            }
+            _ => assert_eq!(live, "manual"),
+        }
+        // no version was lost: "manual" is one if the snapshot was taken
+        let tags: Vec<String> = s2
+            .versions("u/a")
+            .unwrap()
+            .iter()
+            .map(|v| read_tag(&v.dir))
+            .collect();
+        assert_eq!(&tags[..3], ["old", "a", "b"], "{point:?}");
+        s2.rollback("u/a", 2).unwrap();
+        assert_eq!(read_tag(&s2.resolve("u/a").unwrap().dir), "b");
+    }
+}
+
+#[test]
+fn crash_anywhere_in_a_delete_finishes_it_at_open() {
+    for point in [
+        FaultPoint::DeleteMovedLive,
+        FaultPoint::DeleteAliasesRemoved,
+    ] {
+        let (_t, s) = store_for_crashes(false);
+        commit(&s, "u/a", "a").unwrap();
+        commit(&s, "u/a", "b").unwrap();
+        s.create_versioned("u/b", serde_json::Value::Null, false, |d| {
+            write_adapter(d, "b")
+        })
+        .unwrap();
+        s.set_alias("u/b-latest", "u/b").unwrap();
+        crash_at(&s, point);
+        let err = s.delete("u/a").unwrap_err();
+        assert!(matches!(err, StoreError::InjectedFault(p) if p == point));
+        // the adapter is already gone for readers
+        assert!(!s.exists("u/a").unwrap());
+        assert!(!s.exists("u/a-latest").unwrap());
+        let s2 = LoraStore::open(s.root()).unwrap();
+        assert!(!s2.exists("u/a").unwrap());
+        assert_eq!(s2.list("").unwrap(), vec!["u/b", "u/b-latest"], "{point:?}");
+        assert!(!s2.aliases().unwrap().contains_key("u/a-latest"));
+        assert!(!s2.root().join(".versions/u/a").exists(), "{point:?}");
+        assert_eq!(entry_names(&s2.state_dir("u/a").unwrap()), vec!["@lock"]);
+        assert!(tmp_is_empty(&s2));
+        assert_consistent(&s2, "u/b", "b", &format!("{point:?}"));
+    }
+}
+
+#[test]
+fn another_process_opening_mid_commit_leaves_it_alone() {
+    for point in COMMIT_POINTS {
+        let (_t, s) = store_for_crashes(false);
+        let root = s.root().to_path_buf();
+        let opened = Arc::new(Mutex::new(None));
+        let seen = opened.clone();
+        s.set_fault_hook(Some(Arc::new(move |p, _| {
+            if p == point {
+                *seen.lock().unwrap() = Some(LoraStore::open(&root).is_ok());
+            }
+            false
+        })));
+        for i in 0..3 {
+            commit(&s, "u/a", &format!("n{i}")).unwrap();
+        }
+        assert_eq!(*opened.lock().unwrap(), Some(true), "{point:?}");
+        assert_eq!(
+            assert_consistent(&s, "u/a", "n2", &format!("{point:?}")),
+            "n2"
+        );
+        assert_eq!(s.versions("u/a").unwrap().len(), 2);
+    }
+}
