@@ -27,10 +27,8 @@ where
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?
         .to_string_lossy()
         .to_string();
-    // Hidden and `.tmp`-suffixed, so folder listings and stale-temp sweeps recognise it.
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
+        .prefix(&temp_prefix(&name))
         .tempfile_in(dir)?;
     write(tmp.as_file_mut())?;
     tmp.as_file_mut().flush()?;
@@ -51,6 +49,17 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
         let _ = path;
         Ok(())
     }
+}
+
+/// Temp files are named `{temp_prefix(name)}{random}`: hidden, and recognisable by stale-temp
+/// sweeps and leftover checks (`.{name}.tmp-`).
+pub fn temp_prefix(name: &str) -> String {
+    format!(".{name}.tmp-")
+}
+
+/// Whether a folder entry's name is one of this crate's temp files (of any target).
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp-")
 }
 
 /// The folder holding `path`; `.` for a bare file name.
@@ -97,6 +106,8 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.to_string(), "boom");
+        assert!(is_temp_name(&format!("{}x1y2", temp_prefix("state.bin"))));
+        assert!(!is_temp_name("state.bin"));
         assert_eq!(fs::read(&p).unwrap(), b"old");
         assert_eq!(entries(t.path()), vec!["state.bin"]);
     }
@@ -105,7 +116,13 @@ mod tests {
     fn streaming_writer_and_missing_folder() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("log.txt");
+        let dir = t.path().to_path_buf();
         write_file_with(&p, |f| {
+            // mid-write only the temp file exists, under a recognisable name
+            let names = entries(&dir);
+            assert_eq!(names.len(), 1, "{names:?}");
+            assert!(names[0].starts_with(&temp_prefix("log.txt")), "{names:?}");
+            assert!(is_temp_name(&names[0]));
             for i in 0..3 {
                 writeln!(f, "line {i}")?;
             }

@@ -383,6 +383,23 @@ fn recovery_touches_only_dead_writers_folders() {
 }
 
 #[test]
+fn open_sweeps_stray_temp_files_of_the_alias_map() {
+    let (_t, s) = store();
+    s.save_atomic("u/a", |d| write_adapter(d, "a")).unwrap();
+    s.set_alias("u/a-latest", "u/a").unwrap();
+    let fresh = format!("{}abc123", claas_fsatomic::temp_prefix(ALIASES_FILE_NAME));
+    for stray in [fresh.as_str(), ".aliases.json.0123.tmp"] {
+        fs::write(s.root().join(stray), "{").unwrap();
+    }
+    let s2 = LoraStore::open(s.root()).unwrap();
+    assert_eq!(
+        entry_names(s2.root()),
+        vec![".aliases.json", ".state", ".tmp", "u"]
+    );
+    assert_eq!(s2.resolve("u/a-latest").unwrap().id, "u/a");
+}
+
+#[test]
 fn export_zip_has_the_peft_files() {
     let (_t, s) = store();
     s.save_atomic("u/a", |d| write_adapter(d, "z")).unwrap();

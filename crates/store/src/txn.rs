@@ -182,7 +182,10 @@ impl LoraStore {
             .flatten()
         {
             let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') && name.ends_with(".tmp") && entry.path().is_file() {
+            // `.…tmp` names are those of stores before claas-fsatomic.
+            let temp = claas_fsatomic::is_temp_name(&name)
+                || (name.starts_with('.') && name.ends_with(".tmp"));
+            if temp && entry.path().is_file() {
                 let _ = fs::remove_file(entry.path());
             }
         }
