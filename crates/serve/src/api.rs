@@ -1,5 +1,5 @@
 //! Routes and handlers: OpenAI chat/completions (streaming and not), models, tokenize,
-//! adapters, sleep, health, version, metrics.
+//! adapters, sleep, pause, health, version, metrics.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use claas_chat::{parse_tool_calls, ToolCallStreamParser, ToolStreamEvent};
-use claas_engine::{Canceller, Event, FinishReason, GenerateRequest, SamplingParams, TokenLogprob};
+use claas_engine::{
+    Canceller, Event, FinishReason, GenerateRequest, PauseMode, SamplingParams, TokenLogprob,
+};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -45,6 +47,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/sleep", post(sleep))
         .route("/wake_up", post(wake_up))
         .route("/is_sleeping", get(is_sleeping))
+        .route("/pause", post(pause))
+        .route("/resume", post(resume))
+        .route("/is_paused", get(is_paused))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
@@ -98,16 +103,23 @@ fn rand_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Which model a request names: `(name to echo, adapter or None for the base)`.
-fn pick_model(st: &AppState, model: Option<&str>) -> ApiResult<(String, Option<String>)> {
+/// Which model a request names: `(name to echo, adapter or None for the base)`. With a LoRA
+/// root, a name not loaded yet is resolved there and loaded (and a resolved one re-checked).
+async fn pick_model(st: &AppState, model: Option<&str>) -> ApiResult<(String, Option<String>)> {
     match model {
         None | Some("") => Ok((st.served_names[0].clone(), None)),
         Some(m) if st.is_base(m) => Ok((m.to_string(), None)),
-        Some(m) if st.engine.adapter(m).is_some() => Ok((m.to_string(), Some(m.to_string()))),
-        Some(m) => Err(ApiError::bad_param(
-            "model",
-            format!("The model `{m}` does not exist."),
-        )),
+        Some(m) => {
+            let known = match &st.resolver {
+                Some(r) => r.ensure(&st.engine, m).await?,
+                None => st.engine.adapter(m).is_some(),
+            };
+            if known {
+                Ok((m.to_string(), Some(m.to_string())))
+            } else {
+                Err(crate::resolve::model_missing(m))
+            }
+        }
     }
 }
 
@@ -331,6 +343,79 @@ async fn is_sleeping(State(st): State<S>) -> Json<Value> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// pause
+
+/// `/pause` query, as vLLM's: unknown parameters (e.g. the CLaaS API's `level`) are ignored.
+#[derive(Deserialize)]
+struct PauseQuery {
+    mode: Option<String>,
+    wait_for_inflight_requests: Option<String>,
+    clear_cache: Option<String>,
+}
+
+/// A query boolean as FastAPI (pydantic) parses it.
+fn query_bool(param: &str, v: Option<&str>, default: bool) -> ApiResult<bool> {
+    let Some(v) = v else {
+        return Ok(default);
+    };
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "t" | "yes" | "y" | "on" => Ok(true),
+        "0" | "false" | "f" | "no" | "n" | "off" => Ok(false),
+        _ => Err(ApiError::bad_param(
+            param,
+            format!("{param} must be a boolean, got {v:?}"),
+        )),
+    }
+}
+
+/// vLLM's `POST /pause`: nothing new is scheduled until `/resume`; requests sent meanwhile
+/// are accepted and wait. `mode` `abort` (default) aborts every request the engine holds,
+/// `wait` lets running ones finish before answering, `keep` freezes them until resume. The
+/// deprecated `wait_for_inflight_requests=true` means `wait`; `clear_cache` is validated and
+/// otherwise moot (no prefix cache here).
+async fn pause(State(st): State<S>, Query(q): Query<PauseQuery>) -> ApiResult<Json<Value>> {
+    let mut mode = match q.mode.as_deref() {
+        None | Some("abort") => PauseMode::Abort,
+        Some("wait") => PauseMode::Wait,
+        Some("keep") => PauseMode::Keep,
+        Some(other) => {
+            return Err(ApiError::bad_param(
+                "mode",
+                format!("mode must be one of 'abort', 'wait', 'keep', got {other:?}"),
+            ))
+        }
+    };
+    if query_bool(
+        "wait_for_inflight_requests",
+        q.wait_for_inflight_requests.as_deref(),
+        false,
+    )? {
+        mode = PauseMode::Wait;
+    }
+    query_bool("clear_cache", q.clear_cache.as_deref(), true)?;
+    let engine = st.engine.clone();
+    tokio::task::spawn_blocking(move || engine.pause(mode))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    tracing::info!("generation paused ({mode:?})");
+    Ok(Json(json!({ "status": "paused" })))
+}
+
+/// vLLM's `POST /resume`.
+async fn resume(State(st): State<S>) -> ApiResult<Json<Value>> {
+    let engine = st.engine.clone();
+    tokio::task::spawn_blocking(move || engine.resume())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    tracing::info!("generation resumed");
+    Ok(Json(json!({ "status": "resumed" })))
+}
+
+async fn is_paused(State(st): State<S>) -> Json<Value> {
+    Json(json!({ "is_paused": st.engine.is_paused() }))
+}
+
+// ---------------------------------------------------------------------------------------------
 // adapters
 
 #[derive(Deserialize)]
@@ -479,7 +564,7 @@ fn render_chat(
 
 async fn tokenize(State(st): State<S>, body: Bytes) -> ApiResult<Json<Value>> {
     let req: TokenizeReq = parse_body(&body)?;
-    pick_model(&st, req.model.as_deref())?;
+    pick_model(&st, req.model.as_deref()).await?;
     let st2 = st.clone();
     let tokens = tokio::task::spawn_blocking(move || -> ApiResult<Vec<u32>> {
         if let Some(messages) = &req.messages {
@@ -530,7 +615,7 @@ struct DetokenizeReq {
 
 async fn detokenize(State(st): State<S>, body: Bytes) -> ApiResult<Json<Value>> {
     let req: DetokenizeReq = parse_body(&body)?;
-    pick_model(&st, req.model.as_deref())?;
+    pick_model(&st, req.model.as_deref()).await?;
     let vocab = st
         .engine
         .model_config()
@@ -685,6 +770,8 @@ struct ChoiceState {
 struct Delta {
     index: usize,
     text: String,
+    /// The generated token this update is for (none on a bare finish).
+    token: Option<u32>,
     lp: Option<TokenLogprob>,
     finish: Option<(String, Value)>,
 }
@@ -808,6 +895,7 @@ impl Run {
                         return Some(Ok(vec![Delta {
                             index: ci,
                             text: text + &rest,
+                            token: Some(token),
                             lp: logprob,
                             finish,
                         }]));
@@ -815,6 +903,7 @@ impl Run {
                     return Some(Ok(vec![Delta {
                         index: ci,
                         text,
+                        token: Some(token),
                         lp: logprob,
                         finish,
                     }]));
@@ -839,6 +928,7 @@ impl Run {
                     return Some(Ok(vec![Delta {
                         index: ci,
                         text,
+                        token: None,
                         lp: None,
                         finish: Some(f),
                     }]));
@@ -978,11 +1068,13 @@ struct ChatReq {
     add_generation_prompt: Option<bool>,
     continue_final_message: Option<bool>,
     prompt_logprobs: Option<usize>,
+    /// vLLM >= 0.10.2: prompt ids (top level) and generated ids (per choice) in the response.
+    return_token_ids: Option<bool>,
 }
 
 async fn chat(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
     let req: ChatReq = parse_body(&body)?;
-    let (model, adapter) = pick_model(&st, req.model.as_deref())?;
+    let (model, adapter) = pick_model(&st, req.model.as_deref()).await?;
     let messages = req
         .messages
         .clone()
@@ -1050,6 +1142,7 @@ async fn chat(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
     )?;
     let id = format!("chatcmpl-{}", rand_id());
     let created = now();
+    let token_ids = req.return_token_ids.unwrap_or(false);
     if req.sampling.stream.unwrap_or(false) {
         let opts = req.sampling.stream_options.unwrap_or_default();
         let include_usage = opts.include_usage.unwrap_or(false);
@@ -1065,7 +1158,12 @@ async fn chat(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
             };
             for i in 0..run.choices.len() {
                 let c = json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
-                if tx.send(sse(&chunk(c, None))).await.is_err() {
+                let mut head = chunk(c, None);
+                // As vLLM: the prompt ids ride on the role chunk.
+                if token_ids {
+                    head["prompt_token_ids"] = json!(run.prompts[0]);
+                }
+                if tx.send(sse(&head)).await.is_err() {
                     return;
                 }
             }
@@ -1093,7 +1191,12 @@ async fn chat(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
                     } else {
                         Value::Null
                     };
-                    if content.is_empty() && calls.is_empty() && d.finish.is_none() && lp.is_null()
+                    let ids = token_ids.then(|| d.token.into_iter().collect::<Vec<u32>>());
+                    if content.is_empty()
+                        && calls.is_empty()
+                        && d.finish.is_none()
+                        && lp.is_null()
+                        && ids.as_ref().is_none_or(|v| v.is_empty())
                     {
                         continue;
                     }
@@ -1115,9 +1218,12 @@ async fn chat(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
                         }
                         None => (Value::Null, Value::Null),
                     };
-                    let choice = json!([{"index": d.index, "delta": delta, "logprobs": lp, "finish_reason": fr, "stop_reason": sr}]);
+                    let mut choice = json!({"index": d.index, "delta": delta, "logprobs": lp, "finish_reason": fr, "stop_reason": sr});
+                    if let Some(ids) = ids {
+                        choice["token_ids"] = json!(ids);
+                    }
                     let usage = if continuous { Some(run.usage()) } else { None };
-                    if tx.send(sse(&chunk(choice, usage))).await.is_err() {
+                    if tx.send(sse(&chunk(json!([choice]), usage))).await.is_err() {
                         return;
                     }
                 }
@@ -1144,12 +1250,19 @@ async fn chat(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
             } else {
                 Value::Null
             };
-            json!({"index": i, "message": message, "logprobs": lp, "finish_reason": fr, "stop_reason": sr})
+            let ids = if token_ids { json!(c.tokens) } else { Value::Null };
+            json!({"index": i, "message": message, "logprobs": lp, "finish_reason": fr, "stop_reason": sr, "token_ids": ids})
         })
         .collect();
+    let prompt_ids = if token_ids {
+        json!(run.prompts[0])
+    } else {
+        Value::Null
+    };
     Ok(Json(json!({
         "id": id, "object": "chat.completion", "created": created, "model": model,
         "choices": choices, "usage": usage, "prompt_logprobs": plp,
+        "prompt_token_ids": prompt_ids,
     }))
     .into_response())
 }
@@ -1237,6 +1350,8 @@ struct CompletionReq {
     echo: Option<bool>,
     prompt_logprobs: Option<usize>,
     add_special_tokens: Option<bool>,
+    /// vLLM >= 0.10.2: prompt and generated ids per choice in the response.
+    return_token_ids: Option<bool>,
 }
 
 fn completion_lps(
@@ -1276,7 +1391,7 @@ fn completion_lps(
 
 async fn completions(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
     let req: CompletionReq = parse_body(&body)?;
-    let (model, adapter) = pick_model(&st, req.model.as_deref())?;
+    let (model, adapter) = pick_model(&st, req.model.as_deref()).await?;
     let vocab = st.engine.model_config().vocab_size;
     let to_ids = |v: &[i64]| -> ApiResult<Vec<u32>> {
         v.iter()
@@ -1355,6 +1470,7 @@ async fn completions(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
     let id = format!("cmpl-{}", rand_id());
     let created = now();
     let n = prep.n;
+    let token_ids = req.return_token_ids.unwrap_or(false);
     if req.sampling.stream.unwrap_or(false) {
         let opts = req.sampling.stream_options.unwrap_or_default();
         let include_usage = opts.include_usage.unwrap_or(false);
@@ -1369,15 +1485,26 @@ async fn completions(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
                 v
             };
             let mut offsets = vec![0usize; run.choices.len()];
+            // Each choice's first chunk carries its prompt ids (vLLM).
+            let mut ids_sent = vec![!token_ids; run.choices.len()];
             if echo {
                 for (i, off) in offsets.iter_mut().enumerate() {
-                    let text = st
-                        .tokenizer
-                        .decode(&run.prompts[i / n], skip)
-                        .unwrap_or_default();
+                    // vLLM echoes no prompt text when the prompt goes back as ids.
+                    let text = if token_ids {
+                        String::new()
+                    } else {
+                        st.tokenizer
+                            .decode(&run.prompts[i / n], skip)
+                            .unwrap_or_default()
+                    };
                     *off = text.len();
-                    let c = json!([{"index": i, "text": text, "logprobs": null, "finish_reason": null, "stop_reason": null}]);
-                    if tx.send(sse(&chunk(c, None))).await.is_err() {
+                    let mut c = json!({"index": i, "text": text, "logprobs": null, "finish_reason": null, "stop_reason": null});
+                    if token_ids {
+                        c["prompt_token_ids"] = json!(run.prompts[i / n]);
+                        c["token_ids"] = json!([]);
+                        ids_sent[i] = true;
+                    }
+                    if tx.send(sse(&chunk(json!([c]), None))).await.is_err() {
                         return;
                     }
                 }
@@ -1397,7 +1524,12 @@ async fn completions(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
                         }
                         _ => Value::Null,
                     };
-                    if d.text.is_empty() && d.finish.is_none() && lp.is_null() {
+                    let ids = token_ids.then(|| d.token.into_iter().collect::<Vec<u32>>());
+                    if d.text.is_empty()
+                        && d.finish.is_none()
+                        && lp.is_null()
+                        && ids.as_ref().is_none_or(|v| v.is_empty())
+                    {
                         continue;
                     }
                     offsets[d.index] += d.text.len();
@@ -1405,9 +1537,16 @@ async fn completions(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
                         Some((f, s)) => (Value::String(f.clone()), s.clone()),
                         None => (Value::Null, Value::Null),
                     };
-                    let c = json!([{"index": d.index, "text": d.text, "logprobs": lp, "finish_reason": fr, "stop_reason": sr}]);
+                    let mut c = json!({"index": d.index, "text": d.text, "logprobs": lp, "finish_reason": fr, "stop_reason": sr});
+                    if let Some(ids) = ids {
+                        if !ids_sent[d.index] {
+                            c["prompt_token_ids"] = json!(run.prompts[d.index / n]);
+                            ids_sent[d.index] = true;
+                        }
+                        c["token_ids"] = json!(ids);
+                    }
                     let usage = if continuous { Some(run.usage()) } else { None };
-                    if tx.send(sse(&chunk(c, usage))).await.is_err() {
+                    if tx.send(sse(&chunk(json!([c]), usage))).await.is_err() {
                         return;
                     }
                 }
@@ -1422,7 +1561,8 @@ async fn completions(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
     for (i, c) in run.choices.iter().enumerate() {
         let pi = i / n;
         let (fr, sr) = c.finish.clone().unwrap_or(("stop".into(), Value::Null));
-        let prompt_text = if echo {
+        // vLLM echoes no prompt text when the prompt goes back as ids.
+        let prompt_text = if echo && !token_ids {
             st.tokenizer.decode(&run.prompts[pi], skip)?
         } else {
             String::new()
@@ -1446,10 +1586,15 @@ async fn completions(State(st): State<S>, body: Bytes) -> ApiResult<Response> {
             (Some(v), Some(_)) => prompt_lps_json(&st, v),
             _ => Value::Null,
         };
+        let (prompt_ids, ids) = if token_ids {
+            (json!(run.prompts[pi]), json!(c.tokens))
+        } else {
+            (Value::Null, Value::Null)
+        };
         choices.push(json!({
             "index": i, "text": prompt_text + &c.text.text, "logprobs": lp,
             "finish_reason": fr, "stop_reason": sr, "prompt_logprobs": plp,
-            "prompt_token_ids": null,
+            "prompt_token_ids": prompt_ids, "token_ids": ids,
         }));
     }
     Ok(Json(json!({

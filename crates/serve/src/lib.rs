@@ -6,6 +6,7 @@
 
 mod api;
 mod error;
+mod resolve;
 mod text;
 
 use std::collections::BTreeMap;
@@ -69,7 +70,9 @@ pub struct ServeConfig {
     /// served under its name with runs of characters outside `[a-zA-Z0-9._-]` replaced by `-`.
     #[arg(long)]
     pub lora_alias_file: Option<PathBuf>,
-    /// Runtime adapter loads must lie under this folder (403 otherwise).
+    /// Runtime adapter loads must lie under this folder (403 otherwise). A request naming a
+    /// model that is not loaded is looked up here (store id, alias or their served form,
+    /// optionally `@v{N}`) and loaded on first use, like vLLM's filesystem LoRA resolver.
     #[arg(long, env = "CLAAS_LORA_ROOT")]
     pub lora_root: Option<PathBuf>,
     /// Sequences decoded together at most.
@@ -159,6 +162,8 @@ pub struct AppState {
     /// `--max-logprobs`.
     pub max_logprobs: usize,
     pub created: i64,
+    /// Loads adapters named by requests from `lora_root`.
+    resolver: Option<resolve::Resolver>,
 }
 
 /// Served model name of an alias (`openclaw/assistant-latest` -> `openclaw-assistant-latest`),
@@ -277,6 +282,14 @@ impl AppState {
                 eos.push(id);
             }
         }
+        let resolver = match &cfg.lora_root {
+            Some(root) => Some(resolve::Resolver::new(
+                claas_store::LoraStore::open(root).map_err(|e| {
+                    ServeError::Config(format!("--lora-root {}: {e}", root.display()))
+                })?,
+            )),
+            None => None,
+        };
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -294,6 +307,7 @@ impl AppState {
             enable_sleep_mode: cfg.enable_sleep_mode,
             max_logprobs: cfg.max_logprobs,
             created,
+            resolver,
         })
     }
 

@@ -848,3 +848,445 @@ async fn max_logprobs_bounds_every_logprobs_field() {
         assert!((60..=61).contains(&n), "{n} entries");
     }
 }
+
+async fn post_query(s: &Server, path: &str) -> (u16, Value) {
+    let r = client()
+        .post(format!("{}{path}", s.url))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn paused(s: &Server) -> bool {
+    let (c, v) = get(s, "/is_paused").await;
+    assert_eq!(c, 200);
+    serde_json::from_str::<Value>(&v).unwrap()["is_paused"]
+        .as_bool()
+        .unwrap()
+}
+
+async fn scrape(s: &Server) -> (f64, f64) {
+    let (_, m) = get(s, "/metrics").await;
+    (
+        metric(&m, "vllm:num_requests_running"),
+        metric(&m, "vllm:num_requests_waiting"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_new_requests_until_resume() {
+    let s = start(base_cfg()).await;
+    let body = json!({"model": "r4", "prompt": "Once upon", "max_tokens": 8, "temperature": 0, "ignore_eos": true});
+    let (c, want) = post(&s, "/v1/completions", body.clone()).await;
+    assert_eq!(c, 200, "{want}");
+    assert!(!paused(&s).await);
+    // The reference CLaaS API sends `level=1`: unknown parameters are ignored, as FastAPI does.
+    let (c, v) = post_query(&s, "/pause?level=1").await;
+    assert_eq!((c, &v), (200, &json!({"status": "paused"})));
+    assert!(paused(&s).await);
+
+    let url = s.url.clone();
+    let held = tokio::spawn(async move {
+        let r = client()
+            .post(format!("{url}/v1/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    });
+    // Accepted and queued, not rejected.
+    let mut queued = false;
+    for _ in 0..2000 {
+        if scrape(&s).await == (0.0, 1.0) {
+            queued = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(
+        queued,
+        "the request sent while paused never showed up as waiting"
+    );
+    // A `wait` pause answers once nothing runs; had the request been scheduled, it would
+    // answer only after the request finished.
+    let (c, _) = post_query(&s, "/pause?wait_for_inflight_requests=true").await;
+    assert_eq!(c, 200);
+    assert!(!held.is_finished());
+    assert_eq!(scrape(&s).await, (0.0, 1.0));
+
+    let (c, v) = post_query(&s, "/resume").await;
+    assert_eq!((c, &v), (200, &json!({"status": "resumed"})));
+    assert!(!paused(&s).await);
+    let (c, got) = held.await.unwrap();
+    assert_eq!(c, 200, "{got}");
+    assert_eq!(got["choices"][0]["text"], want["choices"][0]["text"]);
+    assert_eq!(got["choices"][0]["finish_reason"], "length");
+
+    // Bad parameters: OpenAI-style 400 naming the parameter; nothing paused.
+    for (q, param) in [
+        ("mode=later", "mode"),
+        (
+            "wait_for_inflight_requests=maybe",
+            "wait_for_inflight_requests",
+        ),
+        ("clear_cache=2", "clear_cache"),
+    ] {
+        let (c, v) = post_query(&s, &format!("/pause?{q}")).await;
+        assert_eq!(c, 400, "{q}: {v}");
+        assert_openai_error(&v, 400);
+        assert_eq!(v["error"]["param"], param);
+        assert!(!paused(&s).await);
+    }
+    assert_eq!(get(&s, "/pause").await.0, 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_aborts_or_waits_for_inflight_requests() {
+    // The built-in model allows 40960 positions: a 30000-token stream is still running when
+    // the pause arrives.
+    let s = start(ServeConfig::default()).await;
+    let mut resp = client()
+        .post(format!("{}/v1/completions", s.url))
+        .json(&json!({"model": "builtin:tiny", "prompt": "go", "max_tokens": 30000, "ignore_eos": true, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = String::new();
+    // Wait for a generated token: the request is running.
+    while !body.contains("\"text\"") {
+        body.push_str(&String::from_utf8_lossy(
+            &resp.chunk().await.unwrap().expect("stream ended early"),
+        ));
+    }
+    let (c, _) = post_query(&s, "/pause?mode=abort").await;
+    assert_eq!(c, 200);
+    while let Some(ch) = resp.chunk().await.unwrap() {
+        body.push_str(&String::from_utf8_lossy(&ch));
+    }
+    let events = sse_events(&body);
+    let last = events.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "abort", "{last}");
+    assert!(events.len() < 30000);
+    post_query(&s, "/resume").await;
+
+    // wait: the running request completes in full before the pause answers.
+    let url = s.url.clone();
+    let inflight = tokio::spawn(async move {
+        let r = client()
+            .post(format!("{url}/v1/completions"))
+            .json(&json!({"model": "builtin:tiny", "prompt": "go", "max_tokens": 400, "temperature": 0, "ignore_eos": true}))
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()
+    });
+    let mut running = false;
+    for _ in 0..2000 {
+        if scrape(&s).await.0 == 1.0 {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(running, "the request never started running");
+    let (c, _) = post_query(&s, "/pause?mode=wait").await;
+    assert_eq!(c, 200);
+    assert_eq!(scrape(&s).await.0, 0.0);
+    let v = inflight.await.unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 400);
+    assert!(paused(&s).await);
+    post_query(&s, "/resume").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn return_token_ids_chat_and_completions() {
+    let s = start(base_cfg()).await;
+    let msgs = json!([{"role": "user", "content": "Hello there"}]);
+    let body = json!({"model": "r4", "messages": msgs, "max_tokens": 6, "temperature": 0.8, "seed": 7, "ignore_eos": true});
+    // Off by default: the fields are null.
+    let (c, v) = post(&s, "/v1/chat/completions", body.clone()).await;
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(v["prompt_token_ids"], Value::Null);
+    assert_eq!(v["choices"][0]["token_ids"], Value::Null);
+
+    let mut b = body.clone();
+    b["return_token_ids"] = json!(true);
+    let (c, v) = post(&s, "/v1/chat/completions", b.clone()).await;
+    assert_eq!(c, 200, "{v}");
+    let (_, tok) = post(
+        &s,
+        "/tokenize",
+        json!({"model": "r4", "messages": msgs, "add_generation_prompt": true}),
+    )
+    .await;
+    assert_eq!(v["prompt_token_ids"], tok["tokens"]);
+    let ids: Vec<u32> = serde_json::from_value(v["choices"][0]["token_ids"].clone()).unwrap();
+    assert_eq!(json!(ids.len()), v["usage"]["completion_tokens"]);
+    assert_eq!(
+        json!(s.state.tokenizer.decode(&ids, true).unwrap()),
+        v["choices"][0]["message"]["content"]
+    );
+    // Streaming: prompt ids on the role chunk only, each token's id on its chunk.
+    b["stream"] = json!(true);
+    let ev = post_stream(&s, "/v1/chat/completions", b).await;
+    assert_eq!(ev[0]["prompt_token_ids"], tok["tokens"]);
+    assert!(ev[1..].iter().all(|e| e.get("prompt_token_ids").is_none()));
+    let streamed: Vec<u32> = ev
+        .iter()
+        .filter_map(|e| e["choices"][0]["token_ids"].as_array())
+        .flatten()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(streamed, ids);
+
+    // Completions: per choice, for each prompt.
+    let prompts = json!(["Once upon", "Write a function"]);
+    let body = json!({"model": "tiny", "prompt": prompts, "max_tokens": 5, "temperature": 0, "ignore_eos": true, "return_token_ids": true});
+    let (c, v) = post(&s, "/v1/completions", body.clone()).await;
+    assert_eq!(c, 200, "{v}");
+    let mut all = Vec::new();
+    for (i, p) in ["Once upon", "Write a function"].iter().enumerate() {
+        let ch = &v["choices"][i];
+        assert_eq!(
+            ch["prompt_token_ids"],
+            json!(s.state.tokenizer.encode(p, true).unwrap())
+        );
+        let ids: Vec<u32> = serde_json::from_value(ch["token_ids"].clone()).unwrap();
+        assert_eq!(ids.len(), 5);
+        assert_eq!(
+            json!(s.state.tokenizer.decode(&ids, true).unwrap()),
+            ch["text"]
+        );
+        all.push(ids);
+    }
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let ev = post_stream(&s, "/v1/completions", sb).await;
+    for (i, p) in ["Once upon", "Write a function"].iter().enumerate() {
+        let mine: Vec<&Value> = ev
+            .iter()
+            .filter(|e| e["choices"][0]["index"] == json!(i))
+            .collect();
+        assert_eq!(
+            mine[0]["choices"][0]["prompt_token_ids"],
+            json!(s.state.tokenizer.encode(p, true).unwrap())
+        );
+        assert!(mine[1..]
+            .iter()
+            .all(|e| e["choices"][0].get("prompt_token_ids").is_none()));
+        let streamed: Vec<u32> = mine
+            .iter()
+            .filter_map(|e| e["choices"][0]["token_ids"].as_array())
+            .flatten()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(streamed, all[i]);
+    }
+    // With echo, vLLM returns the prompt as ids instead of text.
+    let mut eb = body.clone();
+    eb["echo"] = json!(true);
+    let (_, e) = post(&s, "/v1/completions", eb).await;
+    assert_eq!(e["choices"][0]["text"], v["choices"][0]["text"]);
+    assert_eq!(
+        e["choices"][0]["prompt_token_ids"],
+        v["choices"][0]["prompt_token_ids"]
+    );
+    // Without the flag: null, as before.
+    let mut nb = body.clone();
+    nb["return_token_ids"] = json!(false);
+    let (_, n) = post(&s, "/v1/completions", nb).await;
+    assert_eq!(n["choices"][0]["prompt_token_ids"], Value::Null);
+    assert_eq!(n["choices"][0]["token_ids"], Value::Null);
+}
+
+fn copy_adapter(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+}
+
+/// Replaces an adapter folder the way the store does: staged, then renamed into place.
+fn swap_adapter(root: &std::path::Path, id: &str, src: &std::path::Path) {
+    let stage = root.join(".stage");
+    let old = root.join(".old");
+    let _ = std::fs::remove_dir_all(&stage);
+    let _ = std::fs::remove_dir_all(&old);
+    copy_adapter(src, &stage);
+    std::fs::rename(root.join(id), &old).unwrap();
+    std::fs::rename(&stage, root.join(id)).unwrap();
+}
+
+fn plp(v: &Value) -> Value {
+    v["choices"][0]["prompt_logprobs"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapters_resolved_by_name_under_the_lora_root() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let mut cfg = base_cfg();
+    cfg.lora_root = Some(root.to_path_buf());
+    let s = start(cfg).await;
+    // Reference weights, loaded explicitly from copies under the root.
+    copy_adapter(
+        &fixtures().join("lora-r4-after-step"),
+        &root.join("ref/after"),
+    );
+    let (c, v) = post(
+        &s,
+        "/v1/load_lora_adapter",
+        json!({"lora_name": "after", "lora_path": root.join("ref/after")}),
+    )
+    .await;
+    assert_eq!(c, 200, "{v}");
+    let r4 = plp(&greedy(&s, "r4", 1).await.1);
+    let after = plp(&greedy(&s, "after", 1).await.1);
+    assert_ne!(r4, after);
+
+    // Unknown before the folder exists: the usual error.
+    let (c, missing) = greedy(&s, "team/bot", 1).await;
+    assert_eq!(c, 400, "{missing}");
+    assert_openai_error(&missing, 400);
+    assert_eq!(
+        missing["error"]["message"],
+        "The model `team/bot` does not exist."
+    );
+
+    // Written after start, served by id and by its served form without a load call.
+    copy_adapter(&fixtures().join("lora-r4"), &root.join("team/bot"));
+    for name in ["team/bot", "team-bot"] {
+        let (c, v) = greedy(&s, name, 1).await;
+        assert_eq!(c, 200, "{name}: {v}");
+        assert_eq!(v["model"], name);
+        assert_eq!(plp(&v), r4, "{name}");
+    }
+    assert!(get(&s, "/v1/models").await.1.contains("\"team/bot\""));
+
+    // Aliases from the root's .aliases.json, by alias and by served alias.
+    std::fs::write(root.join(".aliases.json"), r#"{"team/latest": "team/bot"}"#).unwrap();
+    for name in ["team/latest", "team-latest"] {
+        let (c, v) = greedy(&s, name, 1).await;
+        assert_eq!(c, 200, "{name}: {v}");
+        assert_eq!(plp(&v), r4, "{name}");
+    }
+
+    // The live folder is swapped: every plain name that resolves to it follows.
+    swap_adapter(root, "team/bot", &fixtures().join("lora-r4-after-step"));
+    for name in ["team/bot", "team-bot", "team/latest", "team-latest"] {
+        let (c, v) = greedy(&s, name, 1).await;
+        assert_eq!(c, 200, "{name}: {v}");
+        assert_eq!(plp(&v), after, "{name} after the swap");
+    }
+    // The alias is retargeted: its names follow it.
+    copy_adapter(&fixtures().join("lora-r4"), &root.join("team/old"));
+    std::fs::write(root.join(".aliases.json"), r#"{"team/latest": "team/old"}"#).unwrap();
+    assert_eq!(plp(&greedy(&s, "team-latest", 1).await.1), r4);
+    assert_eq!(plp(&greedy(&s, "team/bot", 1).await.1), after);
+
+    // An explicit load under a resolved name takes over, as today.
+    let (c, _) = post(
+        &s,
+        "/v1/load_lora_adapter",
+        json!({"lora_name": "team-bot", "lora_path": root.join("team/old")}),
+    )
+    .await;
+    assert_eq!(c, 200);
+    swap_adapter(root, "team/old", &fixtures().join("lora-r4-after-step"));
+    assert_eq!(plp(&greedy(&s, "team-bot", 1).await.1), r4);
+
+    // Nothing outside the root: a symlinked adapter folder leading out is refused.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(fixtures().join("lora-r4"), root.join("escape")).unwrap();
+        let (c, v) = greedy(&s, "escape", 1).await;
+        assert_eq!(c, 403, "{v}");
+        assert_openai_error(&v, 403);
+        assert!(!get(&s, "/v1/models").await.1.contains("\"escape\""));
+    }
+    // Names that are no ids at all still get the usual error.
+    for name in ["../etc", "team/nope", "a@v1"] {
+        let (c, v) = greedy(&s, name, 1).await;
+        assert_eq!(c, 400, "{name}: {v}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapter_versions_resolved_by_name() {
+    let root = tempfile::tempdir().unwrap();
+    let store = claas_store::LoraStore::open(root.path()).unwrap();
+    let write = |src: std::path::PathBuf| {
+        move |dir: &std::path::Path| -> std::io::Result<()> {
+            for f in ["adapter_config.json", "adapter_model.safetensors"] {
+                std::fs::copy(src.join(f), dir.join(f))?;
+            }
+            Ok(())
+        }
+    };
+    let v0 = store
+        .create_versioned(
+            "team/v",
+            json!({}),
+            false,
+            write(fixtures().join("lora-r4")),
+        )
+        .unwrap();
+    let v1 = store
+        .commit_version(
+            "team/v",
+            json!({}),
+            write(fixtures().join("lora-r4-after-step")),
+        )
+        .unwrap();
+    let mut cfg = base_cfg();
+    cfg.lora_root = Some(root.path().to_path_buf());
+    let s = start(cfg).await;
+    // What loading each version folder explicitly serves.
+    let mut explicit = Vec::new();
+    for (name, info) in [("x0", &v0), ("x1", &v1)] {
+        let (c, v) = post(
+            &s,
+            "/v1/load_lora_adapter",
+            json!({"lora_name": name, "lora_path": info.dir}),
+        )
+        .await;
+        assert_eq!(c, 200, "{v}");
+        explicit.push(plp(&greedy(&s, name, 1).await.1));
+    }
+    assert_ne!(explicit[0], explicit[1]);
+    for (name, want) in [
+        (format!("team/v@v{}", v0.version), &explicit[0]),
+        (format!("team-v@v{}", v0.version), &explicit[0]),
+        (format!("team/v@v{}", v1.version), &explicit[1]),
+        ("team/v".to_string(), &explicit[1]),
+    ] {
+        let (c, v) = greedy(&s, &name, 1).await;
+        assert_eq!(c, 200, "{name}: {v}");
+        assert_eq!(v["model"], json!(name));
+        assert_eq!(&plp(&v), want, "{name}");
+    }
+    // Rolling back changes what the live name serves; a version name stays what it was.
+    store.rollback("team/v", v0.version).unwrap();
+    assert_eq!(plp(&greedy(&s, "team/v", 1).await.1), explicit[0]);
+    let pinned = format!("team/v@v{}", v1.version);
+    assert_eq!(plp(&greedy(&s, &pinned, 1).await.1), explicit[1]);
+    // No such version: the usual error.
+    let (c, v) = greedy(&s, "team/v@v99", 1).await;
+    assert_eq!(c, 400, "{v}");
+    assert_eq!(
+        v["error"]["message"],
+        "The model `team/v@v99` does not exist."
+    );
+}
