@@ -1,7 +1,6 @@
 //! PEFT-format LoRA adapters: load, save, initialise, and a trainable view for the SDPO step.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -359,15 +358,7 @@ fn empty_layers(n: usize) -> Vec<[Option<LoraPair>; 7]> {
 }
 
 fn fsync_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| ModelError::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| ModelError::io(path, e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| ModelError::io(path, e))?;
-    tmp.persist(path)
-        .map_err(|e| ModelError::io(path, e.error))?;
-    Ok(())
+    claas_fsatomic::write_file(path, bytes).map_err(|e| ModelError::io(path, e))
 }
 
 impl LoraAdapter {
@@ -606,10 +597,8 @@ impl LoraAdapter {
         fsync_write(&dir.join("adapter_model.safetensors"), &st)?;
         let cfg = serde_json::to_string_pretty(&self.config.to_json())
             .map_err(|e| ModelError::Adapter(e.to_string()))?;
+        // Each write also fsyncs the folder.
         fsync_write(&dir.join("adapter_config.json"), cfg.as_bytes())?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
         Ok(())
     }
 

@@ -231,27 +231,27 @@ fn fetch_file(
         .unwrap_or_default();
     let dir = dest.parent().ok_or("no parent folder")?;
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done: u64 = 0;
-    let mut last_print = std::time::Instant::now();
-    loop {
-        let n = resp.read(&mut buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
+    claas_fsatomic::write_file_with(dest, |tmp| {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done: u64 = 0;
+        let mut last_print = std::time::Instant::now();
+        loop {
+            let n = resp.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            tmp.write_all(&buf[..n])?;
+            done += n as u64;
+            if last_print.elapsed().as_millis() > 500 {
+                last_print = std::time::Instant::now();
+                progress(&name, done, total);
+            }
         }
-        tmp.write_all(&buf[..n]).map_err(|e| e.to_string())?;
-        done += n as u64;
-        if last_print.elapsed().as_millis() > 500 {
-            last_print = std::time::Instant::now();
-            progress(&name, done, total);
-        }
-    }
-    progress(&name, done, total);
-    eprintln!();
-    tmp.as_file().sync_all().map_err(|e| e.to_string())?;
-    tmp.persist(dest).map_err(|e| e.error.to_string())?;
-    Ok(())
+        progress(&name, done, total);
+        eprintln!();
+        Ok(())
+    })
+    .map_err(|e| e.to_string())
 }
 
 fn progress(name: &str, done: u64, total: Option<u64>) {

@@ -3,7 +3,6 @@
 //! persisted beside an adapter so successive feedback continues one optimizer.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -73,17 +72,7 @@ fn state_err(path: &Path, message: impl Into<String>) -> SdpoError {
 }
 
 fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(|e| state_err(path, e.to_string()))?;
-    tmp.write_all(bytes)
-        .map_err(|e| state_err(path, e.to_string()))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| state_err(path, e.to_string()))?;
-    tmp.persist(path)
-        .map_err(|e| state_err(path, e.error.to_string()))?;
-    Ok(())
+    claas_fsatomic::write_file(path, bytes).map_err(|e| state_err(path, e.to_string()))
 }
 
 impl AdamState {
@@ -128,10 +117,8 @@ impl AdamState {
         let meta_path = dir.join(STATE_META_FILE);
         let text = serde_json::to_string_pretty(&meta)
             .map_err(|e| state_err(&meta_path, e.to_string()))?;
+        // Each write also fsyncs the folder.
         atomic_write(&meta_path, text.as_bytes())?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
         Ok(())
     }
 
