@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """Fake backends for checking the real OpenClaw gateway with the claas-feedback plugin.
 
-Starts three HTTP servers on 127.0.0.1 (free ports) and writes their URLs to --state-file:
+Starts two HTTP servers on 127.0.0.1 (free ports) and writes their URLs to --state-file:
   telegram  a Telegram Bot API (getMe/getUpdates/sendMessage/...); point OpenClaw's
             channels.telegram.apiRoot here
-  model     an OpenAI-compatible /v1/chat/completions (streaming and not), always answering
-            FAKE_REPLY
-  claas     POST /v1/feedback, answering like the CLaaS API
+  claas     the CLaaS API: its OpenAI-compatible chat proxy (/v1/chat/completions, streaming
+            and not, always answering FAKE_REPLY under a fresh completion id, and /v1/models),
+            POST /v1/feedback (adapter versions counting up from 1) and POST /v1/lora/rollback
 Control (on the telegram server): POST /control/push {"user": id, "text": "..."} queues a
-private message; GET /control/state returns what was sent, the feedback payloads, and the
-chat requests' shapes.
+private message; GET /control/state returns what was sent, the feedback and rollback payloads,
+the chat requests' shapes and the completion ids handed out.
 Standard library only.
 """
 
@@ -27,7 +27,10 @@ STATE = {
     "sent": [],
     "methods": [],
     "feedback": [],
+    "rollbacks": [],
     "chat_requests": [],
+    "completion_ids": [],
+    "version": 1,
 }
 
 
@@ -65,7 +68,8 @@ class Telegram(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith("/control/state"):
             with LOCK:
-                reply_json(self, {k: STATE[k] for k in ("sent", "methods", "feedback", "chat_requests")})
+                reply_json(self, {k: STATE[k] for k in ("sent", "methods", "feedback", "rollbacks", "chat_requests",
+                                                        "completion_ids", "version")})
             return
         self.handle_bot({})
 
@@ -142,7 +146,7 @@ class Telegram(BaseHTTPRequestHandler):
             reply_json(self, {"ok": True, "result": True})
 
 
-class Model(BaseHTTPRequestHandler):
+class Claas(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args):
@@ -157,8 +161,41 @@ class Model(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = read_body(self)
+        path = self.path.split("?")[0].rstrip("/")
+        if path == "/v1/feedback":
+            self.feedback(body)
+        elif path == "/v1/lora/rollback":
+            self.rollback(body)
+        else:
+            self.chat(body)
+
+    def feedback(self, body):
+        with LOCK:
+            STATE["feedback"].append(body)
+            previous = STATE["version"]
+            STATE["version"] = version = previous + 1
+        reply_json(self, {
+            "status": "ok", "request_id": "req-1", "lora_id": body.get("lora_id"),
+            "adapter_version": version, "previous_version": previous,
+            "version_name": f"openclaw/assistant-init@v{version}",
+            "distill_result": {"lora_id": body.get("lora_id"),
+                               "metadata": {"total_loss": 0.123456, "tokens_processed": 7}},
+            "vllm": {"slept": False, "woke": False}, "feedback_log_path": "/tmp/req-1.json",
+            "timing_ms": {"total": 1250}})
+
+    def rollback(self, body):
+        with LOCK:
+            STATE["rollbacks"].append(body)
+            previous = STATE["version"]
+            STATE["version"] = version = int(body.get("version", 0))
+        reply_json(self, {"status": "ok", "lora_id": "openclaw/assistant-init", "version": version,
+                          "previous_version": previous, "name": f"openclaw/assistant-init@v{version}"})
+
+    def chat(self, body):
         msgs = body.get("messages") or []
         with LOCK:
+            cid = f"chatcmpl-fake-{len(STATE['completion_ids']) + 1}"
+            STATE["completion_ids"].append(cid)
             STATE["chat_requests"].append({
                 "model": body.get("model"),
                 "stream": body.get("stream"),
@@ -171,7 +208,7 @@ class Model(BaseHTTPRequestHandler):
             })
         model = body.get("model", "fake")
         if not body.get("stream"):
-            reply_json(self, {"id": "c1", "object": "chat.completion", "created": int(time.time()), "model": model,
+            reply_json(self, {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
                               "choices": [{"index": 0, "message": {"role": "assistant", "content": FAKE_REPLY},
                                            "finish_reason": "stop"}],
                               "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
@@ -183,12 +220,12 @@ class Model(BaseHTTPRequestHandler):
         self.end_headers()
 
         def chunk(delta, finish=None):
-            return {"id": "c1", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
         events = [chunk({"role": "assistant", "content": ""}), chunk({"content": FAKE_REPLY}), chunk({}, "stop")]
         if (body.get("stream_options") or {}).get("include_usage"):
-            events.append({"id": "c1", "object": "chat.completion.chunk", "created": int(time.time()),
+            events.append({"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
                            "model": model, "choices": [],
                            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
         for e in events:
@@ -198,28 +235,12 @@ class Model(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
-class Claas(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = read_body(self)
-        with LOCK:
-            STATE["feedback"].append(body)
-        reply_json(self, {
-            "status": "ok", "request_id": "req-1", "lora_id": body.get("lora_id"),
-            "distill_result": {"lora_id": body.get("lora_id"),
-                               "metadata": {"total_loss": 0.123456, "tokens_processed": 7}},
-            "vllm": {"slept": False, "woke": False}, "feedback_log_path": "/tmp/req-1.json",
-            "timing_ms": {"total": 1250}})
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--state-file", required=True)
     args = ap.parse_args()
     servers = {}
-    for name, handler in (("telegram", Telegram), ("model", Model), ("claas", Claas)):
+    for name, handler in (("telegram", Telegram), ("claas", Claas)):
         srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         srv.daemon_threads = True
         threading.Thread(target=srv.serve_forever, daemon=True).start()

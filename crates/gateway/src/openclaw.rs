@@ -20,7 +20,6 @@ use std::fmt;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{json, Map, Value};
 
@@ -41,8 +40,8 @@ pub const PLUGIN_FILES: &[(&str, &str)] = &[
         include_str!("../../../integrations/openclaw/claas-feedback/index.ts"),
     ),
     (
-        "src/chatml.ts",
-        include_str!("../../../integrations/openclaw/claas-feedback/src/chatml.ts"),
+        "src/exchange.ts",
+        include_str!("../../../integrations/openclaw/claas-feedback/src/exchange.ts"),
     ),
     (
         "src/context-store.ts",
@@ -711,45 +710,31 @@ fn write_if_changed(
     Ok(())
 }
 
-/// Temp file in the same folder, fsync, rename over the target, fsync the folder.
+/// Temp file in the same folder (mode set before it becomes visible), fsync, rename over the
+/// target, fsync the folder.
 fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), OpenClawError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let io = |action: &'static str, p: &Path| {
-        let p = p.to_path_buf();
-        move |source| OpenClawError::Io {
-            action,
-            path: p,
-            source,
-        }
-    };
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-        f.write_all(bytes).map_err(io("writing", &tmp))?;
-        set_mode(&tmp, mode).map_err(io("setting permissions of", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(io("replacing", path))?;
-        // Make the rename itself durable; not possible on every platform, so best-effort.
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
+    fs::create_dir_all(dir).map_err(|source| OpenClawError::Io {
+        action: "creating",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    claas_fsatomic::write_file_with(path, |f| {
+        f.write_all(bytes)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
         }
+        #[cfg(not(unix))]
+        let _ = mode;
         Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    })
+    .map_err(|source| OpenClawError::Io {
+        action: "replacing",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

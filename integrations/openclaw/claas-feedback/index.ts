@@ -1,14 +1,19 @@
 /**
  * CLaaS Feedback plugin for OpenClaw (2026.9.x plugin API).
  *
- * - message_received: remembers which sender started which run (by run id,
- *   and in a FIFO for runtimes that report no run id).
+ * - message_received: remembers which sender started which run, and the text
+ *   they sent (by run id, and in a FIFO for runtimes that report no run id).
  * - agent_end: caches the run's messages under the sender key and the
  *   session key. The sender comes from the agent_end context when OpenClaw
  *   provides it, else from the run id recorded at message_received, else from
  *   the FIFO (the only thing the old plugin had).
- * - /feedback <text>: rebuilds the ChatML prompt/response of the cached
- *   conversation and posts it to the CLaaS API, replying with the result.
+ * - /feedback <text>: posts the last reply's completion id (OpenClaw keeps it
+ *   as the assistant message's `responseId`; the CLaaS API recorded the
+ *   completion under it when it proxied the chat), the user's clean text, the
+ *   visible reply and the turns before it to the CLaaS API, and replies with
+ *   the result and the adapter version it produced.
+ * - /undo: rolls the adapter back to the version this chat's last feedback
+ *   trained from (POST /v1/lora/rollback).
  *
  * All state lives on globalThis, so a second load of this module (OpenClaw
  * may load a plugin once for inspection and again for the runtime, or reload
@@ -18,9 +23,9 @@
  * (agent_end is a conversation hook); `claas init` writes that.
  */
 
-import { buildChatML } from "./src/chatml.ts";
 import { createContextStore, type ContextStore } from "./src/context-store.ts";
-import { formatSuccess, submitFeedback } from "./src/feedback-client.ts";
+import { lastExchange } from "./src/exchange.ts";
+import { formatSuccess, rollback, submitFeedback } from "./src/feedback-client.ts";
 
 // Plain structural types: importing "openclaw/plugin-sdk" from an extension
 // folder is not guaranteed to resolve, and types are erased at load anyway.
@@ -46,15 +51,29 @@ interface ClaasConfig {
   debug?: boolean;
 }
 
-interface SharedState {
-  store: ContextStore;
-  /** Sender keys in message_received order (fallback when there is no run id). */
-  pendingSenders: string[];
-  /** run id -> sender key, recorded at message_received. */
-  runSenders: Map<string, string>;
+/** Who started a run, and the text they sent (OpenClaw adds an envelope before the model sees it). */
+interface RunStart {
+  sender: string;
+  text?: string;
 }
 
-const STATE_KEY = Symbol.for("claas-feedback.state.v1");
+/** Where /undo goes back to: the version the chat's last feedback trained from. */
+interface UndoPoint {
+  version: number;
+}
+
+interface SharedState {
+  store: ContextStore;
+  /** Run starts in message_received order (fallback when there is no run id). */
+  pendingSenders: RunStart[];
+  /** run id -> run start, recorded at message_received. */
+  runSenders: Map<string, RunStart>;
+  /** chat key -> undo point. */
+  undo: Map<string, UndoPoint>;
+}
+
+const STATE_KEY = Symbol.for("claas-feedback.state.v2");
+const MAX_UNDO = 1000;
 const MAX_PENDING = 50;
 const MAX_RUNS = 200;
 
@@ -62,7 +81,7 @@ function sharedState(): SharedState {
   const g = globalThis as unknown as Record<symbol, SharedState | undefined>;
   let state = g[STATE_KEY];
   if (!state) {
-    state = { store: createContextStore(), pendingSenders: [], runSenders: new Map() };
+    state = { store: createContextStore(), pendingSenders: [], runSenders: new Map(), undo: new Map() };
     g[STATE_KEY] = state;
   }
   return state;
@@ -102,7 +121,7 @@ function readConfig(api: PluginApi): ClaasConfig {
 const plugin = {
   id: "claas-feedback",
   name: "CLaaS Feedback",
-  description: "Submit feedback to CLaaS for continual learning via the /feedback command",
+  description: "Submit feedback to CLaaS for continual learning via the /feedback command, and take it back with /undo",
 
   register(api: PluginApi): void {
     const config = readConfig(api);
@@ -125,16 +144,17 @@ const plugin = {
       const key = senderKey(channel, str(event.from));
       if (!key) return;
       const runId = str(event.runId) ?? str(ctx.runId);
+      const start: RunStart = { sender: key, text: typeof event.content === "string" ? event.content : undefined };
       logDebug(`[claas-feedback] message_received: sender=${redact(key)} run=${runId ? "yes" : "no"}`);
       if (runId) {
-        state.runSenders.set(runId, key);
+        state.runSenders.set(runId, start);
         while (state.runSenders.size > MAX_RUNS) {
           const oldest = state.runSenders.keys().next().value;
           if (oldest === undefined) break;
           state.runSenders.delete(oldest);
         }
       }
-      state.pendingSenders.push(key);
+      state.pendingSenders.push(start);
       while (state.pendingSenders.length > MAX_PENDING) state.pendingSenders.shift();
     });
 
@@ -147,14 +167,17 @@ const plugin = {
       if (runId) state.runSenders.delete(runId);
       // The FIFO pairs runs with messages only when nothing better exists; every run
       // consumes its entry so the queue stays aligned for the runs that need it.
-      let fromQueue: string | undefined;
+      let fromQueue: RunStart | undefined;
       if (fromRun) {
         const i = state.pendingSenders.indexOf(fromRun);
         if (i >= 0) state.pendingSenders.splice(i, 1);
       } else {
         fromQueue = state.pendingSenders.shift();
       }
-      const sender = fromCtx ?? fromRun ?? fromQueue;
+      const start = fromRun ?? fromQueue;
+      const sender = fromCtx ?? start?.sender;
+      // The queued text belongs to this run only if it came from the same sender.
+      const userText = start && (!fromCtx || start.sender === fromCtx) ? start.text : undefined;
       const source = fromCtx ? "context" : fromRun ? "run" : fromQueue ? "queue" : "none";
       const session = str(ctx.sessionKey);
 
@@ -163,7 +186,7 @@ const plugin = {
         warn("[claas-feedback] agent_end: no sender or session for this run; not caching it");
         return;
       }
-      const entry = { messages, sessionKey: session ?? sender ?? "", timestamp: Date.now() };
+      const entry = { messages, sessionKey: session ?? sender ?? "", timestamp: Date.now(), userText };
       if (sender) state.store.set(sender, entry);
       const sessionKey = sessionStoreKey(session);
       if (sessionKey) state.store.set(sessionKey, entry);
@@ -180,14 +203,7 @@ const plugin = {
         const feedbackText = (str(ctx.args) ?? "").trim();
         if (!feedbackText) return { text: "Usage: /feedback <your feedback here>" };
 
-        const channel = str(ctx.channel) ?? str(ctx.channelId);
-        // Sender first: OpenClaw's default DM scope shares one session between all direct
-        // chats, so the session key alone could find someone else's exchange.
-        const candidates = [
-          senderKey(channel, str(ctx.from)),
-          senderKey(channel, str(ctx.senderId)),
-          sessionStoreKey(str(ctx.sessionKey)),
-        ].filter((k): k is string => Boolean(k));
+        const candidates = chatKeys(ctx);
         if (candidates.length === 0) return { text: "Could not identify sender. Please try again." };
 
         let cached;
@@ -204,8 +220,10 @@ const plugin = {
           return { text: "No recent conversation found. Chat with the bot first, then use /feedback." };
         }
 
-        const chatML = buildChatML(cached.messages);
-        if (!chatML) return { text: "No bot response found in the last conversation." };
+        const exchange = lastExchange(cached.messages, cached.userText);
+        if (!exchange) return { text: "No bot response found in the last conversation." };
+        if (!exchange.prompt) return { text: "Could not determine the user prompt for this conversation." };
+        logDebug(`[claas-feedback] /feedback: completion id ${exchange.completionId ? "known" : "unknown"}`);
 
         await notify(api, ctx, "\u{1F9E0} Learning from your feedback\u2026");
 
@@ -213,11 +231,23 @@ const plugin = {
         try {
           const result = await submitFeedback(claasApiUrl, {
             lora_id: loraId,
-            prompt: chatML.prompt,
-            response: chatML.response,
+            prompt: exchange.prompt,
+            response: exchange.response,
             feedback: feedbackText,
+            ...(exchange.completionId ? { completion_id: exchange.completionId } : {}),
+            messages: exchange.messages,
             training: { teacher_mode: "self" },
           });
+          const chat = candidates[0];
+          state.undo.delete(chat);
+          if (typeof result.previous_version === "number") {
+            state.undo.set(chat, { version: result.previous_version });
+            while (state.undo.size > MAX_UNDO) {
+              const oldest = state.undo.keys().next().value;
+              if (oldest === undefined) break;
+              state.undo.delete(oldest);
+            }
+          }
           return { text: formatSuccess(result, Date.now() - startMs) };
         } catch (err: unknown) {
           const msg = err instanceof Error ? err.message : String(err);
@@ -225,8 +255,45 @@ const plugin = {
         }
       },
     });
+
+    api.registerCommand({
+      name: "undo",
+      description: "Revert the model to the version before your last feedback",
+      acceptsArgs: false,
+      handler: async (ctx) => {
+        const candidates = chatKeys(ctx);
+        const chat = candidates.find((k) => state.undo.has(k));
+        const point = chat ? state.undo.get(chat) : undefined;
+        if (!chat || !point) return { text: "Nothing to undo in this chat yet." };
+        // Taken before the call, so a second /undo meanwhile finds nothing.
+        state.undo.delete(chat);
+        try {
+          const result = await rollback(claasApiUrl, loraId, point.version);
+          return { text: `\u21A9\uFE0F Reverted to v${result.version ?? point.version}` };
+        } catch (err: unknown) {
+          // Still undoable, unless a newer feedback set its own point meanwhile.
+          if (!state.undo.has(chat)) state.undo.set(chat, point);
+          const msg = err instanceof Error ? err.message : String(err);
+          return { text: `\u274C Undo failed: ${msg}` };
+        }
+      },
+    });
   },
 };
+
+/**
+ * Keys that may identify the chat of a command, best first. Sender first: OpenClaw's default
+ * DM scope shares one session between all direct chats, so the session key alone could find
+ * someone else's exchange.
+ */
+function chatKeys(ctx: Dict): string[] {
+  const channel = str(ctx.channel) ?? str(ctx.channelId);
+  return [
+    senderKey(channel, str(ctx.from)),
+    senderKey(channel, str(ctx.senderId)),
+    sessionStoreKey(str(ctx.sessionKey)),
+  ].filter((k): k is string => Boolean(k));
+}
 
 /** Best-effort "working on it" message before the long call; never blocks /feedback. */
 async function notify(api: PluginApi, ctx: Dict, text: string): Promise<void> {

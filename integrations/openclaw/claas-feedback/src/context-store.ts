@@ -2,7 +2,7 @@
  * In-memory conversation contexts for /feedback.
  *
  * Key:   a sender key ("telegram:511643390") or a session key ("session:<key>")
- * Value: { messages, sessionKey, timestamp }
+ * Value: { messages, sessionKey, timestamp, userText }
  *
  * TTL 1 hour (stale entries are dropped on access); at most 1000 entries
  * (the oldest go first).
@@ -12,6 +12,8 @@ export interface ConversationContext {
   messages: unknown[];
   sessionKey: string;
   timestamp: number;
+  /** The text the user sent to start the run (message_received), without OpenClaw's envelope. */
+  userText?: string;
 }
 
 export const TTL_MS = 60 * 60 * 1000;
