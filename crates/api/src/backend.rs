@@ -7,6 +7,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -63,6 +64,17 @@ pub struct BackendHealth {
     pub error: Option<String>,
 }
 
+/// An upstream HTTP answer with its body as a stream, whatever its status (the chat proxy passes
+/// errors through as the server wrote them).
+pub struct Upstream {
+    /// HTTP status.
+    pub status: u16,
+    /// `Content-Type`, if the server sent one.
+    pub content_type: Option<String>,
+    /// The body, chunk by chunk.
+    pub body: futures::stream::BoxStream<'static, Result<bytes::Bytes, BackendError>>,
+}
+
 /// An inference server the feedback lifecycle drives. Object-safe so the binary can plug in
 /// the in-process engine (`claas up`).
 pub trait Backend: Send + Sync {
@@ -95,6 +107,15 @@ pub trait Backend: Send + Sync {
         name: &'a str,
         path: &'a Path,
     ) -> BoxFut<'a, Result<(), BackendError>>;
+    /// Sends `body` as JSON (`POST`; `None` = `GET`) to the server's `path` (e.g.
+    /// `/v1/chat/completions`) with the server's credentials, for the API's OpenAI proxy.
+    fn forward<'a>(
+        &'a self,
+        _path: &'a str,
+        _body: Option<Value>,
+    ) -> BoxFut<'a, Result<Upstream, BackendError>> {
+        Box::pin(async { Err(BackendError::NotConfigured) })
+    }
 }
 
 /// vLLM's served-adapter name for an adapter id (see [`claas_store::served_name`]).
@@ -582,6 +603,52 @@ impl Backend for HttpBackend {
             )
             .await
             .map(|_| ())
+        })
+    }
+
+    fn forward<'a>(
+        &'a self,
+        path: &'a str,
+        body: Option<Value>,
+    ) -> BoxFut<'a, Result<Upstream, BackendError>> {
+        Box::pin(async move {
+            let url = self.url(path);
+            let (method, rb) = match &body {
+                Some(b) => ("POST", self.client.post(&url).json(b)),
+                None => ("GET", self.client.get(&url)),
+            };
+            // A generation may stream for a long time; the client's own timeout bounds it.
+            let resp = self
+                .auth(rb)
+                .timeout(Duration::from_secs(3600))
+                .send()
+                .await
+                .map_err(|e| BackendError::Transport {
+                    method,
+                    url: url.clone(),
+                    message: e.to_string(),
+                })?;
+            let status = resp.status().as_u16();
+            let content_type = resp
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = resp
+                .bytes_stream()
+                .map(move |r| {
+                    r.map_err(|e| BackendError::Transport {
+                        method,
+                        url: url.clone(),
+                        message: e.to_string(),
+                    })
+                })
+                .boxed();
+            Ok(Upstream {
+                status,
+                content_type,
+                body,
+            })
         })
     }
 }

@@ -36,6 +36,14 @@ pub struct ApiConfig {
     pub teacher_model: Option<String>,
     /// `CLAAS_TEACHER_API_KEY`.
     pub teacher_api_key: Option<String>,
+    /// `CLAAS_COMPLETION_CACHE_SIZE`: completion records kept for feedback (the reference's
+    /// `completion_cache_size`, 100).
+    pub completion_cache_size: usize,
+    /// `CLAAS_COMPLETION_CACHE_TTL_S`: how long a completion record lives (3600 s, as the
+    /// reference).
+    pub completion_cache_ttl: Duration,
+    /// `CLAAS_KEEP_VERSIONS`: versions kept per adapter (20; the current one always stays).
+    pub keep_versions: usize,
 }
 
 /// A setting that could not be parsed.
@@ -63,8 +71,23 @@ impl Default for ApiConfig {
             teacher_base_url: None,
             teacher_model: None,
             teacher_api_key: None,
+            completion_cache_size: 100,
+            completion_cache_ttl: Duration::from_secs(3600),
+            keep_versions: 20,
         }
     }
+}
+
+fn count(name: &str, raw: &str, min: usize) -> Result<usize, ConfigError> {
+    raw.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n >= min)
+        .ok_or_else(|| ConfigError {
+            name: name.into(),
+            value: raw.into(),
+            message: format!("expected a whole number >= {min}"),
+        })
 }
 
 fn seconds(name: &str, raw: &str) -> Result<Duration, ConfigError> {
@@ -147,6 +170,15 @@ impl ApiConfig {
         c.teacher_base_url = nonempty("CLAAS_TEACHER_BASE_URL");
         c.teacher_model = nonempty("CLAAS_TEACHER_MODEL");
         c.teacher_api_key = nonempty("CLAAS_TEACHER_API_KEY");
+        if let Some(v) = nonempty("CLAAS_COMPLETION_CACHE_SIZE") {
+            c.completion_cache_size = count("CLAAS_COMPLETION_CACHE_SIZE", &v, 1)?;
+        }
+        if let Some(v) = nonempty("CLAAS_COMPLETION_CACHE_TTL_S") {
+            c.completion_cache_ttl = seconds("CLAAS_COMPLETION_CACHE_TTL_S", &v)?;
+        }
+        if let Some(v) = nonempty("CLAAS_KEEP_VERSIONS") {
+            c.keep_versions = count("CLAAS_KEEP_VERSIONS", &v, 1)?;
+        }
         Ok(c)
     }
 }
@@ -198,5 +230,16 @@ mod tests {
         let c = cfg(&[("CLAAS_ALLOWED_INIT_BASE_MODELS", " a/b, c ,")]).unwrap();
         assert_eq!(c.allowed_init_base_models, vec!["a/b", "c"]);
         assert!(cfg(&[("FEEDBACK_LOCK_TIMEOUT_S", "soon")]).is_err());
+        let c = cfg(&[
+            ("CLAAS_COMPLETION_CACHE_SIZE", "7"),
+            ("CLAAS_COMPLETION_CACHE_TTL_S", "60"),
+            ("CLAAS_KEEP_VERSIONS", "3"),
+        ])
+        .unwrap();
+        assert_eq!(c.completion_cache_size, 7);
+        assert_eq!(c.completion_cache_ttl, Duration::from_secs(60));
+        assert_eq!(c.keep_versions, 3);
+        assert!(cfg(&[("CLAAS_KEEP_VERSIONS", "0")]).is_err());
+        assert!(cfg(&[("CLAAS_COMPLETION_CACHE_SIZE", "-1")]).is_err());
     }
 }

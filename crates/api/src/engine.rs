@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use claas_sdpo::ExternalTeacher;
-
-use crate::types::{FeedbackItem, TrainingSettings};
+use claas_sdpo::{
+    DistillMetadata, DistillTimings, ExternalTeacher, FeedbackItem, TeacherPrompt, TrainingConfig,
+};
 
 /// Failures of the trainer.
 #[derive(Debug, thiserror::Error)]
@@ -31,10 +31,11 @@ pub struct DistillJob {
     pub adapter_dir: PathBuf,
     /// Saved optimizer state of this adapter, if any (fresh AdamW otherwise).
     pub optimizer_dir: Option<PathBuf>,
-    /// The feedback items, applied together as one batch.
+    /// The samples, applied together as one batch (exact ids when a completion record was
+    /// found).
     pub items: Vec<FeedbackItem>,
     /// Shared hyper-parameters.
-    pub training: TrainingSettings,
+    pub training: TrainingConfig,
     /// `teacher_mode: "remote"`: the remote teacher's scores, one per item (fetched by the
     /// lifecycle on [`TrainingEngine::teacher_inputs`]).
     pub teachers: Option<Vec<ExternalTeacher>>,
@@ -44,15 +45,17 @@ pub struct DistillJob {
 pub trait TrainedArtifacts: Send {
     /// Writes the PEFT adapter files into `dir` (a staging folder).
     fn save_adapter(&self, dir: &Path) -> Result<(), EngineError>;
-    /// Writes the optimizer state into `dir` (a staging folder).
+    /// Writes the optimizer state into `dir` (a folder that does not exist yet, inside the
+    /// staging folder).
     fn save_optimizer(&self, dir: &Path) -> Result<(), EngineError>;
 }
 
 /// Result of [`TrainingEngine::distill`].
 pub struct DistillOutput {
-    /// `total_loss, distill_loss, kl_reg, mean_is_ratio, clip_fraction, grad_norm,
-    /// tokens_processed, teacher_mode` (and any extra diagnostics).
-    pub metadata: Map<String, Value>,
+    /// The step's metrics, as the reference reports them.
+    pub metadata: DistillMetadata,
+    /// Where the time went.
+    pub timings: DistillTimings,
     /// What to save.
     pub artifacts: Box<dyn TrainedArtifacts>,
 }
@@ -64,6 +67,8 @@ pub struct ScoreOutput {
     pub logprobs: Vec<f32>,
     /// The response tokens as text pieces (may be empty if the engine does not decode).
     pub tokens: Vec<String>,
+    /// The response token ids (may be empty if the engine does not report them).
+    pub token_ids: Vec<u32>,
     /// Number of prompt tokens.
     pub prompt_tokens: usize,
 }
@@ -83,6 +88,7 @@ pub trait TrainingEngine: Send + Sync {
     fn teacher_inputs(
         &self,
         _items: &[FeedbackItem],
+        _prompt: TeacherPrompt,
     ) -> Result<Vec<(Vec<u32>, usize)>, EngineError> {
         Err(EngineError::BadInput(
             "this trainer cannot use a remote teacher; use teacher_mode 'self'".into(),
@@ -96,4 +102,16 @@ pub trait TrainingEngine: Send + Sync {
         prompt: &str,
         response: &str,
     ) -> Result<ScoreOutput, EngineError>;
+    /// The reference's chat scoring (`/v1/score` with `messages` + `completion`): see
+    /// [`claas_sdpo::Trainer::score_chat`].
+    fn score_chat(
+        &self,
+        _adapter_dir: Option<&Path>,
+        _messages: &[Value],
+        _completion: &str,
+    ) -> Result<ScoreOutput, EngineError> {
+        Err(EngineError::BadInput(
+            "this trainer cannot score chat messages".into(),
+        ))
+    }
 }

@@ -1,7 +1,6 @@
 //! Feedback lifecycle records: one JSON file per request, `{timestamp}-{request_id}.json`,
 //! for successes and failures alike.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -33,19 +32,6 @@ pub fn write_feedback_log(dir: &Path, request_id: &str, record: Value) -> std::i
         .collect();
     let path = dir.join(format!("{stamp}-{safe_id}.json"));
     let text = serde_json::to_string_pretty(&sorted(record)).map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!(".{safe_id}.json.tmp"));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map(|_| path)
+    claas_fsatomic::write_file(&path, text.as_bytes())?;
+    Ok(path)
 }

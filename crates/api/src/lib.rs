@@ -15,6 +15,8 @@ pub mod lifecycle;
 pub mod locks;
 pub mod metrics;
 pub mod openapi;
+pub mod proxy;
+pub mod records;
 pub mod routes;
 pub mod sdpo_engine;
 pub mod state;
@@ -24,7 +26,7 @@ pub mod validate;
 
 pub use backend::{
     normalize_adapter_name, Backend, BackendError, BackendHealth, BoxFut, HttpBackend, NoBackend,
-    TopkScores,
+    TopkScores, Upstream,
 };
 pub use config::{ApiConfig, ConfigError};
 pub use engine::{

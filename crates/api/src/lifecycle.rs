@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use claas_sdpo::ExternalTeacher;
-use claas_store::{LoraStore, ResolvedAdapter, StoreError};
+use claas_sdpo::{ExternalTeacher, TeacherMode};
+use claas_store::{LoraStore, ResolvedAdapter, StoreError, VersionInfo};
 use serde_json::{json, Value};
 
 use crate::backend::normalize_adapter_name;
@@ -13,8 +13,12 @@ use crate::engine::{DistillJob, DistillOutput, EngineError, TrainingEngine};
 use crate::error::ApiError;
 use crate::feedback_log::write_feedback_log;
 use crate::locks::AdapterGuard;
+use crate::records::CompletionRecord;
 use crate::state::ApiState;
-use crate::types::{DistillResponse, FeedbackRequest, FeedbackResponse, TimingMs, VllmState};
+use crate::types::{
+    DistillResponse, DistillResultMetadata, FeedbackItem, FeedbackRequest, FeedbackResponse,
+    TimingMs, VllmState,
+};
 
 /// Name of the optimizer side state in the store.
 pub const OPTIMIZER_STATE: &str = "optimizer";
@@ -29,20 +33,22 @@ pub async fn run_distill(
         .map_err(|e| EngineError::Internal(format!("training task failed: {e}")))?
 }
 
-/// Saves a trained adapter at `target_id` (in place, atomically) and its optimizer state
-/// beside it; returns the adapter's new version.
-async fn save_in_place(
+/// Commits a trained adapter and its optimizer state as the next immutable version of
+/// `target_id` (one store transaction) and makes it live.
+async fn commit(
     store: LoraStore,
     target_id: String,
+    meta: Value,
     output: DistillOutput,
-) -> Result<u64, StoreError> {
+) -> Result<VersionInfo, StoreError> {
     tokio::task::spawn_blocking(move || {
         let artifacts = output.artifacts;
-        let version = store.save_atomic(&target_id, |dir| artifacts.save_adapter(dir))?;
-        store.save_state(&target_id, OPTIMIZER_STATE, |dir| {
-            artifacts.save_optimizer(dir)
-        })?;
-        Ok(version)
+        store.commit_version(&target_id, meta, |dir| {
+            artifacts.save_adapter(dir)?;
+            let opt = dir.join(OPTIMIZER_STATE);
+            std::fs::create_dir_all(&opt).map_err(|e| EngineError::Internal(e.to_string()))?;
+            artifacts.save_optimizer(&opt)
+        })
     })
     .await
     .map_err(|e| StoreError::Write(format!("save task failed: {e}").into()))?
@@ -132,17 +138,21 @@ async fn remote_teachers(
     job: &DistillJob,
     phase: &str,
 ) -> Result<Option<Vec<ExternalTeacher>>, ApiError> {
-    if job.training.teacher_mode != "remote" {
+    if job.training.teacher_mode != TeacherMode::Remote {
         return Ok(None);
     }
     let teacher = state.teacher().ok_or_else(no_teacher)?;
-    let (e, items) = (engine.clone(), job.items.clone());
-    let inputs = tokio::task::spawn_blocking(move || e.teacher_inputs(&items))
+    let (e, items, kind) = (
+        engine.clone(),
+        job.items.clone(),
+        job.training.teacher_prompt,
+    );
+    let inputs = tokio::task::spawn_blocking(move || e.teacher_inputs(&items, kind))
         .await
         .map_err(|e| ApiError::Internal(format!("teacher input task failed: {e}")))?
         .map_err(|e| engine_error(phase, e))?;
     let scores = teacher
-        .score(&inputs, job.training.teacher_top_k as usize)
+        .score(&inputs, job.training.teacher_top_k)
         .await
         .map_err(|e| {
             ApiError::BadGateway(format!(
@@ -160,11 +170,48 @@ fn no_engine() -> ApiError {
 }
 
 struct Progress {
+    request_id: String,
     phase: &'static str,
     vllm: VllmState,
     timing: TimingMs,
     distill_result: Option<DistillResponse>,
     resolved: Option<ResolvedAdapter>,
+    /// Per item: the completion record it was resolved against (`None`: the request's text).
+    records: Vec<Option<String>>,
+    /// What the trainer was given, per item (exact ids when a record was found).
+    samples: Vec<claas_sdpo::FeedbackItem>,
+    version: Option<VersionInfo>,
+}
+
+/// Where a feedback item's exact tokens come from: the completion record named by its
+/// `completion_id`, else the newest record of its response text.
+fn find_record(state: &ApiState, item: &FeedbackItem) -> Option<CompletionRecord> {
+    let records = state.records();
+    item.completion_id
+        .as_deref()
+        .and_then(|id| records.by_id(id))
+        .or_else(|| records.by_text(&item.sample.response))
+}
+
+/// The trainer's sample for an item: the record's exact prompt and response ids, sampled
+/// log-probabilities and student context when there is a record, else the request as sent.
+/// As the reference, the client's clean `prompt` is the teacher's user prompt; a chat-formatted
+/// one (a 0f67ae6 client) gives way to the record's.
+fn sample_of(item: &FeedbackItem, record: Option<&CompletionRecord>) -> claas_sdpo::FeedbackItem {
+    let mut s = item.sample.clone();
+    if let Some(r) = record {
+        s.prompt_ids = Some(r.prompt_ids.clone());
+        s.response_ids = Some(r.response_ids.clone());
+        s.rollout_logprobs = r.logprobs.clone();
+        s.system_prompt = Some(r.system_prompt.clone().unwrap_or_default());
+        let clean = !item.sample.prompt.contains("<|im_start|>");
+        s.user_prompt = Some(if clean {
+            item.sample.prompt.clone()
+        } else {
+            r.user_prompt.clone()
+        });
+    }
+    s
 }
 
 /// Handles a parsed `/v1/feedback`: always writes a log record, success or failure.
@@ -175,6 +222,10 @@ pub async fn feedback(
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let started = Instant::now();
     let mut p = Progress {
+        request_id: request_id.clone(),
+        records: Vec::new(),
+        samples: Vec::new(),
+        version: None,
         phase: "validate",
         vllm: VllmState::default(),
         timing: TimingMs::default(),
@@ -215,6 +266,12 @@ pub async fn feedback(
         "lora_id": req.lora_id(),
         "resolved_lora_id": p.resolved.as_ref().map(|r| r.id.clone()),
         "teacher_mode": req.training().teacher_mode,
+        "teacher_prompt": req.training().teacher_prompt,
+        "completion_records": p.records,
+        "batch_samples": p.samples,
+        "adapter_version": p.version.as_ref().map(|v| v.version),
+        "previous_version": p.version.as_ref().and_then(|v| v.parent),
+        "version_name": p.version.as_ref().map(|v| v.name.clone()),
         "batch_size": req.items.len(),
         "request": req.log_value(),
         "vllm": p.vllm,
@@ -255,6 +312,9 @@ pub async fn feedback(
                 feedback_log_path: log_path,
                 timing_ms: p.timing,
                 batch_size: req.items.len(),
+                adapter_version: p.version.as_ref().map(|v| v.version),
+                previous_version: p.version.as_ref().and_then(|v| v.parent),
+                version_name: p.version.map(|v| v.name),
             })
         }
         Err(e) => {
@@ -279,12 +339,23 @@ async fn feedback_inner(
 
     // Refuse before touching the inference server when training is impossible.
     let engine = state.engine().ok_or_else(no_engine)?;
-    if req.training().teacher_mode == "remote" && state.teacher().is_none() {
+    if req.training().teacher_mode == TeacherMode::Remote && state.teacher().is_none() {
         return Err(no_teacher());
     }
     let backend = state.backend().clone();
     let orch = &req.orchestration;
-    let mut items = req.items.clone();
+    let found: Vec<Option<CompletionRecord>> =
+        req.items.iter().map(|i| find_record(state, i)).collect();
+    p.records = found
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.completion_id.clone()))
+        .collect();
+    let mut items: Vec<claas_sdpo::FeedbackItem> = req
+        .items
+        .iter()
+        .zip(&found)
+        .map(|(i, r)| sample_of(i, r.as_ref()))
+        .collect();
     // Items whose rollout log-probs we fetched (not given by the client).
     let mut fetched: Vec<usize> = Vec::new();
 
@@ -296,7 +367,11 @@ async fn feedback_inner(
             .map_err(|e| ApiError::Unavailable(format!("vLLM not idle: {e}")))?;
     }
 
-    if backend.serves_adapters() && items.iter().any(|i| i.rollout_logprobs.is_none()) {
+    // Only the 0f67ae6 form (chat-formatted prompt text, no record) can be scored by text.
+    let needs_logprobs = |i: &claas_sdpo::FeedbackItem| {
+        i.rollout_logprobs.is_none() && i.prompt_ids.is_none() && i.messages.is_none()
+    };
+    if backend.serves_adapters() && items.iter().any(needs_logprobs) {
         let model = match &state.config().vllm_rollout_model {
             Some(m) if m.is_empty() => None,
             Some(m) => Some(m.clone()),
@@ -306,7 +381,7 @@ async fn feedback_inner(
             p.phase = "logprobs";
             let t = Instant::now();
             for (i, item) in items.iter_mut().enumerate() {
-                if item.rollout_logprobs.is_some() {
+                if !needs_logprobs(item) {
                     continue;
                 }
                 match backend
@@ -337,12 +412,10 @@ async fn feedback_inner(
     }
 
     p.phase = "distill";
-    let optimizer_dir = state
-        .store()
-        .load_state(&resolved.id, OPTIMIZER_STATE)
-        .map_err(|e| {
-            ApiError::Internal(format!("Feedback update failed in phase 'distill': {e}"))
-        })?;
+    let optimizer_dir = state.store().optimizer_dir(&resolved.id).map_err(|e| {
+        ApiError::Internal(format!("Feedback update failed in phase 'distill': {e}"))
+    })?;
+    p.samples = items.clone();
     let mut job = DistillJob {
         adapter_id: resolved.id.clone(),
         adapter_dir: resolved.dir.clone(),
@@ -365,6 +438,7 @@ async fn feedback_inner(
             for i in &fetched {
                 job.items[*i].rollout_logprobs = None;
             }
+            p.samples = job.items.clone();
             run_distill(engine, job)
                 .await
                 .map_err(|e| engine_error("distill", e))?
@@ -372,23 +446,34 @@ async fn feedback_inner(
         Err(e) => return Err(engine_error("distill", e)),
     };
     p.timing.distill = ms(t);
-    let metadata = output.metadata.clone();
+    let (metrics, timings) = (output.metadata.clone(), output.timings.clone());
 
     p.phase = "save";
     let t = Instant::now();
-    let version = save_in_place(state.store().clone(), resolved.id.clone(), output)
+    let meta = json!({
+        "kind": "feedback",
+        "request_id": p.request_id,
+        "lora_id": requested,
+        "feedback": req.items.iter().map(|i| i.sample.feedback.clone()).collect::<Vec<_>>(),
+        "metrics": metrics,
+    });
+    let info = commit(state.store().clone(), resolved.id.clone(), meta, output)
         .await
         .map_err(|e| ApiError::Internal(format!("Feedback update failed in phase 'save': {e}")))?;
+    let version = info.version;
+    p.version = Some(info);
     p.timing.save = ms(t);
     state.metrics().step(
         (p.timing.distill + p.timing.save) as f64 / 1000.0,
-        metadata.get("total_loss").and_then(Value::as_f64),
+        Some(metrics.total_loss),
     );
-    let mut metadata = metadata;
-    metadata.insert("adapter_version".into(), json!(version));
     p.distill_result = Some(DistillResponse {
         lora_id: resolved.id.clone(),
-        metadata,
+        metadata: DistillResultMetadata {
+            metrics,
+            timings_ms: timings,
+            adapter_version: version,
+        },
     });
 
     if backend.serves_adapters() && (orch.wake_after || !p.vllm.slept) {
@@ -447,14 +532,18 @@ async fn distill_inner(
     let engine = state.engine().ok_or_else(no_engine)?;
     let optimizer_dir = state
         .store()
-        .load_state(&resolved.id, OPTIMIZER_STATE)
+        .optimizer_dir(&resolved.id)
         .map_err(|e| ApiError::Internal(format!("Distillation failed: {e}")))?;
     let mut job = DistillJob {
         adapter_id: resolved.id.clone(),
         adapter_dir: resolved.dir.clone(),
         optimizer_dir,
         training: req.training(),
-        items: req.items.clone(),
+        items: req
+            .items
+            .iter()
+            .map(|i| sample_of(i, find_record(state, i).as_ref()))
+            .collect(),
         teachers: None,
     };
     let t = Instant::now();
@@ -463,7 +552,7 @@ async fn distill_inner(
         EngineError::BadInput(m) => ApiError::Unprocessable(m),
         EngineError::Internal(m) => ApiError::Internal(format!("Distillation failed: {m}")),
     })?;
-    let mut metadata = output.metadata.clone();
+    let (metrics, timings) = (output.metadata.clone(), output.timings.clone());
     let store = state.store().clone();
     let base = requested.clone();
     let saved = tokio::task::spawn_blocking(move || {
@@ -477,11 +566,9 @@ async fn distill_inner(
     .await
     .map_err(|e| ApiError::Internal(format!("Distillation failed: {e}")))?
     .map_err(|e| ApiError::Internal(format!("Distillation failed: {e}")))?;
-    state.metrics().step(
-        t.elapsed().as_secs_f64(),
-        metadata.get("total_loss").and_then(Value::as_f64),
-    );
-    metadata.insert("adapter_version".into(), json!(saved.version));
+    state
+        .metrics()
+        .step(t.elapsed().as_secs_f64(), Some(metrics.total_loss));
     if state.backend().serves_adapters() {
         // Best effort, like init: `{base}-latest` now names the new version, so a server that
         // serves the alias should see it. The saved version stands even if this fails.
@@ -498,7 +585,156 @@ async fn distill_inner(
         }
     }
     Ok(DistillResponse {
+        metadata: DistillResultMetadata {
+            metrics,
+            timings_ms: timings,
+            adapter_version: saved.version,
+        },
         lora_id: saved.id,
-        metadata,
     })
+}
+
+fn version_error(e: StoreError, what: &str) -> ApiError {
+    match e {
+        StoreError::NotFound(id) => ApiError::NotFound(format!("LoRA not found: {id}")),
+        e @ StoreError::VersionNotFound { .. } => ApiError::NotFound(e.to_string()),
+        other => ApiError::Internal(format!("{what}: {other}")),
+    }
+}
+
+/// Handles `POST /v1/lora/rollback`: makes version `version` of the adapter live again (its
+/// weights and its optimizer state) and hot-swaps it into serving exactly as an update does.
+/// Logged like a feedback.
+pub async fn rollback(state: &ApiState, lora_id: &str, version: u64) -> Result<Value, ApiError> {
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let started = Instant::now();
+    let resolved = resolve(state.store(), lora_id).await?;
+    let (_guard, resolved) = lock_resolved(state, resolved, lora_id).await?;
+    let store = state.store().clone();
+    let id = resolved.id.clone();
+    let (previous, info) = tokio::task::spawn_blocking(move || {
+        let previous = store.current_version(&id)?;
+        store.rollback(&id, version).map(|info| (previous, info))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("Rollback failed: {e}")))?
+    .map_err(|e| version_error(e, "Rollback failed"))?;
+    let mut wake_ms = 0;
+    if state.backend().serves_adapters() {
+        let t = Instant::now();
+        reload_names(state, &resolved)
+            .await
+            .map_err(|e| ApiError::Internal(format!("Rollback failed in phase 'wake': {e}")))?;
+        wake_ms = ms(t);
+    }
+    let record = json!({
+        "request_id": request_id,
+        "timestamp_utc": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "status": "ok",
+        "phase": "rollback",
+        "kind": "rollback",
+        "lora_id": lora_id,
+        "resolved_lora_id": resolved.id,
+        "adapter_version": info.version,
+        "previous_version": previous,
+        "version_name": info.name,
+        "timing_ms": {"wake": wake_ms, "total": ms(started)},
+    });
+    let dir = state.config().feedback_log_dir.clone();
+    let rid = request_id.clone();
+    if let Ok(Err(e)) =
+        tokio::task::spawn_blocking(move || write_feedback_log(&dir, &rid, record)).await
+    {
+        tracing::warn!(request_id, error = %e, "failed to write rollback log");
+    }
+    tracing::info!(lora_id, version, ?previous, "rolled back");
+    Ok(json!({
+        "status": "ok",
+        "request_id": request_id,
+        "lora_id": resolved.id,
+        "version": info.version,
+        "previous_version": previous,
+        "name": info.name,
+    }))
+}
+
+/// Handles `GET /v1/lora/versions`: every kept version, oldest first.
+pub async fn versions(state: &ApiState, lora_id: &str) -> Result<Value, ApiError> {
+    let resolved = resolve(state.store(), lora_id).await?;
+    let store = state.store().clone();
+    let id = resolved.id.clone();
+    let list = tokio::task::spawn_blocking(move || store.versions(&id))
+        .await
+        .map_err(|e| ApiError::Internal(format!("Listing versions failed: {e}")))?
+        .map_err(|e| version_error(e, "Listing versions failed"))?;
+    let current = list.iter().find(|v| v.current).map(|v| v.version);
+    let versions: Vec<Value> = list
+        .into_iter()
+        .map(|v| {
+            json!({
+                "version": v.version,
+                "name": v.name,
+                "created_utc": v.created_utc,
+                "parent": v.parent,
+                "current": v.current,
+                "kind": v.meta.get("kind").cloned().unwrap_or(Value::Null),
+                "request_id": v.meta.get("request_id").cloned().unwrap_or(Value::Null),
+                "metrics": v.meta.get("metrics").cloned().unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "lora_id": resolved.id,
+        "alias": resolved.alias,
+        "current": current,
+        "versions": versions,
+    }))
+}
+
+/// The adapter a served model name stands for (`None`: the base model): an adapter id or
+/// alias, or the served form of either (`openclaw-assistant-latest`), optionally with `@v{N}`
+/// for that immutable version. 404 when nothing matches.
+pub async fn resolve_model(
+    state: &ApiState,
+    model: &str,
+) -> Result<Option<ResolvedAdapter>, ApiError> {
+    let base = &state.config().base_model_id;
+    if model == base || state.engine().is_some_and(|e| e.base_model_id() == model) {
+        return Ok(None);
+    }
+    let store = state.store().clone();
+    let name = model.to_string();
+    let found = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let (plain, version) = claas_store::split_version_ref(&name);
+        let mut resolved = match store.resolve(plain) {
+            Ok(r) => Some(r),
+            Err(StoreError::NotFound(_)) | Err(StoreError::InvalidId { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        if resolved.is_none() {
+            if let Some(id) = store
+                .list("")?
+                .into_iter()
+                .find(|id| claas_store::served_name(id) == plain)
+            {
+                resolved = Some(store.resolve(&id)?);
+            }
+        }
+        match (resolved, version) {
+            (Some(mut r), Some(n)) => {
+                r.dir = store.version_info(&r.id, n)?.dir;
+                Ok(Some(r))
+            }
+            (r, _) => Ok(r),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| version_error(e, "Resolving the model failed"))?;
+    match found {
+        Some(r) => Ok(Some(r)),
+        None => Err(ApiError::NotFound(format!(
+            "The model `{model}` does not exist: neither the base model ({base}) nor an adapter or alias under the LoRA root"
+        ))),
+    }
 }

@@ -60,26 +60,42 @@ fn validation() -> Value {
 
 /// The OpenAPI document served at `/openapi.json`.
 pub fn document() -> Value {
+    let mut training_props = serde_json::Map::new();
+    for f in crate::types::TRAINING_FIELDS {
+        let v = if f.integer {
+            int(
+                f.description,
+                f.default as i64,
+                f.min.map(|x| x as i64),
+                f.max.map(|x| x as i64),
+            )
+        } else {
+            num(f.description, f.default, f.min, f.max)
+        };
+        training_props.insert(f.name.into(), v);
+    }
+    training_props.insert(
+        "teacher_mode".into(),
+        json!({"type": "string", "enum": crate::types::TEACHER_MODES, "default": crate::types::TEACHER_MODES[0]}),
+    );
+    training_props.insert(
+        "teacher_prompt".into(),
+        json!({"type": "string", "enum": claas_sdpo::TeacherPrompt::NAMES, "default": claas_sdpo::TeacherPrompt::default().as_str(),
+            "description": "Self-teacher prompt: 'hindsight' (reference HEAD: the student's system prompt, the clean user prompt and a hindsight block) or '0f67ae6' (the seed's coding-assistant prompt)"}),
+    );
     let training = json!({
         "type": "object",
         "description": "SDPO hyper-parameters",
-        "properties": {
-            "learning_rate": num("Learning rate for LoRA parameter updates", 3e-5, Some(1e-6), Some(1e-2)),
-            "alpha": num("GJS interpolation (0.5 = symmetric JSD, 1.0 = reverse KL)", 0.5, Some(0.0), Some(1.0)),
-            "is_clip": num("Importance sampling ratio clip (exp space)", 5.0, Some(1.0), Some(20.0)),
-            "max_grad_norm": num("Maximum gradient norm for clipping", 1.0, Some(0.0), None),
-            "kl_reg_weight": num("Weight for KL regularization to base policy", 0.0, Some(0.0), Some(1.0)),
-            "teacher_top_k": int("Number of top logprobs taken from the teacher", 100, Some(10), Some(100)),
-            "steps_per_batch": int("Optimizer steps on the batch per request", 4, Some(1), None),
-            "teacher_mode": {"type": "string", "enum": ["self", "remote"], "default": "self"}
-        }
+        "properties": training_props
     });
     let item_props = json!({
         "lora_id": {"type": "string", "description": "LoRA identifier (e.g. 'user123/coder-v1') or alias"},
         "prompt": {"type": "string", "minLength": 1, "description": "Prompt that generated the response (already chat-formatted)"},
         "response": {"type": "string", "minLength": 1, "description": "The response to learn from"},
         "feedback": {"type": "string", "minLength": 1, "description": "Feedback about the response"},
-        "rollout_logprobs": {"type": ["array", "null"], "items": {"type": "number"}, "description": "Per-response-token log-probabilities from the server that generated the rollout"},
+        "rollout_logprobs": {"type": ["array", "null"], "items": {"type": "number"}, "description": "Per-response-token log-probabilities from the server that generated the rollout (not needed when a completion record is found)"},
+        "completion_id": {"type": ["string", "null"], "description": "Extension: id of the chat completion (made through this API's /v1/chat/completions) whose exact tokens and log-probabilities to train on; without it the record is found by the response text"},
+        "messages": {"type": ["array", "null"], "items": {"type": "object"}, "description": "Extension: the chat messages the response answered, used for the student prompt when no completion record is found"},
         "training": {"$ref": "#/components/schemas/TrainingConfig"}
     });
     let mut feedback_props = item_props.clone();
@@ -104,6 +120,10 @@ pub fn document() -> Value {
                 "summary": "List LoRA adapters and aliases",
                 "parameters": [{"name": "prefix", "in": "query", "required": false, "schema": {"type": "string", "default": ""}}],
                 "responses": {"200": ok("LoraListResponse")}
+            }, "delete": {
+                "summary": "Delete an adapter with its versions and aliases (or only an alias); deleted=false when absent",
+                "parameters": [{"name": "lora_id", "in": "query", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "{deleted: bool}"}, "409": err("adapter busy"), "422": validation()}
             }},
             "/v1/lora/export": {"get": {
                 "summary": "Download a LoRA adapter as a zip of its PEFT files",
@@ -121,10 +141,31 @@ pub fn document() -> Value {
                 "responses": {"200": ok("FeedbackResponse"), "400": err("batch items disagree"), "404": err("unknown adapter"), "409": err("lock timeout"), "422": validation(), "500": err("a phase failed"), "503": err("inference server not idle / trainer not loaded")}
             }},
             "/v1/score": {"post": {
-                "summary": "Log-probability of a response under an adapter (or the base model)",
+                "summary": "Log-probability of a response under an adapter (or the base model): {lora_id?, prompt, response}, or the reference's {model, messages, completion}",
                 "requestBody": body("ScoreRequest"),
                 "responses": {"200": ok("ScoreResponse"), "404": err("unknown adapter"), "422": validation(), "503": err("no scorer available")}
             }},
+            "/v1/lora/versions": {"get": {
+                "summary": "Versions of an adapter (immutable {id}@v{N}), oldest first, with the current one marked",
+                "parameters": [{"name": "lora_id", "in": "query", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "lora_id, current, versions[{version, name, created_utc, parent, current, kind, request_id, metrics}]"}, "404": err("unknown adapter"), "422": validation()}
+            }},
+            "/v1/lora/rollback": {"post": {
+                "summary": "Make an earlier version live again (weights and optimizer state) and hot-swap it into serving",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["lora_id", "version"], "properties": {"lora_id": {"type": "string"}, "version": {"type": "integer", "minimum": 0}}}}}},
+                "responses": {"200": {"description": "status, lora_id, version, previous_version, name"}, "404": err("unknown adapter or version"), "409": err("adapter busy"), "422": validation()}
+            }},
+            "/v1/chat/completions": {"post": {
+                "summary": "OpenAI chat completions, proxied to the inference server; records each completion's exact tokens for feedback",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {"200": {"description": "the server's answer (JSON or an SSE stream)"}, "422": validation(), "502": err("inference server failed"), "503": err("no inference server")}
+            }},
+            "/v1/completions": {"post": {
+                "summary": "OpenAI text completions, proxied and recorded likewise",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {"200": {"description": "the server's answer (JSON or an SSE stream)"}, "422": validation(), "502": err("inference server failed"), "503": err("no inference server")}
+            }},
+            "/v1/models": {"get": {"summary": "The inference server's models", "responses": {"200": {"description": "OpenAI model list"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition", "content": {"text/plain": {}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI JSON"}}}},
             "/docs": {"get": {"summary": "Interactive documentation", "responses": {"200": {"description": "HTML"}}}}

@@ -15,9 +15,10 @@ use crate::backend::normalize_adapter_name;
 use crate::engine::EngineError;
 use crate::error::ApiError;
 use crate::init::{build_adapter, model_config_json};
-use crate::lifecycle::{self, OPTIMIZER_STATE};
+use crate::lifecycle;
+use crate::proxy::{self, Endpoint};
 use crate::state::ApiState;
-use crate::types::{parse_feedback, parse_init, parse_score};
+use crate::types::{parse_feedback, parse_init, parse_rollback, parse_score, ScoreInput};
 use crate::validate::parse_json;
 
 /// API name reported by `GET /`.
@@ -36,8 +37,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/docs", get(docs))
         .route("/v1/lora/init", post(init_lora))
-        .route("/v1/lora", get(list_loras))
+        .route("/v1/lora", get(list_loras).delete(delete_lora))
         .route("/v1/lora/export", get(export_lora))
+        .route("/v1/lora/versions", get(lora_versions))
+        .route("/v1/lora/rollback", post(rollback))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
         .route("/v1/distill", post(distill))
         .route("/v1/feedback", post(feedback))
         .route("/v1/score", post(score))
@@ -157,6 +163,7 @@ async fn init_lora(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value
         .and_then(|e| e.base_model_config());
     let store = st.store().clone();
     let fail = |m: String| ApiError::Internal(format!("LoRA initialization failed: {m}"));
+    let (new_id2, base2) = (new_id.clone(), base.to_string());
     let saved = tokio::task::spawn_blocking(move || {
         let config = match engine_cfg {
             Some(c) => c,
@@ -164,13 +171,17 @@ async fn init_lora(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value
         };
         let seed = uuid::Uuid::new_v4().as_u64_pair().0;
         let adapter = build_adapter(&req, &config, seed).map_err(|e| e.to_string())?;
-        let saved = store
-            .save_versioned(&req.lora_id, Some("init"), true, |dir| adapter.save(dir))
+        let meta = json!({"kind": "init", "lora_r": req.lora_r, "lora_alpha": req.lora_alpha});
+        // Re-initialising keeps the old adapter as a version; the new one starts with a fresh
+        // optimizer (no optimizer state in its version).
+        let info = store
+            .create_versioned(&new_id2, meta, true, |dir| adapter.save(dir))
             .map_err(|e| e.to_string())?;
-        // A re-initialised adapter starts with a fresh optimizer.
+        let alias = format!("{base2}{LATEST_SUFFIX}");
         store
-            .clear_state(&saved.id, OPTIMIZER_STATE)
+            .set_alias(&alias, &info.id)
             .map_err(|e| e.to_string())?;
+        let saved = (info.id, Some(alias));
         Ok::<_, String>(saved)
     })
     .await
@@ -180,11 +191,11 @@ async fn init_lora(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value
 
     if st.backend().serves_adapters() {
         // Best effort, as the reference: the adapter exists even if the server is down.
-        let mut names = vec![normalize_adapter_name(&saved.id)];
-        if let Some(a) = &saved.latest_alias {
+        let mut names = vec![normalize_adapter_name(&saved.0)];
+        if let Some(a) = &saved.1 {
             names.push(normalize_adapter_name(a));
         }
-        if let Ok(dir) = st.store().adapter_dir(&saved.id) {
+        if let Ok(dir) = st.store().adapter_dir(&saved.0) {
             for name in names {
                 if let Err(e) = st.backend().reload_adapter(&name, &dir).await {
                     tracing::warn!(name, error = %e, "failed to load the new adapter into the inference server");
@@ -192,7 +203,7 @@ async fn init_lora(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value
             }
         }
     }
-    Ok(Json(json!({ "lora_id": saved.id })))
+    Ok(Json(json!({ "lora_id": saved.0 })))
 }
 
 async fn list_loras(
@@ -282,26 +293,148 @@ async fn distill(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>,
     ))
 }
 
+fn query_lora_id(q: &HashMap<String, String>) -> Result<String, ApiError> {
+    let loc = vec![json!("query"), json!("lora_id")];
+    let Some(id) = q.get("lora_id").cloned() else {
+        return Err(ApiError::invalid(loc, "missing", "Field required"));
+    };
+    validate_id(&id)
+        .map_err(|e| ApiError::invalid(loc, "value_error", format!("Value error, {e}")))?;
+    Ok(id)
+}
+
+/// `DELETE /v1/lora?lora_id=`: removes an adapter with its versions, state and aliases (or
+/// just an alias); `{"deleted": false}` when there was nothing, as the reference.
+async fn delete_lora(
+    State(st): State<ApiState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let id = query_lora_id(&q)?;
+    // Not while an update of it runs (that update would write a version into a deleted tree).
+    let key = match lifecycle::resolve(st.store(), &id).await {
+        Ok(r) => r.id,
+        Err(ApiError::NotFound(_)) => return Ok(Json(json!({"deleted": false}))),
+        Err(e) => return Err(e),
+    };
+    let _guard = st
+        .locks()
+        .acquire(&key, st.config().lock_timeout, Some(st.store()))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "Timed out waiting for lock on LoRA '{id}': an update of this adapter is in progress"
+            ))
+        })?;
+    let store = st.store().clone();
+    let deleted = tokio::task::spawn_blocking(move || store.delete(&id))
+        .await
+        .map_err(|e| blocking_failed("LoRA deletion failed", e))?
+        .map_err(|e| ApiError::Internal(format!("LoRA deletion failed: {e}")))?;
+    Ok(Json(json!({ "deleted": deleted })))
+}
+
+async fn lora_versions(
+    State(st): State<ApiState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let id = query_lora_id(&q)?;
+    Ok(Json(lifecycle::versions(&st, &id).await?))
+}
+
+async fn rollback(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req = parse_rollback(&parse_json(&body)?)?;
+    Ok(Json(
+        lifecycle::rollback(&st, &req.lora_id, req.version).await?,
+    ))
+}
+
+async fn chat_completions(State(st): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    proxy::complete(st, Endpoint::Chat, body).await
+}
+
+async fn completions(State(st): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    proxy::complete(st, Endpoint::Completions, body).await
+}
+
+async fn models(State(st): State<ApiState>) -> Result<Response, ApiError> {
+    proxy::models(st).await
+}
+
 async fn score(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let req = parse_score(&parse_json(&body)?)?;
+    match parse_score(&parse_json(&body)?)? {
+        ScoreInput::Text(req) => score_text(st, req).await,
+        ScoreInput::Chat(req) => score_chat(st, req).await,
+    }
+}
+
+fn scoring_failed(e: EngineError) -> ApiError {
+    match e {
+        EngineError::BadInput(m) => ApiError::Unprocessable(m),
+        EngineError::Internal(m) => ApiError::Internal(format!("Scoring failed: {m}")),
+    }
+}
+
+/// Waits for a running update of the adapter to finish, so scores see it as saved.
+async fn score_guard(st: &ApiState, id: &str) -> Result<crate::locks::AdapterGuard, ApiError> {
+    st.locks()
+        .acquire(id, st.config().lock_timeout, None)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "Timed out waiting for lock on LoRA '{id}': an update of this adapter is in progress"
+            ))
+        })
+}
+
+/// The reference HEAD's form: `{model, messages, completion}` answered with `logprobs`,
+/// `tokens`, `prompt_tokens`, `completion_tokens` and `logprob_sum`.
+async fn score_chat(
+    st: ApiState,
+    req: crate::types::ChatScoreRequest,
+) -> Result<Json<Value>, ApiError> {
+    let engine = st.engine().ok_or_else(|| {
+        ApiError::Unavailable(
+            "scoring chat messages needs the SDPO trainer, which is not loaded".into(),
+        )
+    })?;
+    let target = lifecycle::resolve_model(&st, &req.model).await?;
+    let _guard = match &target {
+        Some(r) => Some(score_guard(&st, &r.id).await?),
+        None => None,
+    };
+    let dir = target.as_ref().map(|r| r.dir.clone());
+    let (messages, completion) = (req.messages, req.completion);
+    let out = tokio::task::spawn_blocking(move || {
+        engine.score_chat(dir.as_deref(), &messages, &completion)
+    })
+    .await
+    .map_err(|e| blocking_failed("Scoring failed", e))?
+    .map_err(scoring_failed)?;
+    let sum: f64 = out.logprobs.iter().map(|x| *x as f64).sum();
+    Ok(Json(json!({
+        "logprobs": out.logprobs,
+        "tokens": out.tokens,
+        "token_ids": out.token_ids,
+        "prompt_tokens": out.prompt_tokens,
+        "completion_tokens": out.logprobs.len(),
+        "logprob_sum": sum,
+        "model": req.model,
+        "resolved_lora_id": target.map(|r| r.id),
+    })))
+}
+
+async fn score_text(
+    st: ApiState,
+    req: crate::types::ScoreRequest,
+) -> Result<Json<Value>, ApiError> {
     let resolved = match &req.lora_id {
         Some(id) => Some(lifecycle::resolve(st.store(), id).await?),
         None => None,
     };
-    // Score the adapter as saved, not mid-update: wait for a running update of it to finish.
     let _guard = match &resolved {
-        Some(r) => Some(
-            st.locks()
-                .acquire(&r.id, st.config().lock_timeout, None)
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-                .ok_or_else(|| {
-                    ApiError::Conflict(format!(
-                        "Timed out waiting for lock on LoRA '{}': an update of this adapter is in progress",
-                        r.id
-                    ))
-                })?,
-        ),
+        Some(r) => Some(score_guard(&st, &r.id).await?),
         None => None,
     };
     let (logprobs, tokens, prompt_tokens, source) = if let Some(engine) = st.engine() {
@@ -311,10 +444,7 @@ async fn score(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, A
             tokio::task::spawn_blocking(move || engine.score(dir.as_deref(), &prompt, &response))
                 .await
                 .map_err(|e| blocking_failed("Scoring failed", e))?
-                .map_err(|e| match e {
-                    EngineError::BadInput(m) => ApiError::Unprocessable(m),
-                    EngineError::Internal(m) => ApiError::Internal(format!("Scoring failed: {m}")),
-                })?;
+                .map_err(scoring_failed)?;
         (out.logprobs, out.tokens, Some(out.prompt_tokens), "trainer")
     } else if st.backend().serves_adapters() {
         let name = match &req.lora_id {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use claas_chat::{ChatTemplate, Tokenizer, TokenizerConfig};
 use claas_model::{LoadOptions, LoraAdapter, Qwen3};
-use claas_sdpo::{AdamState, FeedbackItem, SdpoError, TeacherMode, Trainer, TrainingConfig};
-use serde_json::{Map, Value};
+use claas_sdpo::{AdamState, FeedbackItem, SdpoError, TeacherPrompt, Trainer};
+use serde_json::Value;
 
 use crate::engine::{
     DistillJob, DistillOutput, EngineError, ScoreOutput, TrainedArtifacts, TrainingEngine,
@@ -64,18 +64,6 @@ impl SdpoEngine {
     }
 }
 
-fn trainer_items(items: &[crate::types::FeedbackItem]) -> Vec<FeedbackItem> {
-    items
-        .iter()
-        .map(|i| FeedbackItem {
-            prompt: i.prompt.clone(),
-            response: i.response.clone(),
-            feedback: i.feedback.clone(),
-            rollout_logprobs: i.rollout_logprobs.clone(),
-        })
-        .collect()
-}
-
 fn map_err(e: SdpoError) -> EngineError {
     if e.is_bad_input() {
         EngineError::BadInput(e.to_string())
@@ -116,40 +104,20 @@ impl TrainingEngine for SdpoEngine {
             Some(dir) => AdamState::load(dir).map_err(map_err)?,
             None => None,
         };
-        let t = &job.training;
-        let teacher_mode = match t.teacher_mode.as_str() {
-            "self" => TeacherMode::SelfTeacher,
-            "remote" => TeacherMode::Remote,
-            other => {
-                return Err(EngineError::BadInput(format!(
-                    "teacher_mode must be 'self' or 'remote', got {other:?}"
-                )))
-            }
-        };
-        let cfg = TrainingConfig {
-            learning_rate: t.learning_rate,
-            alpha: t.alpha,
-            is_clip: t.is_clip,
-            max_grad_norm: t.max_grad_norm,
-            kl_reg_weight: t.kl_reg_weight,
-            teacher_top_k: t.teacher_top_k as usize,
-            steps_per_batch: t.steps_per_batch as usize,
-            teacher_mode,
-        };
-        let items = trainer_items(&job.items);
         let (out, _) = self
             .trainer
-            .distill_with_teachers(&adapter, opt, &items, job.teachers.as_deref(), &cfg, false)
+            .distill_with_teachers(
+                &adapter,
+                opt,
+                &job.items,
+                job.teachers.as_deref(),
+                &job.training,
+                false,
+            )
             .map_err(map_err)?;
-        let mut metadata = match serde_json::to_value(&out.metadata) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        };
-        if let Ok(timings) = serde_json::to_value(&out.timings) {
-            metadata.insert("timings_ms".into(), timings);
-        }
         Ok(DistillOutput {
-            metadata,
+            metadata: out.metadata,
+            timings: out.timings,
             artifacts: Box::new(Artifacts {
                 adapter: out.adapter,
                 optimizer: out.optimizer,
@@ -159,12 +127,13 @@ impl TrainingEngine for SdpoEngine {
 
     fn teacher_inputs(
         &self,
-        items: &[crate::types::FeedbackItem],
+        items: &[FeedbackItem],
+        prompt: TeacherPrompt,
     ) -> Result<Vec<(Vec<u32>, usize)>, EngineError> {
-        trainer_items(items)
+        items
             .iter()
             .map(|i| {
-                let p = self.trainer.prepare(i).map_err(map_err)?;
+                let p = self.trainer.prepare(i, prompt).map_err(map_err)?;
                 Ok((p.teacher_input_ids(), p.teacher_prompt_ids.len()))
             })
             .collect()
@@ -189,7 +158,27 @@ impl TrainingEngine for SdpoEngine {
         Ok(ScoreOutput {
             logprobs,
             tokens: Vec::new(),
+            token_ids: Vec::new(),
             prompt_tokens,
+        })
+    }
+
+    fn score_chat(
+        &self,
+        adapter_dir: Option<&Path>,
+        messages: &[Value],
+        completion: &str,
+    ) -> Result<ScoreOutput, EngineError> {
+        let adapter = adapter_dir.map(|d| self.load_adapter(d)).transpose()?;
+        let s = self
+            .trainer
+            .score_chat(adapter.as_ref(), messages, completion)
+            .map_err(map_err)?;
+        Ok(ScoreOutput {
+            logprobs: s.logprobs,
+            tokens: s.tokens,
+            token_ids: s.token_ids,
+            prompt_tokens: s.prompt_tokens,
         })
     }
 }

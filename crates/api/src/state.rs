@@ -9,6 +9,7 @@ use crate::config::ApiConfig;
 use crate::engine::TrainingEngine;
 use crate::locks::AdapterLocks;
 use crate::metrics::Metrics;
+use crate::records::CompletionRecords;
 use crate::teacher::RemoteTeacher;
 
 struct Inner {
@@ -19,6 +20,7 @@ struct Inner {
     locks: AdapterLocks,
     metrics: Metrics,
     teacher: Option<RemoteTeacher>,
+    records: CompletionRecords,
 }
 
 /// Everything the routes share. Cheap to clone.
@@ -42,9 +44,13 @@ impl ApiState {
                 config.teacher_model.clone(),
             )
         });
+        store.set_retention(config.keep_versions);
+        let records =
+            CompletionRecords::new(config.completion_cache_size, config.completion_cache_ttl);
         ApiState {
             inner: Arc::new(Inner {
                 teacher,
+                records,
                 config,
                 store,
                 backend,
@@ -109,5 +115,10 @@ impl ApiState {
     /// The `teacher_mode: "remote"` teacher, when configured.
     pub fn teacher(&self) -> Option<&RemoteTeacher> {
         self.inner.teacher.as_ref()
+    }
+
+    /// What the chat proxy recorded of recent completions.
+    pub fn records(&self) -> &CompletionRecords {
+        &self.inner.records
     }
 }

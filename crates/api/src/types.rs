@@ -20,41 +20,85 @@ pub const DEFAULT_TARGET_MODULES: [&str; 7] = [
     "down_proj",
 ];
 
-/// SDPO hyper-parameters of one request (`training`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TrainingSettings {
-    /// 1e-6 ..= 1e-2, default 3e-5.
-    pub learning_rate: f64,
-    /// 0 ..= 1, default 0.5 (0.5 = symmetric JSD, 1 = reverse KL).
-    pub alpha: f64,
-    /// 1 ..= 20, default 5 (importance-ratio clip, exp space).
-    pub is_clip: f64,
-    /// >= 0, default 1.
-    pub max_grad_norm: f64,
-    /// 0 ..= 1, default 0.
-    pub kl_reg_weight: f64,
-    /// 10 ..= 100, default 100.
-    pub teacher_top_k: u32,
-    /// >= 1, default 4: optimizer steps on the batch per request.
-    pub steps_per_batch: u32,
-    /// `self` (base model conditioned on feedback) or `remote`.
-    pub teacher_mode: String,
+/// The SDPO hyper-parameters of a request are the trainer's own type.
+pub use claas_sdpo::{TeacherMode, TeacherPrompt, TrainingConfig};
+
+/// One numeric `training` field: its wire name, description, default and inclusive range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainingField {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub default: f64,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// Whether the field is an integer.
+    pub integer: bool,
 }
 
-impl Default for TrainingSettings {
-    fn default() -> Self {
-        TrainingSettings {
-            learning_rate: 3e-5,
-            alpha: 0.5,
-            is_clip: 5.0,
-            max_grad_norm: 1.0,
-            kl_reg_weight: 0.0,
-            teacher_top_k: 100,
-            steps_per_batch: 4,
-            teacher_mode: "self".into(),
-        }
-    }
-}
+/// The numeric `training` fields with the reference's defaults and ranges
+/// (`_validate_training_config`; `steps_per_batch` is our extension). Validation and the
+/// OpenAPI document both read this table; the defaults equal [`TrainingConfig::default`].
+pub const TRAINING_FIELDS: [TrainingField; 7] = [
+    TrainingField {
+        name: "learning_rate",
+        description: "Learning rate for LoRA parameter updates",
+        default: 3e-5,
+        min: Some(1e-6),
+        max: Some(1e-2),
+        integer: false,
+    },
+    TrainingField {
+        name: "alpha",
+        description: "GJS interpolation (0.5 = symmetric JSD, 1.0 = reverse KL)",
+        default: 0.5,
+        min: Some(0.0),
+        max: Some(1.0),
+        integer: false,
+    },
+    TrainingField {
+        name: "is_clip",
+        description: "Importance sampling ratio clip (exp space)",
+        default: 5.0,
+        min: Some(1.0),
+        max: Some(20.0),
+        integer: false,
+    },
+    TrainingField {
+        name: "max_grad_norm",
+        description: "Maximum gradient norm for clipping",
+        default: 1.0,
+        min: Some(0.0),
+        max: None,
+        integer: false,
+    },
+    TrainingField {
+        name: "kl_reg_weight",
+        description: "Weight for KL regularization to base policy",
+        default: 0.0,
+        min: Some(0.0),
+        max: Some(1.0),
+        integer: false,
+    },
+    TrainingField {
+        name: "teacher_top_k",
+        description: "Number of top logprobs taken from the teacher",
+        default: 100.0,
+        min: Some(10.0),
+        max: Some(100.0),
+        integer: true,
+    },
+    TrainingField {
+        name: "steps_per_batch",
+        description: "Optimizer steps on the batch per request (extension; the reference runs one and leaves repeats to the client)",
+        default: 1.0,
+        min: Some(1.0),
+        max: Some(64.0),
+        integer: true,
+    },
+];
+
+/// The `training.teacher_mode` values, default first.
+pub const TEACHER_MODES: [&str; 2] = ["self", "remote"];
 
 /// Sleep/wake options of `/v1/feedback` (`orchestration`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -81,11 +125,14 @@ impl Default for Orchestration {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FeedbackItem {
     pub lora_id: String,
-    pub prompt: String,
-    pub response: String,
-    pub feedback: String,
-    pub rollout_logprobs: Option<Vec<f32>>,
-    pub training: TrainingSettings,
+    /// Extension: the chat completion's `id`, for an exact completion-record lookup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_id: Option<String>,
+    /// The sample as the trainer takes it (`prompt`, `response`, `feedback`,
+    /// `rollout_logprobs`, and the `messages` extension).
+    #[serde(flatten)]
+    pub sample: claas_sdpo::FeedbackItem,
+    pub training: TrainingConfig,
 }
 
 /// A parsed `/v1/feedback` (or `/v1/distill`) body: one item, or `requests: [...]` applied as
@@ -106,7 +153,7 @@ impl FeedbackRequest {
     }
 
     /// The training settings all items share.
-    pub fn training(&self) -> TrainingSettings {
+    pub fn training(&self) -> TrainingConfig {
         self.items
             .first()
             .map(|i| i.training.clone())
@@ -130,39 +177,69 @@ impl FeedbackRequest {
     }
 }
 
-fn parse_training(c: &mut Checker, parent: &Map<String, Value>, loc: &Loc) -> TrainingSettings {
-    let d = TrainingSettings::default();
+fn training_field(name: &str) -> TrainingField {
+    TRAINING_FIELDS
+        .iter()
+        .copied()
+        .find(|f| f.name == name)
+        .unwrap_or(TrainingField {
+            name: "",
+            description: "",
+            default: 0.0,
+            min: None,
+            max: None,
+            integer: false,
+        })
+}
+
+fn parse_training(c: &mut Checker, parent: &Map<String, Value>, loc: &Loc) -> TrainingConfig {
+    let d = TrainingConfig::default();
     let Some(m) = c.opt_object(parent, "training", loc) else {
         return d;
     };
     let l = at(loc, "training");
-    TrainingSettings {
-        learning_rate: c.float_in(
-            m,
-            "learning_rate",
-            &l,
-            d.learning_rate,
-            Some(1e-6),
-            Some(1e-2),
-        ),
-        alpha: c.float_in(m, "alpha", &l, d.alpha, Some(0.0), Some(1.0)),
-        is_clip: c.float_in(m, "is_clip", &l, d.is_clip, Some(1.0), Some(20.0)),
-        max_grad_norm: c.float_in(m, "max_grad_norm", &l, d.max_grad_norm, Some(0.0), None),
-        kl_reg_weight: c.float_in(
-            m,
-            "kl_reg_weight",
-            &l,
-            d.kl_reg_weight,
-            Some(0.0),
-            Some(1.0),
-        ),
-        teacher_top_k: c
-            .int_in(m, "teacher_top_k", &l, 100, Some(10), Some(100))
-            .clamp(0, 100) as u32,
-        steps_per_batch: c
-            .int_in(m, "steps_per_batch", &l, 4, Some(1), Some(u32::MAX as i64))
-            .clamp(1, u32::MAX as i64) as u32,
-        teacher_mode: c.literal(m, "teacher_mode", &l, "self", &["self", "remote"]),
+    let float = |c: &mut Checker, name: &str| {
+        let f = training_field(name);
+        c.float_in(m, name, &l, f.default, f.min, f.max)
+    };
+    let learning_rate = float(c, "learning_rate");
+    let alpha = float(c, "alpha");
+    let is_clip = float(c, "is_clip");
+    let max_grad_norm = float(c, "max_grad_norm");
+    let kl_reg_weight = float(c, "kl_reg_weight");
+    let int = |c: &mut Checker, name: &str| {
+        let f = training_field(name);
+        let (lo, hi) = (f.min.unwrap_or(0.0) as i64, f.max.unwrap_or(1e9) as i64);
+        c.int_in(m, name, &l, f.default as i64, Some(lo), Some(hi))
+            .clamp(lo, hi) as usize
+    };
+    let teacher_top_k = int(c, "teacher_top_k");
+    let steps_per_batch = int(c, "steps_per_batch");
+    let teacher_mode = match c
+        .literal(m, "teacher_mode", &l, TEACHER_MODES[0], &TEACHER_MODES)
+        .as_str()
+    {
+        "remote" => TeacherMode::Remote,
+        _ => TeacherMode::SelfTeacher,
+    };
+    let teacher_prompt = TeacherPrompt::parse(&c.literal(
+        m,
+        "teacher_prompt",
+        &l,
+        TeacherPrompt::default().as_str(),
+        &TeacherPrompt::NAMES,
+    ))
+    .unwrap_or_default();
+    TrainingConfig {
+        learning_rate,
+        alpha,
+        is_clip,
+        max_grad_norm,
+        kl_reg_weight,
+        teacher_top_k,
+        steps_per_batch,
+        teacher_mode,
+        teacher_prompt,
     }
 }
 
@@ -187,11 +264,41 @@ fn parse_item(c: &mut Checker, m: &Map<String, Value>, loc: &Loc) -> FeedbackIte
     if m.get("lora_id").is_some_and(Value::is_string) {
         check_lora_id(c, &lora_id, at(loc, "lora_id"));
     }
+    let completion_id = match m.get("completion_id") {
+        None | Some(Value::Null) => None,
+        Some(_) => c.req_str(m, "completion_id", loc, 1),
+    };
+    let messages = match m.get("messages") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) if !a.is_empty() => {
+            for (i, msg) in a.iter().enumerate() {
+                let li = at(&at(loc, "messages"), i);
+                if let Some(mm) = c.object(msg, &li) {
+                    c.req_str(mm, "role", &li, 1);
+                }
+            }
+            Some(a.clone())
+        }
+        Some(v) => {
+            c.push(
+                at(loc, "messages"),
+                "list_type",
+                "Input should be a non-empty list of chat messages",
+                Some(v),
+            );
+            None
+        }
+    };
     FeedbackItem {
-        prompt: c.req_str(m, "prompt", loc, 1).unwrap_or_default(),
-        response: c.req_str(m, "response", loc, 1).unwrap_or_default(),
-        feedback: c.req_str(m, "feedback", loc, 1).unwrap_or_default(),
-        rollout_logprobs: c.opt_f32_list(m, "rollout_logprobs", loc),
+        completion_id,
+        sample: claas_sdpo::FeedbackItem {
+            prompt: c.req_str(m, "prompt", loc, 1).unwrap_or_default(),
+            response: c.req_str(m, "response", loc, 1).unwrap_or_default(),
+            feedback: c.req_str(m, "feedback", loc, 1).unwrap_or_default(),
+            rollout_logprobs: c.opt_f32_list(m, "rollout_logprobs", loc),
+            messages,
+            ..claas_sdpo::FeedbackItem::default()
+        },
         training: parse_training(c, m, loc),
         lora_id,
     }
@@ -333,14 +440,56 @@ pub struct ScoreRequest {
     pub response: String,
 }
 
-/// Parses a `/v1/score` body.
-pub fn parse_score(body: &Value) -> Result<ScoreRequest, ApiError> {
+/// The reference HEAD's `/v1/score` body: a served model name, chat messages and the
+/// completion to score after them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatScoreRequest {
+    pub model: String,
+    pub messages: Vec<Value>,
+    pub completion: String,
+}
+
+/// Either form of `/v1/score`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScoreInput {
+    /// `{lora_id?, prompt, response}` (prompt text as the model saw it).
+    Text(ScoreRequest),
+    /// `{model, messages, completion}` (reference HEAD).
+    Chat(ChatScoreRequest),
+}
+
+/// Parses a `/v1/score` body: the chat form when `messages` is present, else the text form.
+pub fn parse_score(body: &Value) -> Result<ScoreInput, ApiError> {
     let mut c = Checker::new();
     let loc = vec![json!("body")];
     let Some(m) = c.object(body, &loc) else {
         c.finish()?;
         return Err(ApiError::Internal("unreachable: non-object body".into()));
     };
+    if m.contains_key("messages") {
+        let model = c.req_str(m, "model", &loc, 1).unwrap_or_default();
+        let completion = c.req_str(m, "completion", &loc, 0).unwrap_or_default();
+        let l = at(&loc, "messages");
+        let mut messages = Vec::new();
+        match m.get("messages") {
+            Some(Value::Array(a)) => {
+                for (i, msg) in a.iter().enumerate() {
+                    let li = at(&l, i);
+                    if let Some(mm) = c.object(msg, &li) {
+                        c.req_str(mm, "role", &li, 1);
+                        messages.push(msg.clone());
+                    }
+                }
+            }
+            v => c.push(l, "list_type", "Input should be a valid list", v),
+        }
+        c.finish()?;
+        return Ok(ScoreInput::Chat(ChatScoreRequest {
+            model,
+            messages,
+            completion,
+        }));
+    }
     let lora_id = match m.get("lora_id") {
         None | Some(Value::Null) => None,
         Some(_) => {
@@ -354,18 +503,56 @@ pub fn parse_score(body: &Value) -> Result<ScoreRequest, ApiError> {
     let prompt = c.req_str(m, "prompt", &loc, 1).unwrap_or_default();
     let response = c.req_str(m, "response", &loc, 1).unwrap_or_default();
     c.finish()?;
-    Ok(ScoreRequest {
+    Ok(ScoreInput::Text(ScoreRequest {
         lora_id,
         prompt,
         response,
-    })
+    }))
+}
+
+/// A parsed `/v1/lora/rollback` body.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RollbackRequest {
+    pub lora_id: String,
+    pub version: u64,
+}
+
+/// Parses a `/v1/lora/rollback` body (422 on any problem).
+pub fn parse_rollback(body: &Value) -> Result<RollbackRequest, ApiError> {
+    let mut c = Checker::new();
+    let loc = vec![json!("body")];
+    let Some(m) = c.object(body, &loc) else {
+        c.finish()?;
+        return Err(ApiError::Internal("unreachable: non-object body".into()));
+    };
+    let lora_id = c.req_str(m, "lora_id", &loc, 0).unwrap_or_default();
+    if m.get("lora_id").is_some_and(Value::is_string) {
+        check_lora_id(&mut c, &lora_id, at(&loc, "lora_id"));
+    }
+    if !m.contains_key("version") {
+        c.push(at(&loc, "version"), "missing", "Field required", None);
+    }
+    let version = c.int_in(m, "version", &loc, 0, Some(0), None).max(0) as u64;
+    c.finish()?;
+    Ok(RollbackRequest { lora_id, version })
+}
+
+/// `metadata` of a distill result: the reference's metrics, our timings and the version the
+/// step produced.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DistillResultMetadata {
+    #[serde(flatten)]
+    pub metrics: claas_sdpo::DistillMetadata,
+    pub timings_ms: claas_sdpo::DistillTimings,
+    /// The adapter version the step produced.
+    pub adapter_version: u64,
 }
 
 /// `{lora_id, metadata}` of a distill step.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DistillResponse {
     pub lora_id: String,
-    pub metadata: Map<String, Value>,
+    pub metadata: DistillResultMetadata,
 }
 
 /// `vllm{slept, woke}`
@@ -397,6 +584,12 @@ pub struct FeedbackResponse {
     pub feedback_log_path: String,
     pub timing_ms: TimingMs,
     pub batch_size: usize,
+    /// The immutable version this update produced (`{id}@v{N}` serves it).
+    pub adapter_version: Option<u64>,
+    /// The version it trained from (`None` for an adapter that had no history).
+    pub previous_version: Option<u64>,
+    /// `{id}@v{N}`.
+    pub version_name: Option<String>,
 }
 
 #[cfg(test)]
@@ -413,10 +606,51 @@ mod tests {
         let t = &r.items[0].training;
         assert_eq!(t.learning_rate, 3e-5);
         assert_eq!(t.kl_reg_weight, 0.0);
-        assert_eq!(t.steps_per_batch, 4);
+        assert_eq!(t.steps_per_batch, 1, "one optimizer step per request");
         assert_eq!(t.teacher_top_k, 100);
-        assert_eq!(t.teacher_mode, "self");
+        assert_eq!(t.teacher_mode, TeacherMode::SelfTeacher);
+        assert_eq!(t.teacher_prompt, TeacherPrompt::Hindsight);
         assert_eq!(r.orchestration, Orchestration::default());
+    }
+
+    #[test]
+    fn the_table_defaults_are_the_trainer_defaults() {
+        let d = serde_json::to_value(TrainingConfig::default()).unwrap();
+        for f in TRAINING_FIELDS {
+            assert_eq!(d[f.name].as_f64(), Some(f.default), "{}", f.name);
+            let parsed = parse_feedback(&json!({"lora_id": "u/a", "prompt": "p",
+                "response": "r", "feedback": "f", "training": {f.name: f.default}}))
+            .unwrap();
+            assert_eq!(parsed.training(), TrainingConfig::default());
+            if let Some(min) = f.min {
+                let below = if f.integer {
+                    min - 1.0
+                } else {
+                    min - min.abs().max(1e-9)
+                };
+                let r = parse_feedback(&json!({"lora_id": "u/a", "prompt": "p",
+                    "response": "r", "feedback": "f", "training": {f.name: below}}));
+                assert!(
+                    matches!(r, Err(ApiError::Validation(_))),
+                    "{} below {min}",
+                    f.name
+                );
+            }
+        }
+        let r = parse_feedback(&json!({"lora_id": "u/a", "prompt": "p", "response": "r",
+            "feedback": "f", "completion_id": "chatcmpl-1",
+            "messages": [{"role": "user", "content": "p"}],
+            "training": {"teacher_prompt": "0f67ae6", "teacher_mode": "remote"}}))
+        .unwrap();
+        assert_eq!(r.items[0].completion_id.as_deref(), Some("chatcmpl-1"));
+        assert_eq!(r.items[0].sample.messages.as_ref().map(Vec::len), Some(1));
+        assert_eq!(r.training().teacher_prompt, TeacherPrompt::Seed);
+        assert_eq!(r.training().teacher_mode, TeacherMode::Remote);
+        assert!(
+            parse_feedback(&json!({"lora_id": "u/a", "prompt": "p", "response": "r",
+            "feedback": "f", "training": {"teacher_prompt": "other"}}))
+            .is_err()
+        );
     }
 
     #[test]

@@ -97,19 +97,17 @@ async fn feedback_trains_the_builtin_tiny_adapter() {
     let after = score(&api, Some("e2e/bot-latest"), &body).await;
     assert_eq!(after.len(), n);
     assert_ne!(after, before, "the adapter did not change");
-    assert!(api
-        .state
-        .store()
-        .load_state(&id, "optimizer")
-        .unwrap()
-        .is_some());
+    assert!(api.state.store().optimizer_dir(&id).unwrap().is_some());
 
     // Given rollout log-probs of the right length are used; the optimizer state continues.
     let mut given = body.clone();
     given["rollout_logprobs"] = json!(before);
     let (s, b) = api.post("/v1/feedback", given).await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!(b["distill_result"]["metadata"]["adapter_version"], 3);
+    // Init made v0; this is the second feedback.
+    assert_eq!(b["distill_result"]["metadata"]["adapter_version"], 2);
+    assert_eq!(b["adapter_version"], 2);
+    assert_eq!(b["previous_version"], 1);
 
     // The export is a loadable PEFT adapter.
     let r = api.get_raw(&format!("/v1/lora/export?lora_id={id}")).await;
@@ -200,6 +198,8 @@ async fn parity_feedback_and_export_match_distill_step_fixture() {
 
     let mut body = req.clone();
     body["training"]["steps_per_batch"] = json!(1);
+    // The fixture records the seed's (0f67ae6) teacher prompt.
+    body["training"]["teacher_prompt"] = json!("0f67ae6");
     let (s, b) = api.post("/v1/feedback", body).await;
     assert_eq!(s, 200, "{b}");
     let got = &b["distill_result"]["metadata"];
@@ -267,13 +267,9 @@ async fn parity_feedback_and_export_match_distill_step_fixture() {
             );
         }
     }
-    // the optimizer state now sits beside the adapter, and the adapter folder stays plain PEFT
-    assert!(api
-        .state
-        .store()
-        .load_state(id, "optimizer")
-        .unwrap()
-        .is_some());
+    // the optimizer state sits in the new version beside the adapter, and the adapter folder
+    // stays plain PEFT
+    assert!(api.state.store().optimizer_dir(id).unwrap().is_some());
     let mut files: Vec<String> = std::fs::read_dir(&dest)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())

@@ -44,7 +44,9 @@ async fn feedback_happy_path_orchestrates_the_server() {
     ] {
         assert!(md.get(k).is_some(), "metadata lacks {k}: {md}");
     }
-    assert_eq!(md["adapter_version"], 2, "init was version 1");
+    assert_eq!(md["adapter_version"], 1, "init was version 0");
+    assert_eq!(b["previous_version"], 0);
+    assert_eq!(b["version_name"], "openclaw/assistant-init@v1");
     for k in ["sleep", "distill", "save", "wake", "logprobs", "total"] {
         assert!(b["timing_ms"][k].is_u64(), "timing lacks {k}");
     }
@@ -92,7 +94,7 @@ async fn feedback_happy_path_orchestrates_the_server() {
     let opt = api
         .state
         .store()
-        .load_state("openclaw/assistant-init", "optimizer")
+        .optimizer_dir("openclaw/assistant-init")
         .unwrap()
         .unwrap();
     assert_eq!(std::fs::read_to_string(opt.join("opt.txt")).unwrap(), "1");
@@ -309,7 +311,16 @@ async fn same_adapter_serialises_other_adapters_run_in_parallel() {
     let results = futures::future::join_all(reqs).await;
     assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
     assert_eq!(engine.max_in_flight.load(Ordering::SeqCst), 1);
-    assert_eq!(api.state.store().version(&id).unwrap(), 5);
+    // v0 from init, then one version per update, none lost.
+    assert_eq!(api.state.store().version(&id).unwrap(), 4);
+    let versions = api.state.store().versions(&id).unwrap();
+    assert_eq!(
+        versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
+    for pair in versions.windows(2) {
+        assert_eq!(pair[1].parent, Some(pair[0].version), "updates chain");
+    }
     let model_dir = claas_model::builtin_model_dir("tiny").unwrap();
     let mcfg = Qwen3Config::from_file(&model_dir.join("config.json")).unwrap();
     LoraAdapter::load(&api.root().join(&id), &mcfg, &Device::Cpu, DType::F32).unwrap();

@@ -18,7 +18,7 @@ use claas_api::{
     ScoreOutput, TrainedArtifacts, TrainingEngine,
 };
 use claas_store::LoraStore;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 pub use claas_testkit::serve;
 
@@ -289,21 +289,19 @@ impl TrainingEngine for CopyEngine {
             let mut seen = self.seen.lock().unwrap();
             seen.jobs.push(job.clone());
             let step = seen.jobs.len();
-            let mut metadata = Map::new();
-            for (k, v) in [
-                ("total_loss", json!(0.25)),
-                ("distill_loss", json!(0.25)),
-                ("kl_reg", json!(0.0)),
-                ("mean_is_ratio", json!(1.0)),
-                ("clip_fraction", json!(0.0)),
-                ("grad_norm", json!(0.5)),
-                ("tokens_processed", json!(3)),
-                ("teacher_mode", json!(job.training.teacher_mode)),
-            ] {
-                metadata.insert(k.into(), v);
-            }
+            let metadata = claas_sdpo::DistillMetadata {
+                total_loss: 0.25,
+                distill_loss: 0.25,
+                kl_reg: 0.0,
+                mean_is_ratio: 1.0,
+                clip_fraction: 0.0,
+                grad_norm: 0.5,
+                tokens_processed: 3,
+                teacher_mode: job.training.teacher_mode.as_str().into(),
+            };
             Ok(DistillOutput {
                 metadata,
+                timings: Default::default(),
                 artifacts: Box::new(CopyArtifacts { files, step }),
             })
         })();
@@ -375,6 +373,7 @@ pub fn test_config(tmp: &Path) -> ApiConfig {
         teacher_base_url: None,
         teacher_model: None,
         teacher_api_key: None,
+        ..ApiConfig::default()
     }
 }
 
