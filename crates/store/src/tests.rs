@@ -1021,3 +1021,26 @@ fn another_process_opening_mid_commit_leaves_it_alone() {
         assert_eq!(s.versions("u/a").unwrap().len(), 2);
     }
 }
+
+#[test]
+fn a_nested_ids_history_folder_is_no_version() {
+    let (_t, s) = store();
+    s.create_versioned("u/a", serde_json::Value::Null, false, |d| {
+        write_adapter(d, "a0")
+    })
+    .unwrap();
+    // what the history of an id `u/a/v3` (made by hand beside `u/a`) looks like
+    let nested = s.root().join(".versions/u/a/v3/v0");
+    fs::create_dir_all(&nested).unwrap();
+    write_adapter(&nested, "nested").unwrap();
+    assert_eq!(s.versions("u/a").unwrap().len(), 1);
+    assert!(matches!(
+        s.resolve_ref("u/a@v3"),
+        Err(StoreError::VersionNotFound { .. })
+    ));
+    // numbers skip the taken name; delete leaves the other id's history alone
+    assert_eq!(commit(&s, "u/a", "a1").unwrap().version, 4);
+    assert!(s.delete("u/a").unwrap());
+    assert!(nested.join(ADAPTER_CONFIG).is_file());
+    assert_eq!(entry_names(&s.root().join(".versions/u/a")), vec!["v3"]);
+}

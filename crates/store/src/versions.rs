@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use crate::txn::{fsync_path, fsync_tree, is_adapter_dir, write_file_atomic, Txn};
 use crate::{
     fault_point, split_version_ref, validate_id, LoraStore, ResolvedAdapter, Result, StoreError,
-    ADAPTER_CONFIG, ADAPTER_WEIGHTS, STATE_DIR_NAME,
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS,
 };
 
 /// Folder (inside the root) holding the version history of adapters.
@@ -111,17 +111,9 @@ fn rfc3339_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Removes `dir` and its empty ancestors below `stop` (best effort: non-empty folders stay).
-fn remove_empty_dirs(mut dir: &Path, stop: &Path) {
-    while dir.starts_with(stop) && dir != stop {
-        if fs::remove_dir(dir).is_err() {
-            break;
-        }
-        match dir.parent() {
-            Some(p) => dir = p,
-            None => break,
-        }
-    }
+/// Removes `dir` if empty. Ancestors stay: another writer may be creating a folder in one.
+fn remove_if_empty(dir: &Path) {
+    let _ = fs::remove_dir(dir);
 }
 
 impl LoraStore {
@@ -670,9 +662,6 @@ impl LoraStore {
         match res {
             Ok(()) => {
                 txn.discard();
-                if let Some(parent) = live.parent() {
-                    remove_empty_dirs(parent, &self.inner.root);
-                }
                 Ok(true)
             }
             // Past the commit point the next `open` finishes the delete.
@@ -690,19 +679,19 @@ impl LoraStore {
         self.remove_aliases_of(id)?;
         fault_point!(self, DeleteAliasesRemoved, id);
         let vroot = self.versions_root(id);
-        let entries = self.version_entries(id)?;
-        if !entries.is_empty() {
+        // Only versions: the history folder of a nested id named `v{N}` may share the folder.
+        let nums = self.version_numbers(id)?;
+        if !nums.is_empty() {
             let dest = txn.join("versions");
             fs::create_dir_all(&dest).map_err(|e| StoreError::io(&dest, e))?;
-            // Only `v{N}` entries: a nested id's history may share the folder.
-            for (n, _) in entries {
+            for n in nums {
                 let from = self.version_dir(id, n);
                 let to = dest.join(format!("v{n}"));
                 fs::rename(&from, &to).map_err(|e| StoreError::io(&from, e))?;
             }
             fsync_path(&vroot)?;
         }
-        remove_empty_dirs(&vroot, &self.inner.root.join(VERSIONS_DIR_NAME));
+        remove_if_empty(&vroot);
         let sdir = self.state_dir(id)?;
         if sdir.is_dir() {
             let dest = txn.join("state");
@@ -717,7 +706,7 @@ impl LoraStore {
             }
             fsync_path(&sdir)?;
         }
-        remove_empty_dirs(&sdir, &self.inner.root.join(STATE_DIR_NAME));
+        remove_if_empty(&sdir);
         Ok(())
     }
 }
