@@ -40,7 +40,7 @@
 //! [`split_version_ref`]) and [`LoraStore::delete`] work on it; retention
 //! ([`LoraStore::set_retention`]) keeps the newest versions plus the current one.
 //!
-//! Crash tests use a fault hook ([`LoraStore::set_fault_hook`]) behind the cargo feature
+//! Crash tests use a fault hook (`LoraStore::set_fault_hook`, `FaultPoint`) behind the cargo feature
 //! `fault-injection`.
 
 use std::path::{Path, PathBuf};
@@ -63,7 +63,9 @@ pub use error::{Result, StoreError};
 pub use fault::{FaultHook, FaultPoint};
 pub use ids::{served_name, split_version_ref, validate_id};
 pub use state::AdapterLock;
-pub use versions::{VersionInfo, DEFAULT_RETENTION, VERSIONS_DIR_NAME, VERSION_META};
+pub use versions::{
+    VersionInfo, DEFAULT_RETENTION, OPTIMIZER_DIR, VERSIONS_DIR_NAME, VERSION_META,
+};
 
 /// Name of the alias map inside the root (same as the reference).
 pub const ALIASES_FILE_NAME: &str = ".aliases.json";
