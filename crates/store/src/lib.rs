@@ -40,8 +40,9 @@
 //! [`split_version_ref`]) and [`LoraStore::delete`] work on it; retention
 //! ([`LoraStore::set_retention`]) keeps the newest versions plus the current one.
 //!
-//! Crash tests use a fault hook (`LoraStore::set_fault_hook`, `FaultPoint`) behind the cargo feature
-//! `fault-injection`.
+//! Crash tests use a fault hook (`LoraStore::set_fault_hook`, `FaultPoint`) and a forced-copy
+//! switch (`LoraStore::set_force_copy`), compiled only with the cargo feature `fault-injection`
+//! (and in this crate's own tests).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
