@@ -397,9 +397,9 @@ fn stream(state: ApiState, plan: Plan, up: Upstream) -> Response {
     };
     let body = futures::stream::unfold(sse, |mut s| async move {
         loop {
-            if let Some(end) = find_event_end(&s.buf) {
-                let raw: Vec<u8> = s.buf.drain(..end.0).collect();
-                s.buf.drain(..end.1);
+            if let Some((len, with_terminator)) = find_event_end(&s.buf) {
+                let mut raw: Vec<u8> = s.buf.drain(..with_terminator).collect();
+                raw.truncate(len);
                 let out = s.event(&raw);
                 return Some((Ok::<Bytes, BackendError>(Bytes::from(out)), s));
             }

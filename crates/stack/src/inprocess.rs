@@ -5,21 +5,39 @@
 use std::path::Path;
 use std::time::Duration;
 
-use claas_api::backend::{Backend, BackendError, BackendHealth, BoxFut};
+use axum::body::Body;
+use axum::http::{header, Method, Request};
+use claas_api::backend::{Backend, BackendError, BackendHealth, BoxFut, Upstream};
 use claas_chat::Tokenizer;
 use claas_engine::{Engine, Event, GenerateRequest, SamplingParams};
+use futures::StreamExt;
+use serde_json::Value;
+use tower::ServiceExt;
 
 /// [`Backend`] over an in-process [`Engine`].
 #[derive(Clone)]
 pub struct InProcessBackend {
     engine: Engine,
     tokenizer: Tokenizer,
+    /// The OpenAI server's routes over the same engine, for the API's proxy (no socket).
+    openai: Option<(axum::Router, Option<String>)>,
 }
 
 impl InProcessBackend {
     /// Wraps a running engine and the tokenizer of its model.
     pub fn new(engine: Engine, tokenizer: Tokenizer) -> Self {
-        InProcessBackend { engine, tokenizer }
+        InProcessBackend {
+            engine,
+            tokenizer,
+            openai: None,
+        }
+    }
+
+    /// Lets the API's OpenAI proxy call `router` (`claas serve`'s routes over this engine)
+    /// in process, with `api_key` as its bearer token when the server requires one.
+    pub fn with_openai_router(mut self, router: axum::Router, api_key: Option<String>) -> Self {
+        self.openai = Some((router, api_key));
+        self
     }
 
     fn fail(message: String) -> BackendError {
@@ -95,6 +113,51 @@ impl InProcessBackend {
 }
 
 impl Backend for InProcessBackend {
+    fn forward<'a>(
+        &'a self,
+        path: &'a str,
+        body: Option<Value>,
+    ) -> BoxFut<'a, Result<Upstream, BackendError>> {
+        Box::pin(async move {
+            let Some((router, key)) = &self.openai else {
+                return Err(BackendError::NotConfigured);
+            };
+            let mut req = Request::builder().uri(path);
+            if let Some(k) = key {
+                req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+            }
+            let req = match &body {
+                Some(b) => req
+                    .method(Method::POST)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(b.to_string())),
+                None => req.method(Method::GET).body(Body::empty()),
+            }
+            .map_err(|e| Self::fail(e.to_string()))?;
+            let resp = router
+                .clone()
+                .oneshot(req)
+                .await
+                .map_err(|e| Self::fail(e.to_string()))?;
+            let status = resp.status().as_u16();
+            let content_type = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = resp
+                .into_body()
+                .into_data_stream()
+                .map(|r| r.map_err(|e| Self::fail(e.to_string())))
+                .boxed();
+            Ok(Upstream {
+                status,
+                content_type,
+                body,
+            })
+        })
+    }
+
     fn kind(&self) -> &'static str {
         "in-process"
     }

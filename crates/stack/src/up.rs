@@ -146,7 +146,12 @@ where
     let api_state = ApiState::new(
         api_cfg,
         store,
-        Arc::new(InProcessBackend::new(engine.clone(), tokenizer)),
+        Arc::new(
+            InProcessBackend::new(engine.clone(), tokenizer).with_openai_router(
+                claas_serve::router(serve_state.clone()),
+                cfg.api_key.clone(),
+            ),
+        ),
         Some(training),
     );
 

@@ -1,121 +1,12 @@
 //! `claas up` end to end on the built-in model: real HTTP servers on 127.0.0.1, real files.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
-use claas_stack::{up, UpConfig};
+use common::*;
 use serde_json::{json, Value};
-
-struct Stack {
-    serve: String,
-    api: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), claas_stack::StackError>>,
-    _dir: tempfile::TempDir,
-    root: std::path::PathBuf,
-    logs: std::path::PathBuf,
-}
-
-impl Stack {
-    async fn start() -> Stack {
-        Self::start_with(|_| {}).await
-    }
-
-    /// `claas up` on the built-in model with fresh folders, ports 0 and `adjust` applied.
-    async fn start_with(adjust: impl FnOnce(&mut UpConfig)) -> Stack {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("loras");
-        let logs = dir.path().join("logs");
-        let mut cfg = UpConfig {
-            model: "builtin:tiny".into(),
-            host: "127.0.0.1".into(),
-            serve_port: 0,
-            api_port: 0,
-            api_key: Some("sk-local".into()),
-            lora_root: root.clone(),
-            feedback_log_dir: logs.clone(),
-            lora_name: "openclaw/assistant".into(),
-            max_model_len: None,
-            telegram: None,
-            openclaw: None,
-            api: claas_api::ApiConfig::default(),
-        };
-        adjust(&mut cfg);
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(up(
-            cfg,
-            async move {
-                let _ = stop_rx.await;
-            },
-            move |a| {
-                let _ = ready_tx.send(a);
-            },
-        ));
-        let addrs = tokio::time::timeout(Duration::from_secs(120), ready_rx)
-            .await
-            .expect("stack did not come up")
-            .expect("stack failed to start");
-        Stack {
-            serve: format!("http://{}", addrs.serve),
-            api: format!("http://{}", addrs.api),
-            stop: Some(stop_tx),
-            task,
-            _dir: dir,
-            root,
-            logs,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
-            .await
-            .expect("stack did not stop")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
-}
-
-/// Per-token log-probabilities of a fixed text under the served adapter.
-async fn served_logprobs(c: &reqwest::Client, serve: &str) -> Vec<f64> {
-    let r: Value = c
-        .post(format!("{serve}/v1/completions"))
-        .bearer_auth("sk-local")
-        .json(&json!({
-            "model": "openclaw-assistant-latest",
-            "prompt": "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello there",
-            "max_tokens": 1,
-            "temperature": 0,
-            "prompt_logprobs": 0,
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let entries = r["choices"][0]["prompt_logprobs"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{r}"));
-    entries
-        .iter()
-        .skip(1)
-        .map(|e| {
-            let first = e.as_object().unwrap().values().next().unwrap();
-            first["logprob"].as_f64().unwrap()
-        })
-        .collect()
-}
 
 fn adapter_bytes(root: &Path) -> Vec<u8> {
     std::fs::read(root.join("openclaw/assistant-init/adapter_model.safetensors")).unwrap()
@@ -308,6 +199,19 @@ mod telegram {
             served_before,
             "served adapter not swapped"
         );
+
+        // /undo reverts the adapter to the version before this chat's feedback (init's v0):
+        // serving is back to the old weights.
+        tg.push_text(42, "/undo");
+        let u = tg.wait_sent(42, n + 1).await;
+        assert_eq!(u[n], "\u{21a9}\u{fe0f} Reverted to v0", "{u:?}");
+        assert_eq!(adapter_bytes(&root), before, "stored adapter not reverted");
+        assert_eq!(
+            served_logprobs(&c, &serve).await,
+            served_before,
+            "served adapter not reverted"
+        );
+        let n = n + 1;
 
         // /reset forgets the conversation: there is nothing left to give feedback on.
         tg.push_text(42, "/reset");
