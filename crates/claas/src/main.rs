@@ -32,6 +32,69 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// See whether the assistant is learning: feedback loops per preference against a claas
+    /// API, with log-prob margin, compliance, capability and collapse metrics and plots.
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// The claas API (chat proxy, /v1/feedback, /v1/score).
+    #[arg(long, env = "CLAAS_API_URL", default_value = "http://127.0.0.1:8080")]
+    api_url: String,
+    /// Bearer token for the API.
+    #[arg(long, env = "CLAAS_API_KEY")]
+    api_key: Option<String>,
+    /// Base model of the adapters (and reference of the KL metric); default: the first base
+    /// model GET /v1/models lists.
+    #[arg(long)]
+    base_model: Option<String>,
+    /// Built-in preferences to run (concise, no_emoji, identity).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "concise,no_emoji,identity"
+    )]
+    preferences: Vec<String>,
+    /// Extra preference specs (JSON files like crates/eval/preferences/*.json); repeatable.
+    #[arg(long = "preference-file")]
+    preference_files: Vec<PathBuf>,
+    /// Feedback steps per preference.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Samples per feedback step (one /v1/feedback per step).
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Adapters are created as {prefix}/{preference}.
+    #[arg(long, default_value = "eval")]
+    lora_prefix: String,
+    /// Results folder (default ./data/evals/<UTC timestamp>).
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    /// Token budget of every generation.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: u32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Sampling temperature of the feedback samples (probes are greedy).
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f64,
+    /// `training` overrides sent with every feedback, as a JSON object or @file
+    /// (e.g. '{"learning_rate": 1e-4}').
+    #[arg(long)]
+    training_json: Option<String>,
+    /// Probe prompts per measurement (default: all of the preference's).
+    #[arg(long)]
+    probes: Option<usize>,
+    /// Top-k log-probabilities requested for the entropy metric.
+    #[arg(long, default_value_t = 20)]
+    top_logprobs: u32,
+    /// Samples of the collapse prompt for self-ROUGE-L (fewer than 2 = skip).
+    #[arg(long, default_value_t = 3)]
+    collapse_samples: usize,
+    /// Log lines instead of a progress bar.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Args)]
@@ -169,6 +232,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Init => init(),
+        Command::Eval(a) => rt.block_on(eval(a)),
         Command::Bench { what } => {
             let anchor = |p: Option<PathBuf>| {
                 p.map(|p| claas_bench::read_torch_anchor(&p))
@@ -198,6 +262,72 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    let mut prefs = Vec::new();
+    for name in a
+        .preferences
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
+        prefs.push(claas_eval::preferences::builtin(name)?);
+    }
+    for path in &a.preference_files {
+        prefs.push(claas_eval::preferences::from_file(path)?);
+    }
+    let training = match a.training_json.as_deref() {
+        None => None,
+        Some(t) => {
+            let text = match t.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --training-json file {path}"))?,
+                None => t.to_string(),
+            };
+            Some(
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .context("--training-json is not JSON")?,
+            )
+        }
+    };
+    let output_dir = a
+        .output_dir
+        .unwrap_or_else(claas_eval::output::default_output_dir);
+    let mut cfg = claas_eval::EvalConfig::new(&a.api_url, prefs, output_dir.clone());
+    cfg.api_key = a.api_key;
+    cfg.base_model = a.base_model;
+    cfg.steps = a.steps;
+    cfg.batch = a.batch;
+    cfg.lora_prefix = a.lora_prefix;
+    cfg.max_tokens = a.max_tokens;
+    cfg.seed = a.seed;
+    cfg.temperature = a.temperature;
+    cfg.training = training;
+    cfg.probes = a.probes;
+    cfg.top_logprobs = a.top_logprobs;
+    cfg.collapse_samples = a.collapse_samples;
+    cfg.progress = !a.no_progress;
+    let summary = claas_eval::run(&cfg).await?;
+    for (name, p) in &summary.preferences {
+        let get = |side: &str, k: &str| {
+            p[side][k]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.3}"))
+        };
+        println!(
+            "{name}: margin {} -> {}, compliance {} -> {}, capability {} -> {}, KL {}",
+            get("baseline", "logprob_margin"),
+            get("final", "logprob_margin"),
+            get("baseline", "compliance"),
+            get("final", "compliance"),
+            get("baseline", "capability_logprob"),
+            get("final", "capability_logprob"),
+            get("final", "kl_to_base"),
+        );
+    }
+    println!("results: {}", output_dir.display());
+    Ok(())
 }
 
 fn openclaw_settings(
