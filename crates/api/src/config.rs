@@ -44,6 +44,15 @@ pub struct ApiConfig {
     pub completion_cache_ttl: Duration,
     /// `CLAAS_KEEP_VERSIONS`: versions kept per adapter (20; the current one always stays).
     pub keep_versions: usize,
+    /// `CLAAS_API_KEY`: when set, routes that write or expose conversations need it (bearer
+    /// token, or the dashboard's `claas_api_key` cookie).
+    pub api_key: Option<String>,
+    /// `CLAAS_GUARDRAIL_MAX_KL`, `CLAAS_GUARDRAIL_MIN_ENTROPY`: bounds of the post-update
+    /// check (unset = off); a request's `guardrail` overrides them.
+    pub guardrail: crate::types::Guardrail,
+    /// `CLAAS_EVAL_DIR`: where `claas eval` runs are read from for `/v1/eval`
+    /// (`./data/evals`, as the reference).
+    pub eval_dir: PathBuf,
 }
 
 /// A setting that could not be parsed.
@@ -74,6 +83,9 @@ impl Default for ApiConfig {
             completion_cache_size: 100,
             completion_cache_ttl: Duration::from_secs(3600),
             keep_versions: 20,
+            api_key: None,
+            guardrail: crate::types::Guardrail::default(),
+            eval_dir: PathBuf::from("./data/evals"),
         }
     }
 }
@@ -179,6 +191,27 @@ impl ApiConfig {
         if let Some(v) = nonempty("CLAAS_KEEP_VERSIONS") {
             c.keep_versions = count("CLAAS_KEEP_VERSIONS", &v, 1)?;
         }
+        c.api_key = nonempty("CLAAS_API_KEY");
+        for (name, slot) in [
+            ("CLAAS_GUARDRAIL_MAX_KL", &mut c.guardrail.max_kl_to_base),
+            ("CLAAS_GUARDRAIL_MIN_ENTROPY", &mut c.guardrail.min_entropy),
+        ] {
+            if let Some(v) = nonempty(name) {
+                *slot = Some(
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|x| x.is_finite() && *x >= 0.0)
+                        .ok_or_else(|| ConfigError {
+                            name: name.into(),
+                            value: v.clone(),
+                            message: "expected a non-negative number".into(),
+                        })?,
+                );
+            }
+        }
+        if let Some(v) = nonempty("CLAAS_EVAL_DIR") {
+            c.eval_dir = PathBuf::from(v);
+        }
         Ok(c)
     }
 }
@@ -241,5 +274,13 @@ mod tests {
         assert_eq!(c.keep_versions, 3);
         assert!(cfg(&[("CLAAS_KEEP_VERSIONS", "0")]).is_err());
         assert!(cfg(&[("CLAAS_COMPLETION_CACHE_SIZE", "-1")]).is_err());
+        let c = cfg(&[("CLAAS_API_KEY", " k1 "), ("CLAAS_EVAL_DIR", "/e")]).unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("k1"));
+        assert_eq!(c.eval_dir, PathBuf::from("/e"));
+        assert_eq!(cfg(&[("CLAAS_API_KEY", "  ")]).unwrap().api_key, None);
+        let c = cfg(&[("CLAAS_GUARDRAIL_MAX_KL", "0.5")]).unwrap();
+        assert_eq!(c.guardrail.max_kl_to_base, Some(0.5));
+        assert_eq!(c.guardrail.min_entropy, None);
+        assert!(cfg(&[("CLAAS_GUARDRAIL_MIN_ENTROPY", "x")]).is_err());
     }
 }

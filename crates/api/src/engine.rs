@@ -102,6 +102,12 @@ pub trait TrainingEngine: Send + Sync {
         prompt: &str,
         response: &str,
     ) -> Result<ScoreOutput, EngineError>;
+    /// The guardrail's probe of the adapter at `adapter_dir` against the base model.
+    fn probe(&self, _adapter_dir: &Path) -> Result<claas_sdpo::ProbeStats, EngineError> {
+        Err(EngineError::BadInput(
+            "this trainer cannot run the guardrail probe".into(),
+        ))
+    }
     /// The reference's chat scoring (`/v1/score` with `messages` + `completion`): see
     /// [`claas_sdpo::Trainer::score_chat`].
     fn score_chat(

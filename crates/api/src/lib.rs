@@ -5,8 +5,10 @@
 //! [`ApiState`] (usually [`ApiState::from_config`] with [`ApiConfig::from_env`]), installs a
 //! [`TrainingEngine`] with [`ApiState::set_engine`], and serves [`router`].
 
+pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod dashboard;
 pub mod engine;
 pub mod error;
 pub mod feedback_log;

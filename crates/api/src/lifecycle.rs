@@ -17,7 +17,7 @@ use crate::records::CompletionRecord;
 use crate::state::ApiState;
 use crate::types::{
     DistillResponse, DistillResultMetadata, FeedbackItem, FeedbackRequest, FeedbackResponse,
-    TimingMs, VllmState,
+    Guardrail, GuardrailOutcome, TimingMs, VllmState,
 };
 
 /// Name of the optimizer side state in the store.
@@ -181,6 +181,7 @@ struct Progress {
     /// What the trainer was given, per item (exact ids when a record was found).
     samples: Vec<claas_sdpo::FeedbackItem>,
     version: Option<VersionInfo>,
+    guardrail: Option<GuardrailOutcome>,
 }
 
 /// Where a feedback item's exact tokens come from: the completion record named by its
@@ -226,6 +227,7 @@ pub async fn feedback(
         records: Vec::new(),
         samples: Vec::new(),
         version: None,
+        guardrail: None,
         phase: "validate",
         vllm: VllmState::default(),
         timing: TimingMs::default(),
@@ -272,6 +274,8 @@ pub async fn feedback(
         "adapter_version": p.version.as_ref().map(|v| v.version),
         "previous_version": p.version.as_ref().and_then(|v| v.parent),
         "version_name": p.version.as_ref().map(|v| v.name.clone()),
+        "current_version": current_version(&p),
+        "guardrail": p.guardrail,
         "batch_size": req.items.len(),
         "request": req.log_value(),
         "vllm": p.vllm,
@@ -303,6 +307,7 @@ pub async fn feedback(
                 .as_ref()
                 .map(|d| d.lora_id.clone())
                 .unwrap_or_else(|| req.lora_id().to_string());
+            let current_version = current_version(&p);
             Ok(FeedbackResponse {
                 status: "ok".into(),
                 request_id,
@@ -314,6 +319,8 @@ pub async fn feedback(
                 batch_size: req.items.len(),
                 adapter_version: p.version.as_ref().map(|v| v.version),
                 previous_version: p.version.as_ref().and_then(|v| v.parent),
+                current_version,
+                guardrail: p.guardrail,
                 version_name: p.version.map(|v| v.name),
             })
         }
@@ -439,7 +446,7 @@ async fn feedback_inner(
                 job.items[*i].rollout_logprobs = None;
             }
             p.samples = job.items.clone();
-            run_distill(engine, job)
+            run_distill(engine.clone(), job)
                 .await
                 .map_err(|e| engine_error("distill", e))?
         }
@@ -461,8 +468,13 @@ async fn feedback_inner(
         .await
         .map_err(|e| ApiError::Internal(format!("Feedback update failed in phase 'save': {e}")))?;
     let version = info.version;
-    p.version = Some(info);
     p.timing.save = ms(t);
+    let bounds = state.config().guardrail.with(&req.guardrail);
+    if bounds.enabled() {
+        p.phase = "guardrail";
+        p.guardrail = Some(guard(state, &engine, &resolved, &info, bounds).await?);
+    }
+    p.version = Some(info);
     state.metrics().step(
         (p.timing.distill + p.timing.save) as f64 / 1000.0,
         Some(metrics.total_loss),
@@ -491,6 +503,79 @@ async fn feedback_inner(
         p.timing.wake = ms(t);
     }
     Ok(())
+}
+
+/// The version serving uses after the request.
+fn current_version(p: &Progress) -> Option<u64> {
+    match &p.guardrail {
+        Some(g) if g.rolled_back_to.is_some() => g.rolled_back_to,
+        _ => p.version.as_ref().map(|v| v.version),
+    }
+}
+
+/// Which bounds `probe` exceeds.
+fn violations(probe: &claas_sdpo::ProbeStats, bounds: &Guardrail) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(max) = bounds.max_kl_to_base {
+        // NaN counts as a violation.
+        if probe.kl_to_base.is_nan() || probe.kl_to_base > max {
+            out.push(format!("KL to base {:.4} > {max}", probe.kl_to_base));
+        }
+    }
+    if let Some(min) = bounds.min_entropy {
+        if probe.entropy.is_nan() || probe.entropy < min {
+            out.push(format!("entropy {:.4} < {min}", probe.entropy));
+        }
+    }
+    out
+}
+
+/// Probes the version just made; when it breaks a bound, makes its parent live again before
+/// anything serves the new one (the swap below then reloads the parent's weights).
+async fn guard(
+    state: &ApiState,
+    engine: &Arc<dyn TrainingEngine>,
+    resolved: &ResolvedAdapter,
+    info: &VersionInfo,
+    bounds: Guardrail,
+) -> Result<GuardrailOutcome, ApiError> {
+    let (e, dir) = (engine.clone(), info.dir.clone());
+    let probe = tokio::task::spawn_blocking(move || e.probe(&dir))
+        .await
+        .map_err(|e| ApiError::Internal(format!("guardrail probe task failed: {e}")))?
+        .map_err(|e| engine_error("guardrail", e))?;
+    let violations = violations(&probe, &bounds);
+    let mut rolled_back_to = None;
+    if !violations.is_empty() {
+        if let Some(parent) = info.parent {
+            let (store, id) = (state.store().clone(), resolved.id.clone());
+            tokio::task::spawn_blocking(move || store.rollback(&id, parent))
+                .await
+                .map_err(|e| ApiError::Internal(format!("guardrail rollback task failed: {e}")))?
+                .map_err(|e| {
+                    ApiError::Internal(format!("Feedback update failed in phase 'guardrail': {e}"))
+                })?;
+            rolled_back_to = Some(parent);
+            tracing::warn!(
+                lora_id = resolved.id,
+                version = info.version,
+                parent,
+                ?violations,
+                "guardrail rolled the update back"
+            );
+        }
+    }
+    Ok(GuardrailOutcome {
+        status: if rolled_back_to.is_some() {
+            "rolled_back"
+        } else {
+            "passed"
+        },
+        probe,
+        bounds,
+        violations,
+        rolled_back_to,
+    })
 }
 
 /// Reloads the adapter under its own normalised name and, when reached through an alias,

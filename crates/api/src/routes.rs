@@ -48,8 +48,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/feedback", post(feedback))
         .route("/v1/score", post(score))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_key,
+        ))
         .layer(DefaultBodyLimit::max(64 << 20))
         .with_state(state)
 }

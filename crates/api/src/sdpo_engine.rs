@@ -163,6 +163,11 @@ impl TrainingEngine for SdpoEngine {
         })
     }
 
+    fn probe(&self, adapter_dir: &Path) -> Result<claas_sdpo::ProbeStats, EngineError> {
+        let adapter = self.load_adapter(adapter_dir)?;
+        self.trainer.probe(&adapter).map_err(map_err)
+    }
+
     fn score_chat(
         &self,
         adapter_dir: Option<&Path>,

@@ -100,6 +100,57 @@ pub const TRAINING_FIELDS: [TrainingField; 7] = [
 /// The `training.teacher_mode` values, default first.
 pub const TEACHER_MODES: [&str; 2] = ["self", "remote"];
 
+/// Bounds of the post-update guardrail; `None` turns that check off.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Guardrail {
+    /// Roll back when the probe's mean KL(adapter ‖ base) exceeds this (nats).
+    pub max_kl_to_base: Option<f64>,
+    /// Roll back when the probe's mean next-token entropy falls below this (nats).
+    pub min_entropy: Option<f64>,
+}
+
+impl Guardrail {
+    /// Whether any check is on.
+    pub fn enabled(&self) -> bool {
+        self.max_kl_to_base.is_some() || self.min_entropy.is_some()
+    }
+
+    /// This request's bounds: the server's, with the request's `guardrail` applied.
+    pub fn with(self, req: &GuardrailRequest) -> Guardrail {
+        if req.enabled == Some(false) {
+            return Guardrail::default();
+        }
+        Guardrail {
+            max_kl_to_base: req.max_kl_to_base.or(self.max_kl_to_base),
+            min_entropy: req.min_entropy.or(self.min_entropy),
+        }
+    }
+}
+
+/// A request's `guardrail` (extension): `enabled: false` turns the server's checks off for it;
+/// bounds given replace the server's.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct GuardrailRequest {
+    pub enabled: Option<bool>,
+    pub max_kl_to_base: Option<f64>,
+    pub min_entropy: Option<f64>,
+}
+
+/// What the guardrail found after an update.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GuardrailOutcome {
+    /// `passed` or `rolled_back`.
+    pub status: &'static str,
+    /// The probe of the new version.
+    pub probe: claas_sdpo::ProbeStats,
+    /// The bounds applied.
+    pub bounds: Guardrail,
+    /// Which bounds were exceeded.
+    pub violations: Vec<String>,
+    /// The version serving went back to, when rolled back.
+    pub rolled_back_to: Option<u64>,
+}
+
 /// Sleep/wake options of `/v1/feedback` (`orchestration`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Orchestration {
@@ -141,6 +192,8 @@ pub struct FeedbackItem {
 pub struct FeedbackRequest {
     pub items: Vec<FeedbackItem>,
     pub orchestration: Orchestration,
+    /// Extension: the post-update guardrail's settings for this request.
+    pub guardrail: GuardrailRequest,
     /// Whether the body used the `requests: [...]` form.
     #[serde(skip)]
     pub batched: bool,
@@ -259,6 +312,28 @@ fn parse_orchestration(c: &mut Checker, parent: &Map<String, Value>, loc: &Loc) 
     }
 }
 
+fn parse_guardrail(c: &mut Checker, parent: &Map<String, Value>, loc: &Loc) -> GuardrailRequest {
+    let Some(m) = c.opt_object(parent, "guardrail", loc) else {
+        return GuardrailRequest::default();
+    };
+    let l = at(loc, "guardrail");
+    let bound = |c: &mut Checker, key: &str| match m.get(key) {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(c.float_in(m, key, &l, 0.0, Some(0.0), None)),
+    };
+    let max_kl_to_base = bound(c, "max_kl_to_base");
+    let min_entropy = bound(c, "min_entropy");
+    let enabled = match m.get("enabled") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(c.bool_or(m, "enabled", &l, true)),
+    };
+    GuardrailRequest {
+        enabled,
+        max_kl_to_base,
+        min_entropy,
+    }
+}
+
 fn parse_item(c: &mut Checker, m: &Map<String, Value>, loc: &Loc) -> FeedbackItem {
     let lora_id = c.req_str(m, "lora_id", loc, 0).unwrap_or_default();
     if m.get("lora_id").is_some_and(Value::is_string) {
@@ -314,6 +389,7 @@ pub fn parse_feedback(body: &Value) -> Result<FeedbackRequest, ApiError> {
         return Err(ApiError::Internal("unreachable: non-object body".into()));
     };
     let orchestration = parse_orchestration(&mut c, m, &loc);
+    let guardrail = parse_guardrail(&mut c, m, &loc);
     let (items, batched) = match m.get("requests") {
         Some(v) if !v.is_null() => {
             let l = at(&loc, "requests");
@@ -356,6 +432,7 @@ pub fn parse_feedback(body: &Value) -> Result<FeedbackRequest, ApiError> {
     Ok(FeedbackRequest {
         items,
         orchestration,
+        guardrail,
         batched,
     })
 }
@@ -590,6 +667,11 @@ pub struct FeedbackResponse {
     pub previous_version: Option<u64>,
     /// `{id}@v{N}`.
     pub version_name: Option<String>,
+    /// The version serving uses after this request (differs from `adapter_version` when the
+    /// guardrail rolled the update back).
+    pub current_version: Option<u64>,
+    /// The post-update check, when one ran.
+    pub guardrail: Option<GuardrailOutcome>,
 }
 
 #[cfg(test)]

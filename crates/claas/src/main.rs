@@ -408,6 +408,13 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         api: claas_api::ApiConfig::from_env()?,
     };
     let key = a.api_key.clone();
+    // With CLAAS_API_KEY set, the feedback API wants it too.
+    let api_auth = cfg
+        .api
+        .api_key
+        .as_ref()
+        .map(|k| format!(" -H 'Authorization: Bearer {k}'"))
+        .unwrap_or_default();
     let lora_served = format!("{}-latest", lora_name()).replace('/', "-");
     claas_stack::up(cfg, ctrl_c(), move |addrs| {
         println!();
@@ -425,7 +432,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             addrs.serve
         );
         println!(
-            "  curl -X POST http://{}/v1/feedback -H 'Content-Type: application/json' \\\n    -d '{{\"lora_id\": \"{}-latest\", \"prompt\": \"hi\", \"response\": \"hello\", \"feedback\": \"good\", \"training\": {{\"teacher_mode\": \"self\"}}}}'",
+            "  curl -X POST http://{}/v1/feedback{api_auth} -H 'Content-Type: application/json' \\\n    -d '{{\"lora_id\": \"{}-latest\", \"prompt\": \"hi\", \"response\": \"hello\", \"feedback\": \"good\", \"training\": {{\"teacher_mode\": \"self\"}}}}'",
             addrs.api,
             lora_name()
         );

@@ -214,6 +214,29 @@ pub(crate) struct FeedbackResult {
     /// The version it trained from: what `/undo` goes back to.
     #[serde(default)]
     pub previous_version: Option<u64>,
+    /// The post-update guardrail's verdict, when one ran.
+    #[serde(default)]
+    pub guardrail: Option<GuardrailResult>,
+}
+
+/// The API's `guardrail` outcome of a feedback.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct GuardrailResult {
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub violations: Vec<String>,
+    #[serde(default)]
+    pub rolled_back_to: Option<u64>,
+}
+
+impl FeedbackResult {
+    /// The guardrail undid the update: serving stayed on the version it trained from.
+    pub(crate) fn rolled_back(&self) -> Option<&GuardrailResult> {
+        self.guardrail
+            .as_ref()
+            .filter(|g| g.status == "rolled_back")
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -257,14 +280,21 @@ pub(crate) enum ClaasError {
 pub(crate) struct ClaasClient {
     http: reqwest::Client,
     base: String,
+    api_key: Option<String>,
     timeout: Duration,
 }
 
 impl ClaasClient {
-    pub(crate) fn new(http: reqwest::Client, base_url: &str, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        http: reqwest::Client,
+        base_url: &str,
+        api_key: Option<String>,
+        timeout: Duration,
+    ) -> Self {
         Self {
             http,
             base: base_url.trim_end_matches('/').to_string(),
+            api_key,
             timeout,
         }
     }
@@ -300,14 +330,15 @@ impl ClaasClient {
                 ClaasError::Unreachable(error_chain(&e))
             }
         };
-        let resp = self
+        let mut rb = self
             .http
             .post(format!("{}{path}", self.base))
             .timeout(self.timeout)
-            .json(body)
-            .send()
-            .await
-            .map_err(map_err)?;
+            .json(body);
+        if let Some(k) = &self.api_key {
+            rb = rb.bearer_auth(k);
+        }
+        let resp = rb.send().await.map_err(map_err)?;
         let status = resp.status().as_u16();
         let text = resp.text().await.map_err(map_err)?;
         if status == 409 {

@@ -68,12 +68,17 @@ where
         chat: ChatBackend::new(
             http.clone(),
             &cfg.claas_api_url,
-            cfg.vllm_api_key.clone(),
+            cfg.claas_api_key.clone(),
             cfg.model.clone(),
             cfg.max_tokens,
             cfg.chat_timeout,
         ),
-        claas: ClaasClient::new(http, &cfg.claas_api_url, cfg.feedback_timeout),
+        claas: ClaasClient::new(
+            http,
+            &cfg.claas_api_url,
+            cfg.claas_api_key.clone(),
+            cfg.feedback_timeout,
+        ),
         convs: Mutex::new(Conversations::new(
             cfg.conversation_ttl,
             cfg.max_conversations,
@@ -452,10 +457,14 @@ impl Bot {
         let started = Instant::now();
         let text = match self.claas.submit(&payload).await {
             Ok(result) => {
-                let point = result.previous_version.map(|version| UndoPoint {
-                    version,
-                    applied: result.adapter_version,
-                });
+                // A rolled-back update changed nothing serving sees: nothing to undo.
+                let point = result
+                    .previous_version
+                    .filter(|_| result.rolled_back().is_none())
+                    .map(|version| UndoPoint {
+                        version,
+                        applied: result.adapter_version,
+                    });
                 self.convs().set_undo(chat, point, Instant::now());
                 success_reply(&result, started.elapsed().as_secs_f64() * 1000.0)
             }

@@ -18,11 +18,9 @@ pub struct GatewayConfig {
     pub telegram_bot_token: String,
     /// Bot API base URL without trailing slash (`TELEGRAM_API_URL`).
     pub telegram_api_url: String,
-    /// Not used: the gateway chats through the CLaaS API ([`Self::claas_api_url`]) and no longer
-    /// reads `VLLM_BASE_URL`. Kept only while `claas up` still sets it; remove it with that line.
-    pub vllm_base_url: String,
-    /// Bearer key sent with chat requests (`VLLM_API_KEY`, then `API_KEY`; default `sk-local`).
-    pub vllm_api_key: Option<String>,
+    /// Bearer key sent to the CLaaS API with chat, `/feedback` and `/undo` (`CLAAS_API_KEY`;
+    /// needed when the API has one). The API talks to the model server with its own key.
+    pub claas_api_key: Option<String>,
     /// Served model to chat with (`GATEWAY_MODEL`; default the served name of `lora_id`,
     /// `openclaw-assistant-latest`).
     pub model: String,
@@ -67,8 +65,7 @@ impl GatewayConfig {
         Self {
             telegram_bot_token: telegram_bot_token.into(),
             telegram_api_url: DEFAULT_TELEGRAM_API_URL.to_string(),
-            vllm_base_url: "http://localhost:8000".to_string(),
-            vllm_api_key: Some("sk-local".to_string()),
+            claas_api_key: None,
             model: served_model_name(&lora_id),
             claas_api_url: "http://localhost:8080".to_string(),
             lora_id,
@@ -107,9 +104,7 @@ impl GatewayConfig {
         if let Some(url) = get("TELEGRAM_API_URL") {
             cfg.telegram_api_url = check_url("TELEGRAM_API_URL", &url)?;
         }
-        if let Some(key) = get("VLLM_API_KEY").or_else(|| get("API_KEY")) {
-            cfg.vllm_api_key = Some(key);
-        }
+        cfg.claas_api_key = get("CLAAS_API_KEY");
         if let Some(url) = get("CLAAS_API_URL") {
             cfg.claas_api_url = check_url("CLAAS_API_URL", &url)?;
         }

@@ -11,6 +11,16 @@ use crate::text::js_to_fixed;
 /// is what `/undo` and `GET /v1/lora/versions` talk about. Without a version (an older API) the
 /// arrow is left out.
 pub(crate) fn success_reply(result: &FeedbackResult, elapsed_ms: f64) -> String {
+    if let Some(g) = result.rolled_back() {
+        let back = g
+            .rolled_back_to
+            .map(|v| format!("; still on v{v}"))
+            .unwrap_or_default();
+        return format!(
+            "\u{26A0}\u{FE0F} The update was rolled back by the guardrail ({}){back}",
+            g.violations.join(", ")
+        );
+    }
     let total_ms = result
         .timing_ms
         .as_ref()
@@ -76,6 +86,7 @@ mod tests {
             }),
             adapter_version: None,
             previous_version: None,
+            guardrail: None,
         };
         assert_eq!(
             success_reply(&r, 99.0),
@@ -90,6 +101,7 @@ mod tests {
             }),
             adapter_version: None,
             previous_version: None,
+            guardrail: None,
         };
         assert_eq!(
             success_reply(&float_tokens, 0.0),
@@ -108,10 +120,30 @@ mod tests {
             }),
             adapter_version: Some(3),
             previous_version: Some(2),
+            guardrail: None,
         };
         assert_eq!(
             success_reply(&r, 0.0),
             "✅ Feedback applied → v3 (1.3s | loss: 0.1235 | 7 tokens)"
         );
+    }
+
+    #[test]
+    fn a_guardrail_rollback_is_told() {
+        let r: FeedbackResult = serde_json::from_value(json!({
+            "adapter_version": 4, "previous_version": 3,
+            "guardrail": {"status": "rolled_back", "violations": ["KL to base 2.1000 > 0.5"],
+                "rolled_back_to": 3}
+        }))
+        .unwrap();
+        assert_eq!(
+            success_reply(&r, 10.0),
+            "\u{26A0}\u{FE0F} The update was rolled back by the guardrail (KL to base 2.1000 > 0.5); still on v3"
+        );
+        let passed: FeedbackResult = serde_json::from_value(json!({
+            "adapter_version": 4, "guardrail": {"status": "passed", "violations": []}
+        }))
+        .unwrap();
+        assert!(success_reply(&passed, 1000.0).starts_with("\u{2705} Feedback applied \u{2192} v4"));
     }
 }

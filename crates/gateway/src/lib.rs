@@ -16,7 +16,7 @@
 //! | `TELEGRAM_API_URL` | `https://api.telegram.org` | Bot API root (tests use a local fake) |
 //! | `TELEGRAM_ALLOWED_USERS` | everyone | comma-separated Telegram user ids |
 //! | `TELEGRAM_POLL_TIMEOUT` | 30 | `getUpdates` long-poll seconds |
-//! | `VLLM_API_KEY` (or `API_KEY`) | `sk-local` | bearer key sent with chat requests (the key of the model server behind the API) |
+//! | `CLAAS_API_KEY` | — | bearer key sent to the CLaaS API (chat, `/feedback`, `/undo`) when the API has one |
 //! | `LORA_NAME` | `openclaw/assistant` | adapter family; feedback goes to `{LORA_NAME}-latest` |
 //! | `CLAAS_LORA_ID` | `{LORA_NAME}-latest` | adapter id sent with `/feedback` and `/undo` |
 //! | `GATEWAY_MODEL` | served name of the adapter id (`openclaw-assistant-latest`) | model to chat with |

@@ -268,7 +268,11 @@ impl OpenClawSettings {
                 .unwrap_or(&model);
             s.base_model_id = last.to_lowercase();
         }
-        if let Some(key) = get("API_KEY").or_else(|| get("VLLM_API_KEY")) {
+        // OpenClaw's provider is the CLaaS API's proxy: its key, when it has one.
+        if let Some(key) = get("CLAAS_API_KEY")
+            .or_else(|| get("API_KEY"))
+            .or_else(|| get("VLLM_API_KEY"))
+        {
             s.api_key = key;
         }
         if let Some(url) = get("CLAAS_API_URL") {

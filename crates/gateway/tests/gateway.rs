@@ -34,7 +34,7 @@ async fn a_message_gets_the_model_reply_after_a_typing_action() {
         reqs[0]["messages"],
         json!([{"role": "user", "content": "hello there"}])
     );
-    assert_eq!(h.chat.auth_headers()[0].as_deref(), Some("Bearer sk-local"));
+    assert_eq!(h.chat.auth_headers()[0].as_deref(), Some("Bearer k-api"));
 
     h.stop().await.unwrap();
 }

@@ -28,6 +28,7 @@
 //!   request's own learning rate is used.
 
 mod error;
+pub mod guard;
 pub mod loss;
 pub mod optim;
 mod select;
@@ -35,6 +36,7 @@ pub mod teacher;
 mod trainer;
 
 pub use error::{Result, SdpoError};
+pub use guard::{ProbeStats, PROBE_CONVERSATIONS};
 pub use loss::{sdpo_loss, LossInput, LossOutput};
 pub use optim::{adamw_step, clip_grad_norm, AdamHyper, AdamState, Moments};
 pub use teacher::{

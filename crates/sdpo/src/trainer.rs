@@ -354,6 +354,16 @@ impl Trainer {
         &self.model
     }
 
+    /// The base model's tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The base model's chat template.
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
     /// The student's prompt and response ids (see [`FeedbackItem`] for the order of sources),
     /// checked against the vocabulary and the context length.
     fn student_ids(&self, item: &FeedbackItem) -> Result<(Vec<u32>, Vec<u32>)> {

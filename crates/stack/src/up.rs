@@ -140,6 +140,7 @@ where
     api_cfg.feedback_log_dir = cfg.feedback_log_dir.clone();
     api_cfg.base_model_id = cfg.model.clone();
     api_cfg.vllm_base_url = None;
+    let api_cfg_key = api_cfg.api_key.clone();
     if !api_cfg.allowed_init_base_models.contains(&cfg.model) {
         api_cfg.allowed_init_base_models.push(cfg.model.clone());
     }
@@ -186,8 +187,7 @@ where
             };
             format!("http://{host}:{}", a.port())
         };
-        g.vllm_base_url = local(addrs.serve);
-        g.vllm_api_key = cfg.api_key.clone();
+        g.claas_api_key = api_cfg_key.clone();
         g.claas_api_url = local(addrs.api);
         tokio::spawn(claas_gateway::run(g, stopped()))
     });

@@ -238,3 +238,61 @@ async fn get(c: &reqwest::Client, url: String) -> (u16, Value) {
     let r = c.get(url).send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
+
+/// The guardrail probes every update: an ordinary one passes, a harmful one (the largest
+/// learning rate, many steps) breaks the same KL bound and is rolled back before anything
+/// serves it, so served log-probabilities equal the previous version's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guardrail_rolls_back_a_harmful_update() {
+    let s = Stack::start().await;
+    let c = http();
+    let bound = json!({"max_kl_to_base": GUARDRAIL_MAX_KL});
+    let send = |training: Value, seed: u64| {
+        let (c, api, bound) = (c.clone(), s.api.clone(), bound.clone());
+        async move {
+            let b = chat(&c, &api, "hello", seed).await;
+            let answer = b["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            post(
+                &c,
+                format!("{api}/v1/feedback"),
+                json!({"lora_id": "openclaw/assistant-latest", "prompt": "hello",
+                    "response": answer, "feedback": "Say less.", "training": training,
+                    "guardrail": bound}),
+            )
+            .await
+        }
+    };
+    let (st, ok) = send(json!({"learning_rate": 1e-4}), 1).await;
+    assert_eq!(st, 200, "{ok}");
+    eprintln!("ordinary update: {}", ok["guardrail"]);
+    assert_eq!(ok["guardrail"]["status"], "passed", "{ok}");
+    assert_eq!(ok["current_version"], 1);
+    let before = served_logprobs(&c, &s.serve).await;
+
+    let (st, bad) = send(json!({"learning_rate": 1e-2, "steps_per_batch": 64}), 2).await;
+    assert_eq!(st, 200, "{bad}");
+    eprintln!("harmful update: {}", bad["guardrail"]);
+    assert_eq!(bad["guardrail"]["status"], "rolled_back", "{bad}");
+    assert_eq!(bad["adapter_version"], 2);
+    assert_eq!(bad["current_version"], 1);
+    assert_eq!(bad["guardrail"]["rolled_back_to"], 1);
+    assert_eq!(served_logprobs(&c, &s.serve).await, before);
+    let log = read_log(&bad["feedback_log_path"]);
+    assert_eq!(log["guardrail"]["status"], "rolled_back");
+    let (_, list) = get(
+        &c,
+        format!(
+            "{}/v1/lora/versions?lora_id=openclaw/assistant-latest",
+            s.api
+        ),
+    )
+    .await;
+    assert_eq!(list["current"], 1, "{list}");
+    s.stop().await;
+}
+
+/// Mean KL(adapter ‖ base) on the probe above which the test calls an update harmful.
+const GUARDRAIL_MAX_KL: f64 = 0.05;

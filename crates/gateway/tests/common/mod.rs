@@ -324,9 +324,9 @@ pub struct Harness {
 pub fn test_config(tg: &str, api: &str) -> GatewayConfig {
     let mut cfg = GatewayConfig::new(TOKEN);
     cfg.telegram_api_url = tg.to_string();
-    // Nothing listens here: the gateway must not talk to the inference server itself.
-    cfg.vllm_base_url = dead_url();
+    // Chat, feedback and undo all go to the CLaaS API, with its key.
     cfg.claas_api_url = api.to_string();
+    cfg.claas_api_key = Some("k-api".into());
     cfg.poll_timeout = Duration::from_secs(1);
     cfg.retry_base = Duration::from_millis(10);
     cfg.retry_max = Duration::from_millis(50);
