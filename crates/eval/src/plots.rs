@@ -223,8 +223,13 @@ where
     }
     let mut ctx = builder.build_cartesian_2d(0.0..x_max, y0..y1).map_err(e)?;
     let mut mesh = ctx.configure_mesh();
+    // Steps are integers: one tick per step, up to 10 ticks.
+    let int_label = |x: &f64| format!("{x:.0}");
     if labels {
-        mesh.x_desc("step").y_desc(chart.y_label.as_str());
+        mesh.x_labels((x_max as usize + 1).min(11))
+            .x_label_formatter(&int_label)
+            .x_desc("step")
+            .y_desc(chart.y_label.as_str());
     } else {
         mesh.x_labels(0).y_labels(0);
     }
