@@ -68,7 +68,8 @@ struct EvalArgs {
     /// Adapters are created as {prefix}/{preference}.
     #[arg(long, default_value = "eval")]
     lora_prefix: String,
-    /// Results folder (default ./data/evals/<UTC timestamp>).
+    /// Results folder (default $CLAAS_EVAL_DIR/<UTC timestamp>, CLAAS_EVAL_DIR defaulting to
+    /// ./data/evals as the API's /v1/eval page).
     #[arg(long)]
     output_dir: Option<PathBuf>,
     /// Token budget of every generation.
@@ -291,9 +292,12 @@ async fn eval(a: EvalArgs) -> anyhow::Result<()> {
             )
         }
     };
-    let output_dir = a
-        .output_dir
-        .unwrap_or_else(claas_eval::output::default_output_dir);
+    let output_dir = a.output_dir.unwrap_or_else(|| {
+        claas_eval::output::default_output_dir(&env_path(
+            "CLAAS_EVAL_DIR",
+            PathBuf::from("data/evals"),
+        ))
+    });
     let mut cfg = claas_eval::EvalConfig::new(&a.api_url, prefs, output_dir.clone());
     cfg.api_key = a.api_key;
     cfg.base_model = a.base_model;

@@ -14,9 +14,10 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
     }
 }
 
-/// `./data/evals/<UTC timestamp>`, as the reference names its runs.
-pub fn default_output_dir() -> PathBuf {
-    PathBuf::from("data/evals").join(chrono::Utc::now().format("%Y%m%d-%H%M%SZ").to_string())
+/// `{parent}/<UTC timestamp>`, as the reference names its runs (`parent` is `CLAAS_EVAL_DIR`,
+/// where the API's `/v1/eval` page looks, or `./data/evals`).
+pub fn default_output_dir(parent: &Path) -> PathBuf {
+    parent.join(chrono::Utc::now().format("%Y%m%d-%H%M%SZ").to_string())
 }
 
 /// Creates a folder and its parents.
