@@ -70,7 +70,11 @@ pub fn line_chart(id: &str, title: &str, series: &[Series]) -> String {
     } else {
         y_max.abs().max(1.0) * 0.1
     };
-    let (lo, hi) = (y_min - pad, y_max + pad);
+    let (mut lo, hi) = (y_min - pad, y_max + pad);
+    // Losses and KLs are never negative: no axis below zero for them.
+    if y_min >= 0.0 && lo < 0.0 {
+        lo = 0.0;
+    }
     let plot_w = W - LEFT - RIGHT;
     let plot_h = H - TOP - BOTTOM;
     let sx = |x: usize| {

@@ -232,8 +232,8 @@ Run <code>claas eval</code> (results go to <code>CLAAS_EVAL_DIR</code>).</p>",
     Ok(respond(shell("Eval runs", &nonce, &body, ""), &nonce))
 }
 
-/// Scalars of `v` by dotted path (nested objects flattened, arrays skipped).
-fn flatten(v: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
+/// Scalars of `v` by dotted path in document order (nested objects flattened, arrays skipped).
+fn flatten(v: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
     match v {
         Value::Object(m) => {
             for (k, x) in m {
@@ -246,9 +246,7 @@ fn flatten(v: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
             }
         }
         Value::Array(_) => {}
-        other => {
-            out.insert(prefix.to_string(), other.clone());
-        }
+        other => out.push((prefix.to_string(), other.clone())),
     }
 }
 
@@ -277,16 +275,27 @@ fn summary_rows(data: &Value) -> Vec<Row> {
     };
     let (b, f) = (m.get("baseline"), m.get("final"));
     if b.is_some_and(Value::is_object) && f.is_some_and(Value::is_object) {
-        let (mut bs, mut fs) = (BTreeMap::new(), BTreeMap::new());
+        let (mut bs, mut fs) = (Vec::new(), Vec::new());
         flatten(b.unwrap_or(&Value::Null), "", &mut bs);
         flatten(f.unwrap_or(&Value::Null), "", &mut fs);
-        let keys: std::collections::BTreeSet<&String> = bs.keys().chain(fs.keys()).collect();
-        for k in keys {
+        let fm: BTreeMap<&str, &Value> = fs.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let bm: BTreeMap<&str, &Value> = bs.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        // The metrics' own order (baseline first, then any only the final has).
+        for (k, v) in &bs {
             rows.push(Row {
                 metric: k.clone(),
-                baseline: bs.get(k).cloned(),
-                last: fs.get(k).cloned(),
+                baseline: Some(v.clone()),
+                last: fm.get(k.as_str()).map(|v| (*v).clone()),
             });
+        }
+        for (k, v) in &fs {
+            if !bm.contains_key(k.as_str()) {
+                rows.push(Row {
+                    metric: k.clone(),
+                    baseline: None,
+                    last: Some(v.clone()),
+                });
+            }
         }
         for (k, v) in m {
             if k != "baseline" && k != "final" && !v.is_object() && !v.is_array() {
@@ -307,7 +316,7 @@ fn summary_rows(data: &Value) -> Vec<Row> {
                 last: o.get("final").cloned(),
             }),
             _ => {
-                let mut flat = BTreeMap::new();
+                let mut flat = Vec::new();
                 flatten(v, k, &mut flat);
                 rows.extend(flat.into_iter().map(|(metric, v)| Row {
                     metric,
@@ -328,10 +337,14 @@ fn render_run(run: &Run) -> String {
     let mut s = format!(
         "<section class=\"eval-run\" id=\"run-{rid}\" data-run=\"{rid}\"><h2><a href=\"/v1/eval?run={q}\"><code>{rid}</code></a> <small>{when}{state}</small></h2>",
         q = esc(&url_component(&run.name)),
-        state = if run.summary.is_none() { " · in progress (no summary yet)" } else { "" },
+        state = match &run.summary {
+            None => " · in progress (no summary yet)",
+            Some(v) if v.get("finished_at").is_some_and(Value::is_null) => " · in progress",
+            Some(_) => "",
+        },
     );
     if let Some(cfg) = &run.run {
-        let mut flat = BTreeMap::new();
+        let mut flat = Vec::new();
         flatten(cfg, "", &mut flat);
         s.push_str(
             "<details class=\"run-config\"><summary>Run settings</summary><div class=\"kv\">",
@@ -346,6 +359,16 @@ fn render_run(run: &Run) -> String {
             .get("preferences")
             .filter(|p| p.is_object())
             .unwrap_or(summary);
+        let top: Vec<String> = ["base_model", "started_at", "finished_at"]
+            .iter()
+            .filter_map(|k| {
+                let v = summary.get(*k).filter(|v| !v.is_null())?;
+                Some(format!("<span>{k}</span><span>{}</span>", cell(Some(v))))
+            })
+            .collect();
+        if !top.is_empty() {
+            let _ = write!(s, "<div class=\"kv run-meta\">{}</div>", top.join(""));
+        }
         s.push_str(
             "<table class=\"summary\"><thead><tr><th>Preference</th><th>Metric</th><th>Baseline</th><th>Final</th><th>Δ</th></tr></thead><tbody>",
         );
@@ -387,7 +410,7 @@ fn render_run(run: &Run) -> String {
             if p.steps.len() == 1 { "" } else { "s" }
         );
         if let Some(last) = p.steps.last() {
-            let mut flat = BTreeMap::new();
+            let mut flat = Vec::new();
             flatten(last, "", &mut flat);
             s.push_str("<details><summary>Last step</summary><div class=\"kv\">");
             for (k, v) in flat.iter().take(100) {

@@ -340,22 +340,29 @@ fn versions_panel(adapters: &[Adapter]) -> String {
             let action = if v.current {
                 "<span class=\"current-mark badge ok\">current</span>".to_string()
             } else {
+                // Through an alias when there is one: the rollback then also reloads the
+                // alias's served name (what clients chat with), not only the id's.
+                let via = a
+                    .aliases
+                    .first()
+                    .map(|x| format!(" data-via=\"{}\"", esc(x)))
+                    .unwrap_or_default();
                 format!(
-                    "<button type=\"button\" class=\"rollback\" data-lora-id=\"{}\" data-version=\"{}\">Rollback</button>",
+                    "<button type=\"button\" class=\"rollback\" data-lora-id=\"{}\"{via} data-version=\"{}\">Rollback</button>",
                     esc(&v.id),
                     v.version
                 )
             };
             let _ = write!(
                 s,
-                "<tr class=\"version-row{cur}\" data-version=\"{n}\" data-current=\"{c}\"><td><code>v{n}</code> <small>{name}</small></td>\
+                "<tr class=\"version-row{cur}\" data-version=\"{n}\" data-current=\"{c}\"><td title=\"{name}\"><code>v{n}</code></td>\
 <td>{kind}</td><td>{created}</td><td>{parent}</td><td>{loss}</td><td>{fb}</td><td>{action}</td></tr>",
                 cur = if v.current { " current" } else { "" },
                 n = v.version,
                 c = v.current,
                 name = esc(&v.name),
                 kind = esc(kind),
-                created = esc(&v.created_utc),
+                created = esc(&short_time(&v.created_utc)),
                 parent = v.parent.map(|p| format!("v{p}")).unwrap_or_else(|| "–".into()),
                 loss = num(loss),
                 fb = feedback.join("<br>"),
@@ -365,6 +372,14 @@ fn versions_panel(adapters: &[Adapter]) -> String {
     }
     s.push_str("</section>");
     s
+}
+
+/// `2026-12-01T05:15:17.805Z` as `2026-12-01 05:15:17` (the table stays one line per version).
+fn short_time(rfc3339: &str) -> String {
+    match chrono::DateTime::parse_from_rfc3339(rfc3339) {
+        Ok(t) => t.format("%Y-%m-%d %H:%M:%S").to_string(),
+        Err(_) => rfc3339.to_string(),
+    }
 }
 
 fn charts(entries: &[Entry]) -> String {
@@ -596,7 +611,7 @@ document.addEventListener('click', async function (ev) {
     const r = await fetch('/v1/lora/rollback', {
       method: 'POST', credentials: 'same-origin',
       headers: {'Content-Type': 'application/json'},
-      body: JSON.stringify({lora_id: b.dataset.loraId, version: Number(b.dataset.version)})
+      body: JSON.stringify({lora_id: b.dataset.via || b.dataset.loraId, version: Number(b.dataset.version)})
     });
     if (r.ok) { location.reload(); return; }
     let detail = r.status + ' ' + r.statusText;
