@@ -163,10 +163,13 @@ impl ApiClient {
         let path = "/v1/chat/completions";
         let v = self.post(path, &body).await?;
         let choice = &v["choices"][0];
-        let text = choice["message"]["content"]
-            .as_str()
-            .ok_or_else(|| self.answer_err(path, format!("no message content in {v}")))?
-            .to_string();
+        let message = choice
+            .get("message")
+            .filter(|m| m.is_object())
+            .ok_or_else(|| self.answer_err(path, format!("no choices[0].message in {v}")))?;
+        // `content` is null when a reasoning model spent the whole budget thinking: that is an
+        // (empty) answer, not a broken server.
+        let text = message["content"].as_str().unwrap_or_default().to_string();
         let content = choice["logprobs"]["content"].as_array();
         let tokens = content
             .map(|toks| {
