@@ -789,33 +789,20 @@ pub async fn resolve_model(
     }
     let store = state.store().clone();
     let name = model.to_string();
-    let found = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-        let (plain, version) = claas_store::split_version_ref(&name);
-        let mut resolved = match store.resolve(plain) {
-            Ok(r) => Some(r),
-            Err(StoreError::NotFound(_)) | Err(StoreError::InvalidId { .. }) => None,
-            Err(e) => return Err(e),
-        };
-        if resolved.is_none() {
-            if let Some(id) = store
-                .list("")?
-                .into_iter()
-                .find(|id| claas_store::served_name(id) == plain)
-            {
-                resolved = Some(store.resolve(&id)?);
-            }
-        }
-        match (resolved, version) {
-            (Some(mut r), Some(n)) => {
-                r.dir = store.version_info(&r.id, n)?.dir;
-                Ok(Some(r))
-            }
-            (r, _) => Ok(r),
-        }
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| version_error(e, "Resolving the model failed"))?;
+    let mut hits = tokio::task::spawn_blocking(move || store.resolve_served(&name))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| version_error(e, "Resolving the model failed"))?;
+    if hits.len() > 1 {
+        return Err(ApiError::BadRequest(format!(
+            "The model `{model}` matches several adapters ({}); name one by its id",
+            hits.iter()
+                .map(|h| h.reference.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let found = hits.pop().map(|m| m.resolved);
     match found {
         Some(r) => Ok(Some(r)),
         None => Err(ApiError::NotFound(format!(

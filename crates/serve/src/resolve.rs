@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use axum::http::StatusCode;
 use claas_engine::Engine;
-use claas_store::{served_name, LoraStore, StoreError};
+use claas_store::{LoraStore, StoreError};
 
 use crate::error::ApiError;
 
@@ -56,6 +56,16 @@ struct Found {
     reference: String,
     dir: PathBuf,
     version: Option<u64>,
+}
+
+impl From<claas_store::ServedMatch> for Found {
+    fn from(m: claas_store::ServedMatch) -> Self {
+        Found {
+            reference: m.reference,
+            dir: m.resolved.dir,
+            version: m.version,
+        }
+    }
 }
 
 /// Resolves and loads adapters from the LoRA root by request name.
@@ -166,10 +176,10 @@ fn refresh(
     let found = match &known {
         Some((reference, Some(fp))) => {
             // The reference it resolved through first; a full search if that is gone.
-            let again = match find_reference(store, reference, None) {
-                Ok(Some(f)) => Ok(f),
-                Ok(None) => find(store, name),
-                Err(e) => Err(e),
+            let again = match store.resolve_served(reference) {
+                Ok(mut hits) if hits.len() == 1 => Ok(Found::from(hits.remove(0))),
+                Ok(_) => find(store, name),
+                Err(e) => Err(store_error(reference, e)),
             };
             match again {
                 Ok(f) => {
@@ -193,25 +203,12 @@ fn refresh(
 
 /// Finds `name` under the root: a store id or alias, else the served form of one.
 fn find(store: &LoraStore, name: &str) -> Result<Found, ApiError> {
-    let (base, version) = claas_store::split_version_ref(name);
-    if claas_store::validate_id(base).is_ok() {
-        if let Some(f) = find_reference(store, base, version)? {
-            return Ok(f);
-        }
-    }
-    // The served form: compare against every id and alias the root lists.
-    let listed = store.list("").map_err(|e| store_error(name, e))?;
-    let mut hits: Vec<Found> = Vec::new();
-    for reference in listed.iter().filter(|r| served_name(r) == base) {
-        if let Some(f) = find_reference(store, reference, version)? {
-            if !hits.iter().any(|h| h.dir == f.dir) {
-                hits.push(f);
-            }
-        }
-    }
+    let mut hits = store
+        .resolve_served(name)
+        .map_err(|e| store_error(name, e))?;
     match hits.len() {
         0 => Err(model_missing(name)),
-        1 => Ok(hits.remove(0)),
+        1 => Ok(Found::from(hits.remove(0))),
         _ => Err(ApiError::bad_param(
             "model",
             format!(
@@ -222,32 +219,6 @@ fn find(store: &LoraStore, name: &str) -> Result<Found, ApiError> {
                     .join(", ")
             ),
         )),
-    }
-}
-
-/// Resolves a store id or alias (and version) to a folder; `None` if the root has no such
-/// adapter (or version).
-fn find_reference(
-    store: &LoraStore,
-    reference: &str,
-    version: Option<u64>,
-) -> Result<Option<Found>, ApiError> {
-    let full = match version {
-        Some(n) => format!("{reference}@v{n}"),
-        None => reference.to_string(),
-    };
-    match store.resolve_ref(&full) {
-        Ok((resolved, version)) => Ok(Some(Found {
-            reference: reference.to_string(),
-            dir: resolved.dir,
-            version,
-        })),
-        Err(
-            StoreError::NotFound(_)
-            | StoreError::InvalidId { .. }
-            | StoreError::VersionNotFound { .. },
-        ) => Ok(None),
-        Err(e) => Err(store_error(reference, e)),
     }
 }
 

@@ -65,7 +65,7 @@ pub use fault::{FaultHook, FaultPoint};
 pub use ids::{served_name, split_version_ref, validate_id};
 pub use state::AdapterLock;
 pub use versions::{
-    VersionInfo, DEFAULT_RETENTION, OPTIMIZER_DIR, VERSIONS_DIR_NAME, VERSION_META,
+    ServedMatch, VersionInfo, DEFAULT_RETENTION, OPTIMIZER_DIR, VERSIONS_DIR_NAME, VERSION_META,
 };
 
 /// Name of the alias map inside the root (same as the reference).

@@ -1044,3 +1044,52 @@ fn a_nested_ids_history_folder_is_no_version() {
     assert!(nested.join(ADAPTER_CONFIG).is_file());
     assert_eq!(entry_names(&s.root().join(".versions/u/a")), vec!["v3"]);
 }
+
+#[test]
+fn served_names_resolve_to_their_adapters() {
+    let (_t, s) = store();
+    s.create_versioned("u/a-init", serde_json::json!({}), false, |d| {
+        write_adapter(d, "a0")
+    })
+    .unwrap();
+    s.set_alias("u/a-latest", "u/a-init").unwrap();
+    s.commit_version("u/a-latest", serde_json::json!({}), |d| {
+        write_adapter(d, "a1")
+    })
+    .unwrap();
+    // An id, an alias, the served form of either, each with or without a version.
+    for (name, dir_tag, version) in [
+        ("u/a-init", "a1", None),
+        ("u/a-latest", "a1", None),
+        ("u-a-latest", "a1", None),
+        ("u-a-init@v0", "a0", Some(0)),
+        ("u/a-latest@v1", "a1", Some(1)),
+    ] {
+        let hits = s.resolve_served(name).unwrap();
+        assert_eq!(hits.len(), 1, "{name}");
+        assert_eq!(hits[0].resolved.id, "u/a-init", "{name}");
+        assert_eq!(hits[0].version, version, "{name}");
+        assert_eq!(read_tag(&hits[0].resolved.dir), dir_tag, "{name}");
+    }
+    assert!(s.resolve_served("u-a-init@v9").unwrap().is_empty());
+    assert!(s.resolve_served("nobody").unwrap().is_empty());
+    // An exact id wins over served forms.
+    for id in ["x/y", "x-y"] {
+        s.save_atomic(id, |d| write_adapter(d, id)).unwrap();
+    }
+    let exact = s.resolve_served("x-y").unwrap();
+    assert_eq!(exact.len(), 1);
+    assert_eq!(exact[0].reference, "x-y");
+    // Two adapters with one served name and no exact id: both are reported.
+    for id in ["p-/q", "p/-q"] {
+        s.save_atomic(id, |d| write_adapter(d, "p")).unwrap();
+    }
+    let mut refs: Vec<String> = s
+        .resolve_served("p--q")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.reference)
+        .collect();
+    refs.sort();
+    assert_eq!(refs, vec!["p-/q", "p/-q"]);
+}

@@ -17,8 +17,8 @@ use std::sync::atomic::Ordering;
 
 use crate::txn::{fsync_path, fsync_tree, is_adapter_dir, write_file_atomic, Txn};
 use crate::{
-    fault_point, split_version_ref, validate_id, LoraStore, ResolvedAdapter, Result, StoreError,
-    ADAPTER_CONFIG, ADAPTER_WEIGHTS,
+    fault_point, served_name, split_version_ref, validate_id, LoraStore, ResolvedAdapter, Result,
+    StoreError, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
 };
 
 /// Folder (inside the root) holding the version history of adapters.
@@ -54,6 +54,17 @@ pub struct VersionInfo {
     /// What the caller passed to [`LoraStore::commit_version`] (`{"kind":"snapshot"}` for a
     /// snapshot the store took of an unversioned live folder).
     pub meta: serde_json::Value,
+}
+
+/// One adapter a served model name stands for ([`LoraStore::resolve_served`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedMatch {
+    /// The id or alias the name was matched to.
+    pub reference: String,
+    /// Its adapter; `dir` is the version folder when a version was named.
+    pub resolved: ResolvedAdapter,
+    /// The version named with `@v{N}`, if any.
+    pub version: Option<u64>,
 }
 
 /// Contents of `meta.json`.
@@ -626,6 +637,47 @@ impl LoraStore {
             });
         }
         Ok((ResolvedAdapter { dir, ..resolved }, Some(n)))
+    }
+
+    /// Every adapter a served model name can stand for: the store id or alias it spells (with
+    /// an optional `@v{N}`), else each listed id or alias whose [`served_name`] it is (the
+    /// name an inference server serves it under, `openclaw-assistant-latest`), one per folder.
+    /// Empty when nothing matches; more than one match is ambiguous for the caller to report.
+    pub fn resolve_served(&self, name: &str) -> Result<Vec<ServedMatch>> {
+        let (base, version) = split_version_ref(name);
+        let find = |reference: &str| -> Result<Option<ServedMatch>> {
+            let full = match version {
+                Some(n) => format!("{reference}@v{n}"),
+                None => reference.to_string(),
+            };
+            match self.resolve_ref(&full) {
+                Ok((resolved, version)) => Ok(Some(ServedMatch {
+                    reference: reference.to_string(),
+                    resolved,
+                    version,
+                })),
+                Err(
+                    StoreError::NotFound(_)
+                    | StoreError::InvalidId { .. }
+                    | StoreError::VersionNotFound { .. },
+                ) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        if validate_id(base).is_ok() {
+            if let Some(m) = find(base)? {
+                return Ok(vec![m]);
+            }
+        }
+        let mut hits: Vec<ServedMatch> = Vec::new();
+        for reference in self.list("")?.iter().filter(|r| served_name(r) == base) {
+            if let Some(m) = find(reference)? {
+                if !hits.iter().any(|h| h.resolved.dir == m.resolved.dir) {
+                    hits.push(m);
+                }
+            }
+        }
+        Ok(hits)
     }
 
     /// Deletes what `id` names (`DELETE /v1/lora`). An alias: just the alias. An adapter: its
