@@ -23,7 +23,7 @@ enum Command {
     Serve(claas_serve::ServeConfig),
     /// The CLaaS feedback API with the SDPO trainer (configured by environment variables).
     Api(ApiArgs),
-    /// The Telegram chat gateway (TELEGRAM_BOT_TOKEN, VLLM_BASE_URL, CLAAS_API_URL).
+    /// The Telegram chat gateway (TELEGRAM_BOT_TOKEN, CLAAS_API_URL, CLAAS_API_KEY).
     Gateway,
     /// Idempotent set-up: initial adapter, `-latest` alias, OpenClaw config and plugin.
     Init,
