@@ -3,11 +3,13 @@
 
 pub mod init;
 pub mod inprocess;
+pub mod local;
 pub mod up;
 
 pub use init::{run_init, InitSettings, InitSummary};
 pub use inprocess::InProcessBackend;
-pub use up::{up, UpConfig};
+pub use local::LocalStack;
+pub use up::{up, UpAddrs, UpConfig};
 
 /// Failures while setting up or running the stack.
 #[derive(Debug, thiserror::Error)]

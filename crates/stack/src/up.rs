@@ -48,6 +48,27 @@ pub struct UpConfig {
     pub api: ApiConfig,
 }
 
+impl UpConfig {
+    /// `model` on 127.0.0.1 with ports picked by the OS, the reference's key `sk-local` and
+    /// adapter name, no gateway and no OpenClaw config: a private stack for tests and tools.
+    pub fn local(model: &str, lora_root: PathBuf, feedback_log_dir: PathBuf) -> Self {
+        UpConfig {
+            model: model.into(),
+            host: "127.0.0.1".into(),
+            serve_port: 0,
+            api_port: 0,
+            api_key: Some("sk-local".into()),
+            lora_root,
+            feedback_log_dir,
+            lora_name: "openclaw/assistant".into(),
+            max_model_len: None,
+            telegram: None,
+            openclaw: None,
+            api: ApiConfig::default(),
+        }
+    }
+}
+
 /// Addresses the services listen on.
 #[derive(Debug, Clone, Copy)]
 pub struct UpAddrs {

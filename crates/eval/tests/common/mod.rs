@@ -4,14 +4,13 @@
 
 use std::time::Duration;
 
-use claas_stack::{up, UpConfig};
+use claas_stack::{LocalStack, UpConfig};
 
 pub const KEY: &str = "sk-local";
 
 pub struct Stack {
     pub api: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), claas_stack::StackError>>,
+    inner: LocalStack,
     pub dir: tempfile::TempDir,
 }
 
@@ -19,51 +18,23 @@ impl Stack {
     /// `claas up` on `model` (`builtin:tiny` or a model folder).
     pub async fn start(model: &str) -> Stack {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = UpConfig {
-            model: model.into(),
-            host: "127.0.0.1".into(),
-            serve_port: 0,
-            api_port: 0,
-            api_key: Some(KEY.into()),
-            lora_root: dir.path().join("loras"),
-            feedback_log_dir: dir.path().join("logs"),
-            lora_name: "openclaw/assistant".into(),
-            max_model_len: None,
-            telegram: None,
-            openclaw: None,
-            api: claas_api::ApiConfig::default(),
-        };
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(up(
-            cfg,
-            async move {
-                let _ = stop_rx.await;
-            },
-            move |a| {
-                let _ = ready_tx.send(a);
-            },
-        ));
-        let addrs = tokio::time::timeout(Duration::from_secs(300), ready_rx)
+        let mut cfg = UpConfig::local(model, dir.path().join("loras"), dir.path().join("logs"));
+        cfg.api_key = Some(KEY.into());
+        let inner = tokio::time::timeout(Duration::from_secs(300), LocalStack::start(cfg))
             .await
             .expect("stack did not come up")
             .expect("stack failed to start");
         Stack {
-            api: format!("http://{}", addrs.api),
-            stop: Some(stop_tx),
-            task,
+            api: inner.api.clone(),
+            inner,
             dir,
         }
     }
 
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(60), &mut self.task)
+    pub async fn stop(self) {
+        tokio::time::timeout(Duration::from_secs(60), self.inner.stop())
             .await
             .expect("stack did not stop")
-            .unwrap()
             .unwrap();
     }
 }

@@ -4,14 +4,13 @@
 
 use std::time::Duration;
 
-use claas_stack::{up, UpConfig};
+use claas_stack::{LocalStack, UpConfig};
 use serde_json::{json, Value};
 
 pub struct Stack {
     pub serve: String,
     pub api: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), claas_stack::StackError>>,
+    inner: LocalStack,
     _dir: tempfile::TempDir,
     pub root: std::path::PathBuf,
     pub logs: std::path::PathBuf,
@@ -27,55 +26,26 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("loras");
         let logs = dir.path().join("logs");
-        let mut cfg = UpConfig {
-            model: "builtin:tiny".into(),
-            host: "127.0.0.1".into(),
-            serve_port: 0,
-            api_port: 0,
-            api_key: Some("sk-local".into()),
-            lora_root: root.clone(),
-            feedback_log_dir: logs.clone(),
-            lora_name: "openclaw/assistant".into(),
-            max_model_len: None,
-            telegram: None,
-            openclaw: None,
-            api: claas_api::ApiConfig::default(),
-        };
+        let mut cfg = UpConfig::local("builtin:tiny", root.clone(), logs.clone());
         adjust(&mut cfg);
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(up(
-            cfg,
-            async move {
-                let _ = stop_rx.await;
-            },
-            move |a| {
-                let _ = ready_tx.send(a);
-            },
-        ));
-        let addrs = tokio::time::timeout(Duration::from_secs(120), ready_rx)
+        let inner = tokio::time::timeout(Duration::from_secs(120), LocalStack::start(cfg))
             .await
             .expect("stack did not come up")
             .expect("stack failed to start");
         Stack {
-            serve: format!("http://{}", addrs.serve),
-            api: format!("http://{}", addrs.api),
-            stop: Some(stop_tx),
-            task,
+            serve: inner.serve.clone(),
+            api: inner.api.clone(),
+            inner,
             _dir: dir,
             root,
             logs,
         }
     }
 
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+    pub async fn stop(self) {
+        tokio::time::timeout(Duration::from_secs(30), self.inner.stop())
             .await
             .expect("stack did not stop")
-            .unwrap()
             .unwrap();
     }
 }
