@@ -164,7 +164,12 @@ async fn dashboard_shows_versions_history_and_charts_with_user_text_escaped() {
             &format!("prompt {v} {XSS}"),
         );
         if v == 3 {
-            rec["guardrail"] = json!({"status": "rolled_back", "kl_to_base": 0.25, "entropy": 1.5});
+            // As lifecycle::feedback logs it.
+            rec["guardrail"] = json!({"status": "rolled_back",
+                "probe": {"kl_to_base": 0.25, "entropy": 1.5, "base_entropy": 2.0, "positions": 40},
+                "bounds": {"max_kl_to_base": 0.1, "min_entropy": null},
+                "violations": [format!("kl_to_base 0.25 > 0.1 {XSS}")], "rolled_back_to": 2});
+            rec["current_version"] = json!(2);
         }
         write_feedback_log(&app.logs, &format!("fb{v}"), rec).unwrap();
     }
@@ -221,7 +226,10 @@ async fn dashboard_shows_versions_history_and_charts_with_user_text_escaped() {
     let ids: Vec<&str> = fb.iter().map(|r| attr(r, "data-request-id")).collect();
     assert_eq!(ids, ["bad", "fb3", "fb2", "fb1"]);
     assert_eq!(attr(fb[0], "data-status"), "error");
-    assert!(fb[1].contains("data-status=\"rolled_back\"") && fb[1].contains("kl_to_base"));
+    assert!(fb[1].contains("data-status=\"rolled_back\""), "{}", fb[1]);
+    assert!(fb[1].contains("data-name=\"kl_to_base\" data-value=\"0.25\""));
+    assert!(fb[1].contains("(bound ≤ 0.1000)") && fb[1].contains("serving v2"));
+    assert!(fb[1].contains("kl_to_base 0.25 &gt; 0.1 &lt;script&gt;"));
     assert!(fb[3].contains("<code>v1</code> <small>from v0</small>"));
     assert!(fb[3].contains("prompt 1 &lt;script&gt;"));
     let rb = rows(&html, "rollback-row");
@@ -404,7 +412,13 @@ async fn eval_page_lists_runs_and_serves_only_plots() {
         &app.evals,
         "run-b",
         "no_emoji",
-        json!({"no_emoji": {"compliance": {"baseline": 0.5, "final": 1.0}}}),
+        // The shape claas eval writes (crates/eval RunSummary).
+        json!({"run": "run-b", "api_url": "http://x", "base_model": "builtin:tiny",
+               "started_at": "2026-12-01T05:00:00Z", "finished_at": null,
+               "preferences": {"no_emoji": {"lora_id": "eval/no_emoji", "model": "m", "steps": 2,
+                   "final_adapter_version": 2,
+                   "baseline": {"logprob_margin": -1.5, "compliance": 0.5, "kl_to_base": null},
+                   "final": {"logprob_margin": 0.5, "compliance": 1.0, "kl_to_base": 0.02}}}}),
     );
     std::fs::create_dir_all(app.evals.join("not-a-run")).unwrap();
 
@@ -421,6 +435,27 @@ async fn eval_page_lists_runs_and_serves_only_plots() {
         .find(|r| r.contains("data-preference=\"concise\" data-metric=\"compliance\""))
         .unwrap();
     assert!(row.contains("<td class=\"baseline\">0.2500</td><td class=\"final\">0.7500</td><td class=\"delta\">0.5000</td>"), "{row}");
+    let b_rows: Vec<(&str, &str)> = rows(&html, "metric-row")
+        .into_iter()
+        .filter(|r| attr(r, "data-preference") == "no_emoji")
+        .map(|r| (attr(r, "data-metric"), r))
+        .collect();
+    let metrics: Vec<&str> = b_rows.iter().map(|(m, _)| *m).collect();
+    assert_eq!(
+        metrics,
+        [
+            "logprob_margin",
+            "compliance",
+            "kl_to_base",
+            "lora_id",
+            "model",
+            "steps",
+            "final_adapter_version"
+        ]
+    );
+    assert!(b_rows[0].1.contains("<td class=\"delta\">2.0000</td>"));
+    assert!(b_rows[2].1.contains("<td class=\"baseline\">–</td>"));
+    assert!(html.contains("in progress"));
     assert!(html.contains(
         "src=\"/v1/eval/plot?run=run-a&amp;preference=concise&amp;name=compliance.svg\""
     ));

@@ -72,7 +72,26 @@ return {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_a_browser_shows_feedback_and_rolls_back() {
-    let s = Stack::start_with(|cfg| cfg.api.api_key = Some(KEY.into())).await;
+    let evals = tempfile::tempdir().unwrap();
+    let plots = evals.path().join("run-1/concise/plots");
+    std::fs::create_dir_all(&plots).unwrap();
+    std::fs::write(
+        evals.path().join("run-1/summary.json"),
+        json!({"run": "run-1", "finished_at": "2026-12-01T00:00:00Z", "preferences": {"concise":
+            {"steps": 1, "baseline": {"compliance": 0.25}, "final": {"compliance": 0.75}}}})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        plots.join("compliance.svg"),
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"40\" height=\"30\"><rect width=\"40\" height=\"30\"/></svg>",
+    )
+    .unwrap();
+    let s = Stack::start_with(|cfg| {
+        cfg.api.api_key = Some(KEY.into());
+        cfg.api.eval_dir = evals.path().to_path_buf();
+    })
+    .await;
     let c = http();
     let dashboard = format!("{}/v1/dashboard", s.api);
 
@@ -163,6 +182,21 @@ async fn dashboard_in_a_browser_shows_feedback_and_rolls_back() {
         let out = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/dashboard.png");
         std::fs::write(out, &png).unwrap();
     }
+    // The eval page: its summary and its plot, fetched with the same cookie.
+    browser.goto(&format!("{}/v1/eval", s.api)).await;
+    browser
+        .wait_for(
+            "the eval plot to load",
+            "const i = document.querySelector('img.plot'); return i !== null && i.complete && i.naturalWidth === 40",
+        )
+        .await;
+    let rows = browser
+        .eval(
+            "return Array.from(document.querySelectorAll('tr.metric-row')).map(r => [r.dataset.metric, r.querySelector('td.final').textContent])",
+            json!([]),
+        )
+        .await;
+    assert_eq!(rows[0], json!(["compliance", "0.7500"]), "{rows}");
     browser.close().await;
 
     // The click went through the API: v1 is current and serving v1's weights.

@@ -62,10 +62,12 @@ impl Entry {
             .and_then(Value::as_f64)
     }
 
+    /// A guardrail probe number (`guardrail.probe.{key}`, or `guardrail.{key}` flat).
     fn guardrail(&self, key: &str) -> Option<f64> {
-        self.rec
-            .get("guardrail")
-            .and_then(|g| g.get(key))
+        let g = self.rec.get("guardrail")?;
+        g.get("probe")
+            .and_then(|p| p.get(key))
+            .or_else(|| g.get(key))
             .and_then(Value::as_f64)
     }
 
@@ -262,7 +264,7 @@ pub async fn page(
     let _ = write!(
         body,
         "<section id=\"history\"><h2>Feedback history</h2>{nav}\
-<table id=\"feedback-table\"><thead><tr><th>Time</th><th>Adapter</th><th>Status</th><th>Version</th>\
+<div class=\"scroll\"><table id=\"feedback-table\"><thead><tr><th>Time</th><th>Adapter</th><th>Status</th><th>Version</th>\
 <th>Prompt · response · feedback</th><th>Loss metrics</th><th>Timing (ms)</th><th>Guardrail</th></tr></thead><tbody>"
     );
     if data.entries.is_empty() {
@@ -278,7 +280,7 @@ Send some with <code>POST /v1/feedback</code> (or <code>/feedback</code> in the 
             feedback_row(e)
         });
     }
-    let _ = write!(body, "</tbody></table>{nav}</section>");
+    let _ = write!(body, "</tbody></table></div>{nav}</section>");
 
     let nonce = super::page::nonce();
     Ok(respond(
@@ -429,10 +431,15 @@ fn charts(entries: &[Entry]) -> String {
 }
 
 fn version_cell(e: &Entry) -> String {
-    match (e.version("adapter_version"), e.version("previous_version")) {
+    let made = match (e.version("adapter_version"), e.version("previous_version")) {
         (Some(v), Some(p)) => format!("<code>v{v}</code> <small>from v{p}</small>"),
         (Some(v), None) => format!("<code>v{v}</code>"),
-        _ => "–".into(),
+        _ => return "–".into(),
+    };
+    // A guardrail rollback leaves another version serving than the one made.
+    match (e.version("current_version"), e.version("adapter_version")) {
+        (Some(c), Some(v)) if c != v => format!("{made}<br><small>serving v{c}</small>"),
+        _ => made,
     }
 }
 
@@ -451,10 +458,13 @@ fn adapter_cell(e: &Entry) -> String {
 }
 
 fn time_cell(e: &Entry) -> String {
+    let rid = e.request_id();
+    let short: String = rid.chars().take(12).collect();
     format!(
-        "{}<br><small class=\"rid\">{}</small>",
-        esc(e.str("timestamp_utc").unwrap_or("")),
-        esc(e.request_id())
+        "{}<br><small class=\"rid\" title=\"{}\">{}</small>",
+        esc(&short_time(e.str("timestamp_utc").unwrap_or(""))),
+        esc(rid),
+        esc(&short)
     )
 }
 
@@ -550,7 +560,7 @@ fn timing(e: &Entry) -> String {
 }
 
 fn guardrail(e: &Entry) -> String {
-    let Some(g) = e.rec.get("guardrail").and_then(Value::as_object) else {
+    let Some(g) = e.rec.get("guardrail").filter(|g| g.is_object()) else {
         return "<span class=\"muted\">–</span>".into();
     };
     let status = g.get("status").and_then(Value::as_str).unwrap_or("unknown");
@@ -558,18 +568,46 @@ fn guardrail(e: &Entry) -> String {
         "<span class=\"guardrail badge {c}\" data-status=\"{c}\">{c}</span><div class=\"kv\">",
         c = esc(status)
     );
-    for (k, v) in g {
-        if k == "status" {
-            continue;
+    let bound = |k: &str| g.pointer(&format!("/bounds/{k}")).and_then(Value::as_f64);
+    for (label, key, limit) in [
+        (
+            "kl_to_base",
+            "kl_to_base",
+            bound("max_kl_to_base").map(|b| format!(" ≤ {}", num(Some(b)))),
+        ),
+        (
+            "entropy",
+            "entropy",
+            bound("min_entropy").map(|b| format!(" ≥ {}", num(Some(b)))),
+        ),
+        ("base entropy", "base_entropy", None),
+    ] {
+        if let Some(v) = e.guardrail(key) {
+            let _ = write!(
+                s,
+                "<span>{label}</span><span data-name=\"{key}\" data-value=\"{v}\">{}{}</span>",
+                num(Some(v)),
+                limit
+                    .map(|l| format!(" <small>(bound{l})</small>"))
+                    .unwrap_or_default()
+            );
         }
-        let shown = match v {
-            Value::Number(n) => num(n.as_f64()),
-            Value::String(t) => esc(&preview(t, 200)),
-            Value::Bool(b) => b.to_string(),
-            Value::Null => continue,
-            other => esc(&preview(&other.to_string(), 200)),
-        };
-        let _ = write!(s, "<span>{}</span><span>{shown}</span>", esc(k));
+    }
+    if let Some(list) = g.get("violations").and_then(Value::as_array) {
+        let v: Vec<String> = list
+            .iter()
+            .map(|x| esc(&preview(x.as_str().unwrap_or(&x.to_string()), 200)))
+            .collect();
+        if !v.is_empty() {
+            let _ = write!(
+                s,
+                "<span>violations</span><span class=\"error\">{}</span>",
+                v.join("<br>")
+            );
+        }
+    }
+    if let Some(n) = g.get("rolled_back_to").and_then(Value::as_u64) {
+        let _ = write!(s, "<span>serving</span><span><code>v{n}</code></span>");
     }
     s.push_str("</div>");
     s

@@ -99,6 +99,11 @@ svg .legend text{fill:#344054}
 .plots img{width:100%;border:1px solid var(--line);border-radius:4px;background:#fff}
 .empty{color:var(--muted);font-style:italic}
 #rollback-status{margin-left:1rem}
+.scroll{overflow-x:auto}
+#feedback-table{font-size:.88rem}
+#feedback-table td.texts{min-width:18rem;max-width:32rem}
+#feedback-table .kv{font-size:.8rem}
+.rid{font-size:.72rem}
 "#;
 
 /// A complete page. `body` is already-escaped HTML; `script` runs with the page's nonce.
