@@ -59,7 +59,28 @@ fn presented(headers: &HeaderMap) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == KEY_COOKIE)
-        .map(|(_, v)| v.to_string())
+        .map(|(_, v)| percent_decode(v))
+}
+
+/// Undoes the form's `encodeURIComponent` (`%XX` escapes; anything malformed stays as is).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The middleware.
@@ -133,5 +154,13 @@ mod tests {
         h.insert(header::AUTHORIZATION, "Bearer k1".parse().unwrap());
         assert_eq!(presented(&h).as_deref(), Some("k1"));
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
+        // The form stores the key with encodeURIComponent.
+        h.remove(header::AUTHORIZATION);
+        h.insert(
+            header::COOKIE,
+            "claas_api_key=a%2Bb%2F%3D%C3%A9".parse().unwrap(),
+        );
+        assert_eq!(presented(&h).as_deref(), Some("a+b/=é"));
+        assert_eq!(percent_decode("100%"), "100%");
     }
 }

@@ -578,16 +578,28 @@ async fn guard(
     })
 }
 
-/// Reloads the adapter under its own normalised name and, when reached through an alias,
-/// under the alias's name too (what clients such as OpenClaw request, e.g.
-/// `openclaw-assistant-latest`).
+/// Reloads the adapter under its own normalised name and under the name of every alias that
+/// points at it (what clients such as OpenClaw request, e.g. `openclaw-assistant-latest`),
+/// whichever of them the request named.
 pub async fn reload_names(
     state: &ApiState,
     resolved: &ResolvedAdapter,
 ) -> Result<(), crate::backend::BackendError> {
     let backend = state.backend();
+    let aliases = match state.store().aliases() {
+        Ok(a) => a,
+        Err(e) => {
+            // The alias names keep their weights until the next swap; say so, and swap the rest.
+            tracing::warn!(error = %e, "cannot read the aliases; reloading the adapter's own name only");
+            Default::default()
+        }
+    };
     let mut names = vec![normalize_adapter_name(&resolved.id)];
-    if let Some(alias) = &resolved.alias {
+    let pointing = aliases
+        .iter()
+        .filter(|(_, target)| **target == resolved.id)
+        .map(|(alias, _)| alias.as_str());
+    for alias in pointing.chain(resolved.alias.as_deref()) {
         let n = normalize_adapter_name(alias);
         if !names.contains(&n) {
             names.push(n);

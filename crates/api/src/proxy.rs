@@ -246,7 +246,6 @@ fn strip(plan: &Plan, obj: &mut Map<String, Value>) {
             }
         }
     }
-    let _ = plan.endpoint;
 }
 
 fn keep(state: &ApiState, collected: Collected, plan: &Plan) {

@@ -231,6 +231,15 @@ async fn versions_rollback_and_retention() {
     let fb = feedback(&c, &s.api, "hello", answer, "Say less.").await;
     assert_eq!(fb["adapter_version"], 5);
     assert_eq!(fb["previous_version"], 2);
+    // A rollback named by the adapter id swaps every alias's served name too.
+    let (st, rb) = post(
+        &c,
+        format!("{}/v1/lora/rollback", s.api),
+        json!({"lora_id": "openclaw/assistant-init", "version": 3}),
+    )
+    .await;
+    assert_eq!(st, 200, "{rb}");
+    assert_eq!(served_logprobs(&c, &s.serve).await, served[3]);
     s.stop().await;
 }
 
@@ -296,3 +305,45 @@ async fn guardrail_rolls_back_a_harmful_update() {
 
 /// Mean KL(adapter ‖ base) on the probe above which the test calls an update harmful.
 const GUARDRAIL_MAX_KL: f64 = 0.05;
+
+/// Text completions through the proxy are recorded too: feedback naming the completion id
+/// trains on its sampled ids and log-probabilities.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_are_recorded_for_feedback() {
+    let s = Stack::start().await;
+    let c = http();
+    let prompt = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n";
+    let (st, b) = post(
+        &c,
+        format!("{}/v1/completions", s.api),
+        json!({"model": "openclaw-assistant-latest", "prompt": prompt, "max_tokens": 12,
+            "min_tokens": 4, "seed": 3}),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    assert!(
+        b["choices"][0].get("token_ids").is_none_or(Value::is_null),
+        "{b}"
+    );
+    assert!(b["choices"][0]["logprobs"].is_null(), "not asked for: {b}");
+    let text = b["choices"][0]["text"].as_str().unwrap();
+    let (st, fb) = post(
+        &c,
+        format!("{}/v1/feedback", s.api),
+        json!({"lora_id": "openclaw/assistant-latest", "prompt": prompt, "response": text,
+            "feedback": "Shorter.", "completion_id": b["id"]}),
+    )
+    .await;
+    assert_eq!(st, 200, "{fb}");
+    let log = read_log(&fb["feedback_log_path"]);
+    assert_eq!(log["completion_records"][0], b["id"], "{log}");
+    let sample = &log["batch_samples"][0];
+    let n = ids_of(&sample["response_ids"]).len();
+    assert_eq!(
+        sample["rollout_logprobs"].as_array().unwrap().len(),
+        n,
+        "{log}"
+    );
+    assert_eq!(b["usage"]["completion_tokens"], n);
+    s.stop().await;
+}
