@@ -1,6 +1,19 @@
-//! A hand-written OpenAPI 3.1 description of the API and a Swagger UI page for `/docs`.
+//! The OpenAPI 3.1 document, generated with utoipa from the request/response types
+//! (`ToSchema`) and the handlers' `#[utoipa::path]` attributes, and a Swagger UI page for
+//! `/docs`. utoipa only describes: the handlers still parse raw bodies with [`crate::validate`].
 
+use std::borrow::Cow;
+
+use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::openapi::schema::{
+    AllOfBuilder, AnyOfBuilder, ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema,
+    SchemaFormat, Type,
+};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{OpenApi, PartialSchema, ToSchema};
+
+use crate::types::{FeedbackItem, GuardrailRequest, Orchestration, TRAINING_FIELDS};
 
 /// `/docs`: Swagger UI loaded from a CDN, pointed at `/openapi.json`.
 pub const DOCS_HTML: &str = r##"<!DOCTYPE html>
@@ -20,210 +33,497 @@ window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLi
 </html>
 "##;
 
-fn num(desc: &str, default: f64, min: Option<f64>, max: Option<f64>) -> Value {
-    let mut v = json!({"type": "number", "default": default, "description": desc});
-    if let Some(m) = min {
-        v["minimum"] = json!(m);
+/// Schema of `training` ([`crate::types::TrainingConfig`], the trainer's type): its numeric
+/// fields come from [`TRAINING_FIELDS`], the table validation reads, so the document's
+/// defaults and ranges cannot drift from what the server enforces.
+pub struct TrainingConfigSchema;
+
+impl PartialSchema for TrainingConfigSchema {
+    fn schema() -> RefOr<Schema> {
+        let mut obj = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("SDPO hyper-parameters; every field is optional"));
+        for f in TRAINING_FIELDS {
+            let mut p = ObjectBuilder::new().description(Some(f.description));
+            p = if f.integer {
+                p.schema_type(Type::Integer)
+                    .default(Some(json!(f.default as i64)))
+                    .minimum(f.min.map(|x| x as i64))
+                    .maximum(f.max.map(|x| x as i64))
+            } else {
+                p.schema_type(Type::Number)
+                    .default(Some(json!(f.default)))
+                    .minimum(f.min)
+                    .maximum(f.max)
+            };
+            obj = obj.property(f.name, p);
+        }
+        let d = crate::types::TrainingConfig::default();
+        let with_default = |name: &str, default: &str| {
+            AllOfBuilder::new()
+                .item(Ref::from_schema_name(name))
+                .default(Some(json!(default)))
+        };
+        obj = obj
+            .property(
+                "teacher_mode",
+                with_default("TeacherMode", d.teacher_mode.as_str()),
+            )
+            .property(
+                "teacher_prompt",
+                with_default("TeacherPrompt", d.teacher_prompt.as_str()).description(Some(
+                    "Self-teacher prompt: 'hindsight' (reference HEAD: the student's system \
+                     prompt, the clean user prompt and a hindsight block) or '0f67ae6' (the \
+                     seed's coding-assistant prompt)",
+                )),
+            );
+        obj.into()
     }
-    if let Some(m) = max {
-        v["maximum"] = json!(m);
+}
+
+impl ToSchema for TrainingConfigSchema {
+    fn name() -> Cow<'static, str> {
+        "TrainingConfig".into()
     }
-    v
-}
 
-fn int(desc: &str, default: i64, min: Option<i64>, max: Option<i64>) -> Value {
-    let mut v = json!({"type": "integer", "default": default, "description": desc});
-    if let Some(m) = min {
-        v["minimum"] = json!(m);
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push(("TeacherMode".into(), claas_sdpo::TeacherMode::schema()));
+        schemas.push(("TeacherPrompt".into(), claas_sdpo::TeacherPrompt::schema()));
     }
-    if let Some(m) = max {
-        v["maximum"] = json!(m);
+}
+
+/// Options of a feedback/distill body besides its item(s).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+struct FeedbackOptions {
+    orchestration: Option<Orchestration>,
+    /// Extension: the post-update guardrail's settings for this request.
+    guardrail: Option<GuardrailRequest>,
+}
+
+/// The wire form of [`crate::types::FeedbackRequest`] (whose Rust shape is the parsed one):
+/// one item's fields at the top level, or `requests: [...]` (used whenever present and not
+/// null; the top-level item fields are then ignored).
+impl PartialSchema for crate::types::FeedbackRequest {
+    fn schema() -> RefOr<Schema> {
+        let batch = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property(
+                "requests",
+                ArrayBuilder::new()
+                    .items(Ref::from_schema_name(FeedbackItem::name()))
+                    .min_items(Some(1))
+                    .description(Some(
+                        "Several items for one adapter (same lora_id and training), applied \
+                         as one batched step",
+                    )),
+            )
+            .required("requests");
+        let options = Ref::from_schema_name(FeedbackOptions::name());
+        AnyOfBuilder::new()
+            .item(
+                AllOfBuilder::new()
+                    .item(Ref::from_schema_name(FeedbackItem::name()))
+                    .item(options.clone()),
+            )
+            .item(AllOfBuilder::new().item(batch).item(options))
+            .description(Some(
+                "Either one item's fields (lora_id, prompt, response, feedback required) or \
+                 requests: [...]",
+            ))
+            .into()
     }
-    v
 }
 
-fn body(schema: &str) -> Value {
-    json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+impl ToSchema for crate::types::FeedbackRequest {
+    fn name() -> Cow<'static, str> {
+        "FeedbackRequest".into()
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((FeedbackItem::name().into(), FeedbackItem::schema()));
+        FeedbackItem::schemas(schemas);
+        schemas.push((FeedbackOptions::name().into(), FeedbackOptions::schema()));
+        FeedbackOptions::schemas(schemas);
+    }
 }
 
-fn ok(schema: &str) -> Value {
-    json!({"description": "Successful Response", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+/// `/v1/score` takes either form; `messages` present selects the chat form.
+pub struct ScoreBody;
+
+impl PartialSchema for ScoreBody {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(Ref::from_schema_name("ScoreRequest"))
+            .item(Ref::from_schema_name("ChatScoreRequest"))
+            .description(Some(
+                "{lora_id?, prompt, response}, or the reference's {model, messages, completion} \
+                 (chosen when messages is present)",
+            ))
+            .into()
+    }
 }
 
-fn err(desc: &str) -> Value {
-    json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPError"}}}})
+impl ToSchema for ScoreBody {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        use crate::types::{ChatScoreRequest, ScoreRequest};
+        schemas.push(("ScoreRequest".into(), ScoreRequest::schema()));
+        schemas.push(("ChatScoreRequest".into(), ChatScoreRequest::schema()));
+    }
 }
 
-fn validation() -> Value {
-    json!({"description": "Validation Error (nothing was written)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}})
+/// FastAPI's error body: `{"detail": "..."}`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = HTTPError)]
+#[allow(dead_code)]
+pub struct HttpError {
+    pub detail: String,
+}
+
+fn loc_schema() -> ArrayBuilder {
+    ArrayBuilder::new().items(
+        AnyOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ObjectBuilder::new().schema_type(Type::Integer)),
+    )
+}
+
+/// One pydantic-style validation issue ([`crate::error::ValidationIssue`]).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct ValidationError {
+    /// Where the bad value is, e.g. `["body", "training", "alpha"]`.
+    #[schema(schema_with = loc_schema)]
+    pub loc: Vec<Value>,
+    pub msg: String,
+    /// pydantic's error type name, e.g. `missing`, `less_than_equal`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The offending input, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    /// Constraint values, e.g. `{"ge": 1.0}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub ctx: Option<Value>,
+}
+
+/// FastAPI's 422 body: `{"detail": [{loc, msg, type, input?, ctx?}]}`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = HTTPValidationError)]
+#[allow(dead_code)]
+pub struct HttpValidationError {
+    pub detail: Vec<ValidationError>,
+}
+
+/// A 422 of a route that can also reject a parsed request with a plain message (e.g. a
+/// prompt longer than the model's context).
+pub struct Unprocessable;
+
+impl PartialSchema for Unprocessable {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(Ref::from_schema_name("HTTPValidationError"))
+            .item(Ref::from_schema_name("HTTPError"))
+            .into()
+    }
+}
+
+impl ToSchema for Unprocessable {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push(("HTTPValidationError".into(), HttpValidationError::schema()));
+        HttpValidationError::schemas(schemas);
+        schemas.push(("HTTPError".into(), HttpError::schema()));
+    }
+}
+
+// The bodies below are built with `json!` in the handlers; these structs only describe them.
+
+/// `GET /`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct ApiInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    /// `/docs`
+    pub docs: String,
+}
+
+/// `GET /v1/health`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct HealthResponse {
+    /// `healthy` (trainer loaded and the inference server not unhealthy) or `degraded`.
+    pub status: String,
+    /// The SDPO trainer: `{status, error, model?}`.
+    #[schema(value_type = Object)]
+    pub worker: Value,
+    /// Same as `worker` (self-distillation: the teacher is the base model).
+    #[schema(value_type = Object)]
+    pub teacher: Value,
+    /// The inference server's health (`status` is `not_configured` without one).
+    #[schema(value_type = Object)]
+    pub inference: Value,
+    pub base_model: String,
+}
+
+/// `POST /v1/lora/init`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct LoraInitResponse {
+    /// `{lora_id}-init`
+    pub lora_id: String,
+}
+
+/// `GET /v1/lora`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct LoraListResponse {
+    pub loras: Vec<String>,
+}
+
+/// `DELETE /v1/lora`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct LoraDeleteResponse {
+    /// `false` when there was nothing to delete.
+    pub deleted: bool,
+}
+
+/// One entry of `GET /v1/lora/versions`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct VersionEntry {
+    pub version: u64,
+    /// `{id}@v{N}`
+    pub name: String,
+    pub created_utc: String,
+    pub parent: Option<u64>,
+    pub current: bool,
+    /// `init`, `feedback`, `distill`, `rollback`, ...
+    pub kind: Option<String>,
+    pub request_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub metrics: Option<Value>,
+}
+
+/// `GET /v1/lora/versions`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct VersionsResponse {
+    pub lora_id: String,
+    /// The alias the request named, if it named one.
+    pub alias: Option<String>,
+    pub current: Option<u64>,
+    /// Oldest first.
+    pub versions: Vec<VersionEntry>,
+}
+
+/// `POST /v1/lora/rollback`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct RollbackResponse {
+    pub status: String,
+    pub request_id: String,
+    pub lora_id: String,
+    pub version: u64,
+    pub previous_version: Option<u64>,
+    pub name: String,
+}
+
+/// `POST /v1/score` answer to the text form.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct ScoreResponse {
+    pub lora_id: Option<String>,
+    pub resolved_lora_id: Option<String>,
+    pub logprobs: Vec<f32>,
+    /// Empty when the inference server scored.
+    pub tokens: Vec<String>,
+    pub prompt_tokens: Option<usize>,
+    pub completion_tokens: usize,
+    pub logprob_sum: f64,
+    /// `trainer` or `inference_server`.
+    pub source: String,
+}
+
+/// `POST /v1/score` answer to the chat form (reference HEAD).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct ChatScoreResponse {
+    pub logprobs: Vec<f32>,
+    pub tokens: Vec<String>,
+    pub token_ids: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub logprob_sum: f64,
+    pub model: String,
+    pub resolved_lora_id: Option<String>,
+}
+
+/// A file's bytes (`format: binary`), for the zip export and the plot images.
+pub struct Binary;
+
+impl PartialSchema for Binary {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl ToSchema for Binary {}
+
+/// Either `/v1/score` answer.
+pub struct ScoreAnswer;
+
+impl PartialSchema for ScoreAnswer {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(Ref::from_schema_name("ScoreResponse"))
+            .item(Ref::from_schema_name("ChatScoreResponse"))
+            .into()
+    }
+}
+
+impl ToSchema for ScoreAnswer {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push(("ScoreResponse".into(), ScoreResponse::schema()));
+        schemas.push(("ChatScoreResponse".into(), ChatScoreResponse::schema()));
+    }
+}
+
+/// Routes served by handlers outside routes.rs (or a second path of one); these functions only
+/// carry their description and are never called.
+#[allow(dead_code)]
+mod extra_paths {
+    use super::{Binary, HealthResponse, HttpError, HttpValidationError, Unprocessable};
+
+    #[utoipa::path(get, path = "/health", tag = "meta",
+        summary = "Same as /v1/health",
+        responses((status = 200, description = "Successful Response", body = HealthResponse)))]
+    async fn health_alias() {}
+
+    #[utoipa::path(get, path = "/v1/dashboard", tag = "dashboard",
+        summary = "HTML dashboard: feedback history with charts, versions and rollback buttons",
+        params(
+            ("page" = Option<u64>, Query, minimum = 1, description = "1-based page (default 1)"),
+            ("per_page" = Option<u64>, Query, minimum = 1,
+                maximum = 200, description = "Records per page (default 20)"),
+            ("lora_id" = Option<String>, Query, description = "Only this adapter (id or alias)"),
+        ),
+        responses(
+            (status = 200, description = "HTML page", content_type = "text/html"),
+            (status = 401, description = "API key set and not presented (HTML key form)",
+                content_type = "text/html"),
+            (status = 422, description = "Validation Error", body = HttpValidationError),
+            (status = 500, description = "Reading the records failed", body = HttpError),
+        ))]
+    async fn dashboard() {}
+
+    #[utoipa::path(get, path = "/v1/eval", tag = "dashboard",
+        summary = "HTML page of the eval runs under the eval directory",
+        params(
+            ("run" = Option<String>, Query, description = "Only this run (a folder name)"),
+            ("page" = Option<u64>, Query, minimum = 1, description = "1-based page (default 1)"),
+            ("per_page" = Option<u64>, Query, minimum = 1,
+                maximum = 200, description = "Runs per page (default 20)"),
+        ),
+        responses(
+            (status = 200, description = "HTML page", content_type = "text/html"),
+            (status = 401, description = "API key set and not presented (HTML key form)",
+                content_type = "text/html"),
+            (status = 404, description = "Unknown run", body = HttpError),
+            (status = 422, description = "Validation Error", body = HttpValidationError),
+            (status = 500, description = "Reading the runs failed", body = HttpError),
+        ))]
+    async fn eval_page() {}
+
+    #[utoipa::path(get, path = "/v1/eval/plot", tag = "dashboard",
+        summary = "A plot image of an eval run",
+        params(
+            ("run" = String, Query, description = "Run folder name"),
+            ("preference" = String, Query, description = "Preference folder name"),
+            ("name" = String, Query, description = "A .png or .svg file in its plots folder"),
+        ),
+        responses(
+            (status = 200, description = "The image", content(
+                (Binary = "image/png"), (String = "image/svg+xml"))),
+            (status = 401, description = "API key set and not presented (HTML key form)",
+                content_type = "text/html"),
+            (status = 404, description = "No such plot", body = HttpError),
+            (status = 422, description = "Validation Error, or the file is too large",
+                body = Unprocessable),
+            (status = 500, description = "Reading the plot failed", body = HttpError),
+        ))]
+    async fn eval_plot() {}
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        crate::routes::root,
+        crate::routes::health,
+        extra_paths::health_alias,
+        crate::routes::openapi,
+        crate::routes::docs,
+        crate::routes::init_lora,
+        crate::routes::list_loras,
+        crate::routes::delete_lora,
+        crate::routes::export_lora,
+        crate::routes::lora_versions,
+        crate::routes::rollback,
+        crate::routes::chat_completions,
+        crate::routes::completions,
+        crate::routes::models,
+        crate::routes::distill,
+        crate::routes::feedback,
+        crate::routes::score,
+        crate::routes::metrics,
+        extra_paths::dashboard,
+        extra_paths::eval_page,
+        extra_paths::eval_plot,
+    ),
+    components(schemas(HttpError, HttpValidationError, ValidationError)),
+    modifiers(&Bearer)
+)]
+struct ApiDoc;
+
+/// The optional `CLAAS_API_KEY`, as a bearer token (see [`crate::auth`]).
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        if let Some(c) = doc.components.as_mut() {
+            c.add_security_scheme(
+                "api_key",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(
+                            "CLAAS_API_KEY, when the server has one: needed by writes (but \
+                             /v1/score) and by the export, versions, dashboard and eval routes",
+                        ))
+                        .build(),
+                ),
+            );
+        }
+    }
 }
 
 /// The OpenAPI document served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.title = crate::routes::API_NAME.into();
+    doc.info.version = crate::routes::API_VERSION.into();
+    doc.info.description = Some(crate::routes::API_DESCRIPTION.into());
+    doc
+}
+
+/// [`openapi`] as JSON.
 pub fn document() -> Value {
-    let mut training_props = serde_json::Map::new();
-    for f in crate::types::TRAINING_FIELDS {
-        let v = if f.integer {
-            int(
-                f.description,
-                f.default as i64,
-                f.min.map(|x| x as i64),
-                f.max.map(|x| x as i64),
-            )
-        } else {
-            num(f.description, f.default, f.min, f.max)
-        };
-        training_props.insert(f.name.into(), v);
-    }
-    training_props.insert(
-        "teacher_mode".into(),
-        json!({"type": "string", "enum": crate::types::TEACHER_MODES, "default": crate::types::TEACHER_MODES[0]}),
-    );
-    training_props.insert(
-        "teacher_prompt".into(),
-        json!({"type": "string", "enum": claas_sdpo::TeacherPrompt::NAMES, "default": claas_sdpo::TeacherPrompt::default().as_str(),
-            "description": "Self-teacher prompt: 'hindsight' (reference HEAD: the student's system prompt, the clean user prompt and a hindsight block) or '0f67ae6' (the seed's coding-assistant prompt)"}),
-    );
-    let training = json!({
-        "type": "object",
-        "description": "SDPO hyper-parameters",
-        "properties": training_props
-    });
-    let item_props = json!({
-        "lora_id": {"type": "string", "description": "LoRA identifier (e.g. 'user123/coder-v1') or alias"},
-        "prompt": {"type": "string", "minLength": 1, "description": "Prompt that generated the response (already chat-formatted)"},
-        "response": {"type": "string", "minLength": 1, "description": "The response to learn from"},
-        "feedback": {"type": "string", "minLength": 1, "description": "Feedback about the response"},
-        "rollout_logprobs": {"type": ["array", "null"], "items": {"type": "number"}, "description": "Per-response-token log-probabilities from the server that generated the rollout (not needed when a completion record is found)"},
-        "completion_id": {"type": ["string", "null"], "description": "Extension: id of the chat completion (made through this API's /v1/chat/completions) whose exact tokens and log-probabilities to train on; without it the record is found by the response text"},
-        "messages": {"type": ["array", "null"], "items": {"type": "object"}, "description": "Extension: the chat messages the response answered, used for the student prompt when no completion record is found"},
-        "training": {"$ref": "#/components/schemas/TrainingConfig"}
-    });
-    let mut feedback_props = item_props.clone();
-    feedback_props["orchestration"] = json!({"$ref": "#/components/schemas/FeedbackOrchestration"});
-    feedback_props["requests"] = json!({"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/FeedbackItem"}, "description": "Several items for one adapter, applied as one batched step (then the top-level item fields are not used)"});
-    json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": crate::routes::API_NAME,
-            "description": crate::routes::API_DESCRIPTION,
-            "version": crate::routes::API_VERSION
-        },
-        "paths": {
-            "/": {"get": {"summary": "API info", "responses": {"200": {"description": "name, version, description, docs link"}}}},
-            "/v1/health": {"get": {"summary": "Health of the API, trainer and inference server", "responses": {"200": {"description": "status is healthy or degraded"}}}},
-            "/v1/lora/init": {"post": {
-                "summary": "Initialize a new LoRA adapter ({lora_id}-init, alias {lora_id}-latest)",
-                "requestBody": body("LoraInitRequest"),
-                "responses": {"200": ok("LoraInitResponse"), "403": err("base_model not allowed"), "409": err("adapter busy"), "422": validation(), "500": err("initialization failed")}
-            }},
-            "/v1/lora": {"get": {
-                "summary": "List LoRA adapters and aliases",
-                "parameters": [{"name": "prefix", "in": "query", "required": false, "schema": {"type": "string", "default": ""}}],
-                "responses": {"200": ok("LoraListResponse")}
-            }, "delete": {
-                "summary": "Delete an adapter with its versions and aliases (or only an alias); deleted=false when absent",
-                "parameters": [{"name": "lora_id", "in": "query", "required": true, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "{deleted: bool}"}, "409": err("adapter busy"), "422": validation()}
-            }},
-            "/v1/lora/export": {"get": {
-                "summary": "Download a LoRA adapter as a zip of its PEFT files",
-                "parameters": [{"name": "lora_id", "in": "query", "required": true, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "zip archive", "content": {"application/zip": {}}}, "404": err("unknown adapter"), "422": validation()}
-            }},
-            "/v1/distill": {"post": {
-                "summary": "One SDPO step saved as a new version {id}-{timestamp}; {id}-latest moves to it",
-                "requestBody": body("FeedbackRequest"),
-                "responses": {"200": ok("DistillResponse"), "404": err("unknown adapter"), "409": err("adapter busy"), "422": validation(), "500": err("training failed"), "503": err("trainer not loaded")}
-            }},
-            "/v1/feedback": {"post": {
-                "summary": "Feedback-triggered in-place update: drain, sleep, SDPO step, atomic save, wake + reload",
-                "requestBody": body("FeedbackRequest"),
-                "responses": {"200": ok("FeedbackResponse"), "400": err("batch items disagree"), "404": err("unknown adapter"), "409": err("lock timeout"), "422": validation(), "500": err("a phase failed"), "503": err("inference server not idle / trainer not loaded")}
-            }},
-            "/v1/score": {"post": {
-                "summary": "Log-probability of a response under an adapter (or the base model): {lora_id?, prompt, response}, or the reference's {model, messages, completion}",
-                "requestBody": body("ScoreRequest"),
-                "responses": {"200": ok("ScoreResponse"), "404": err("unknown adapter"), "422": validation(), "503": err("no scorer available")}
-            }},
-            "/v1/lora/versions": {"get": {
-                "summary": "Versions of an adapter (immutable {id}@v{N}), oldest first, with the current one marked",
-                "parameters": [{"name": "lora_id", "in": "query", "required": true, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "lora_id, current, versions[{version, name, created_utc, parent, current, kind, request_id, metrics}]"}, "404": err("unknown adapter"), "422": validation()}
-            }},
-            "/v1/lora/rollback": {"post": {
-                "summary": "Make an earlier version live again (weights and optimizer state) and hot-swap it into serving",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["lora_id", "version"], "properties": {"lora_id": {"type": "string"}, "version": {"type": "integer", "minimum": 0}}}}}},
-                "responses": {"200": {"description": "status, lora_id, version, previous_version, name"}, "404": err("unknown adapter or version"), "409": err("adapter busy"), "422": validation()}
-            }},
-            "/v1/chat/completions": {"post": {
-                "summary": "OpenAI chat completions, proxied to the inference server; records each completion's exact tokens for feedback",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}},
-                "responses": {"200": {"description": "the server's answer (JSON or an SSE stream)"}, "422": validation(), "502": err("inference server failed"), "503": err("no inference server")}
-            }},
-            "/v1/completions": {"post": {
-                "summary": "OpenAI text completions, proxied and recorded likewise",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}},
-                "responses": {"200": {"description": "the server's answer (JSON or an SSE stream)"}, "422": validation(), "502": err("inference server failed"), "503": err("no inference server")}
-            }},
-            "/v1/models": {"get": {"summary": "The inference server's models", "responses": {"200": {"description": "OpenAI model list"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition", "content": {"text/plain": {}}}}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI JSON"}}}},
-            "/docs": {"get": {"summary": "Interactive documentation", "responses": {"200": {"description": "HTML"}}}}
-        },
-        "components": {"schemas": {
-            "TrainingConfig": training,
-            "FeedbackOrchestration": {"type": "object", "properties": {
-                "sleep_before": {"type": "boolean", "default": true},
-                "wake_after": {"type": "boolean", "default": true},
-                "wake_on_failure": {"type": "boolean", "default": true},
-                "sleep_level": int("vLLM sleep level", 1, Some(1), Some(2))
-            }},
-            "FeedbackItem": {"type": "object", "required": ["lora_id", "prompt", "response", "feedback"], "properties": item_props},
-            "FeedbackRequest": {"type": "object", "properties": feedback_props,
-                "description": "Either the single-item fields (lora_id, prompt, response, feedback required) or requests: [...]"},
-            "DistillResponse": {"type": "object", "required": ["lora_id", "metadata"], "properties": {
-                "lora_id": {"type": "string"},
-                "metadata": {"type": "object", "properties": {
-                    "total_loss": {"type": "number"}, "distill_loss": {"type": "number"}, "kl_reg": {"type": "number"},
-                    "mean_is_ratio": {"type": "number"}, "clip_fraction": {"type": "number"}, "grad_norm": {"type": "number"},
-                    "tokens_processed": {"type": "integer"}, "teacher_mode": {"type": "string"}, "adapter_version": {"type": "integer"}
-                }}
-            }},
-            "FeedbackResponse": {"type": "object", "properties": {
-                "status": {"type": "string"}, "request_id": {"type": "string"}, "lora_id": {"type": "string"},
-                "distill_result": {"oneOf": [{"$ref": "#/components/schemas/DistillResponse"}, {"type": "null"}]},
-                "vllm": {"type": "object", "properties": {"slept": {"type": "boolean"}, "woke": {"type": "boolean"}}},
-                "feedback_log_path": {"type": "string"},
-                "timing_ms": {"type": "object", "properties": {
-                    "sleep": {"type": "integer"}, "distill": {"type": "integer"}, "save": {"type": "integer"},
-                    "wake": {"type": "integer"}, "logprobs": {"type": "integer"}, "total": {"type": "integer"}
-                }},
-                "batch_size": {"type": "integer"}
-            }},
-            "LoraInitRequest": {"type": "object", "required": ["lora_id"], "properties": {
-                "lora_id": {"type": "string"},
-                "base_model": {"type": "string", "default": "Qwen/Qwen3-8B"},
-                "lora_r": int("LoRA rank", 32, Some(4), Some(128)),
-                "lora_alpha": int("LoRA alpha scaling factor", 64, Some(8), Some(256)),
-                "target_modules": {"type": ["array", "null"], "items": {"type": "string"}, "description": "Defaults to attention + MLP projections"}
-            }},
-            "LoraInitResponse": {"type": "object", "required": ["lora_id"], "properties": {"lora_id": {"type": "string"}}},
-            "LoraListResponse": {"type": "object", "required": ["loras"], "properties": {"loras": {"type": "array", "items": {"type": "string"}}}},
-            "ScoreRequest": {"type": "object", "required": ["prompt", "response"], "properties": {
-                "lora_id": {"type": ["string", "null"], "description": "Adapter or alias; absent = base model"},
-                "prompt": {"type": "string", "minLength": 1},
-                "response": {"type": "string", "minLength": 1}
-            }},
-            "ScoreResponse": {"type": "object", "properties": {
-                "logprobs": {"type": "array", "items": {"type": "number"}}, "tokens": {"type": "array", "items": {"type": "string"}},
-                "prompt_tokens": {"type": ["integer", "null"]}, "completion_tokens": {"type": "integer"},
-                "logprob_sum": {"type": "number"}, "source": {"type": "string"}
-            }},
-            "HTTPError": {"type": "object", "properties": {"detail": {"type": "string"}}},
-            "HTTPValidationError": {"type": "object", "properties": {"detail": {"type": "array", "items": {"type": "object", "properties": {
-                "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
-                "msg": {"type": "string"}, "type": {"type": "string"}
-            }}}}}
-        }}
-    })
+    serde_json::to_value(openapi()).unwrap_or(Value::Null)
 }

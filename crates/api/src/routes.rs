@@ -28,6 +28,32 @@ pub const API_VERSION: &str = "0.1.0";
 /// Description reported by `GET /`.
 pub const API_DESCRIPTION: &str = "Continual Learning as a Service - SDPO-style distillation";
 
+/// Every `(method, path)` [`router`] serves (with the merged dashboard routes). The OpenAPI
+/// document must describe exactly these; a test walks both.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/v1/health"),
+    ("GET", "/health"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("POST", "/v1/lora/init"),
+    ("GET", "/v1/lora"),
+    ("DELETE", "/v1/lora"),
+    ("GET", "/v1/lora/export"),
+    ("GET", "/v1/lora/versions"),
+    ("POST", "/v1/lora/rollback"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("GET", "/v1/models"),
+    ("POST", "/v1/distill"),
+    ("POST", "/v1/feedback"),
+    ("POST", "/v1/score"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/dashboard"),
+    ("GET", "/v1/eval"),
+    ("GET", "/v1/eval/plot"),
+];
+
 /// The CLaaS API router. The binary only binds it: `axum::serve(listener, router(state))`.
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -71,6 +97,8 @@ async fn method_not_allowed() -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/", tag = "meta", summary = "API info",
+    responses((status = 200, description = "Successful Response", body = crate::openapi::ApiInfo)))]
 async fn root() -> Json<Value> {
     Json(json!({
         "name": API_NAME,
@@ -80,6 +108,10 @@ async fn root() -> Json<Value> {
     }))
 }
 
+#[utoipa::path(get, path = "/v1/health", tag = "meta",
+    summary = "Health of the API, trainer and inference server",
+    responses((status = 200, description = "status is healthy or degraded",
+        body = crate::openapi::HealthResponse)))]
 async fn health(State(st): State<ApiState>) -> Json<Value> {
     let inference = st.backend().health().await;
     let engine = st.engine();
@@ -102,14 +134,21 @@ async fn health(State(st): State<ApiState>) -> Json<Value> {
     }))
 }
 
+#[utoipa::path(get, path = "/openapi.json", tag = "meta", summary = "This document",
+    responses((status = 200, description = "OpenAPI JSON", body = Object)))]
 async fn openapi() -> Json<Value> {
     Json(crate::openapi::document())
 }
 
+#[utoipa::path(get, path = "/docs", tag = "meta", summary = "Interactive documentation (Swagger UI)",
+    responses((status = 200, description = "HTML", content_type = "text/html")))]
 async fn docs() -> Html<&'static str> {
     Html(crate::openapi::DOCS_HTML)
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "meta", summary = "Prometheus metrics",
+    responses((status = 200, description = "Text exposition format 0.0.4",
+        body = String, content_type = "text/plain")))]
 async fn metrics(State(st): State<ApiState>) -> Response {
     (
         [(
@@ -125,6 +164,21 @@ fn blocking_failed(what: &str, e: tokio::task::JoinError) -> ApiError {
     ApiError::Internal(format!("{what}: {e}"))
 }
 
+#[utoipa::path(post, path = "/v1/lora/init", tag = "lora",
+    summary = "Initialize a new LoRA adapter ({lora_id}-init, alias {lora_id}-latest)",
+    request_body = crate::types::LoraInitRequest,
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Successful Response", body = crate::openapi::LoraInitResponse),
+        (status = 401, description = "Invalid or missing API key", body = crate::openapi::HttpError),
+        (status = 403, description = "base_model not allowed", body = crate::openapi::HttpError),
+        (status = 409, description = "Adapter busy (lock timeout)", body = crate::openapi::HttpError),
+        (status = 413, description = "Body over 64 MiB (plain-text answer)", body = String,
+            content_type = "text/plain"),
+        (status = 422, description = "Validation Error (nothing was written)",
+            body = crate::openapi::HttpValidationError),
+        (status = 500, description = "Initialization failed", body = crate::openapi::HttpError),
+    ))]
 async fn init_lora(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req = parse_init(&parse_json(&body)?)?;
     let allowed = &st.config().allowed_init_base_models;
@@ -211,6 +265,12 @@ async fn init_lora(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value
     Ok(Json(json!({ "lora_id": saved.0 })))
 }
 
+#[utoipa::path(get, path = "/v1/lora", tag = "lora", summary = "List LoRA adapters and aliases",
+    params(("prefix" = Option<String>, Query, description = "Only ids starting with this")),
+    responses(
+        (status = 200, description = "Successful Response", body = crate::openapi::LoraListResponse),
+        (status = 500, description = "Listing failed", body = crate::openapi::HttpError),
+    ))]
 async fn list_loras(
     State(st): State<ApiState>,
     Query(q): Query<HashMap<String, String>>,
@@ -238,6 +298,18 @@ fn safe_export_name(lora_id: &str) -> String {
     }
 }
 
+#[utoipa::path(get, path = "/v1/lora/export", tag = "lora",
+    summary = "Download a LoRA adapter as a zip of its PEFT files",
+    params(("lora_id" = String, Query, description = "Adapter id or alias")),
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Zip archive (Content-Disposition: attachment)",
+            body = crate::openapi::Binary, content_type = "application/zip"),
+        (status = 401, description = "Invalid or missing API key", body = crate::openapi::HttpError),
+        (status = 404, description = "Unknown adapter", body = crate::openapi::HttpError),
+        (status = 422, description = "Validation Error", body = crate::openapi::HttpValidationError),
+        (status = 500, description = "Export failed", body = crate::openapi::HttpError),
+    ))]
 async fn export_lora(
     State(st): State<ApiState>,
     Query(q): Query<HashMap<String, String>>,
@@ -282,6 +354,26 @@ async fn export_lora(
         .into_response())
 }
 
+#[utoipa::path(post, path = "/v1/feedback", tag = "training",
+    summary = "Feedback-triggered in-place update: drain, sleep, SDPO step, atomic save, wake + reload",
+    request_body = crate::types::FeedbackRequest,
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Successful Response", body = crate::types::FeedbackResponse),
+        (status = 400, description = "Batch items disagree (lora_id or training)",
+            body = crate::openapi::HttpError),
+        (status = 401, description = "Invalid or missing API key", body = crate::openapi::HttpError),
+        (status = 404, description = "Unknown adapter", body = crate::openapi::HttpError),
+        (status = 409, description = "Lock timeout", body = crate::openapi::HttpError),
+        (status = 413, description = "Body over 64 MiB (plain-text answer)", body = String,
+            content_type = "text/plain"),
+        (status = 422, description = "Validation Error (nothing was written), or an input the trainer cannot take",
+            body = crate::openapi::Unprocessable),
+        (status = 500, description = "A phase failed", body = crate::openapi::HttpError),
+        (status = 502, description = "Inference server failed", body = crate::openapi::HttpError),
+        (status = 503, description = "Inference server not idle / trainer not loaded",
+            body = crate::openapi::HttpError),
+    ))]
 async fn feedback(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req = parse_feedback(&parse_json(&body)?)?;
     let resp = lifecycle::feedback(&st, req).await?;
@@ -290,6 +382,24 @@ async fn feedback(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>
     ))
 }
 
+#[utoipa::path(post, path = "/v1/distill", tag = "training",
+    summary = "One SDPO step saved as a new version {id}-{timestamp}; {id}-latest moves to it",
+    request_body = crate::types::FeedbackRequest,
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Successful Response", body = crate::types::DistillResponse),
+        (status = 400, description = "Batch items disagree (lora_id or training)",
+            body = crate::openapi::HttpError),
+        (status = 401, description = "Invalid or missing API key", body = crate::openapi::HttpError),
+        (status = 404, description = "Unknown adapter", body = crate::openapi::HttpError),
+        (status = 409, description = "Adapter busy", body = crate::openapi::HttpError),
+        (status = 413, description = "Body over 64 MiB (plain-text answer)", body = String,
+            content_type = "text/plain"),
+        (status = 422, description = "Validation Error (nothing was written), or an input the trainer cannot take",
+            body = crate::openapi::Unprocessable),
+        (status = 500, description = "Training failed", body = crate::openapi::HttpError),
+        (status = 503, description = "Trainer not loaded", body = crate::openapi::HttpError),
+    ))]
 async fn distill(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req = parse_feedback(&parse_json(&body)?)?;
     let resp = lifecycle::distill(&st, req).await?;
@@ -310,6 +420,17 @@ fn query_lora_id(q: &HashMap<String, String>) -> Result<String, ApiError> {
 
 /// `DELETE /v1/lora?lora_id=`: removes an adapter with its versions, state and aliases (or
 /// just an alias); `{"deleted": false}` when there was nothing, as the reference.
+#[utoipa::path(delete, path = "/v1/lora", tag = "lora",
+    summary = "Delete an adapter with its versions and aliases (or only an alias)",
+    params(("lora_id" = String, Query, description = "Adapter id or alias")),
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Successful Response", body = crate::openapi::LoraDeleteResponse),
+        (status = 401, description = "Invalid or missing API key", body = crate::openapi::HttpError),
+        (status = 409, description = "Adapter busy", body = crate::openapi::HttpError),
+        (status = 422, description = "Validation Error", body = crate::openapi::HttpValidationError),
+        (status = 500, description = "Deletion failed", body = crate::openapi::HttpError),
+    ))]
 async fn delete_lora(
     State(st): State<ApiState>,
     Query(q): Query<HashMap<String, String>>,
@@ -339,6 +460,17 @@ async fn delete_lora(
     Ok(Json(json!({ "deleted": deleted })))
 }
 
+#[utoipa::path(get, path = "/v1/lora/versions", tag = "lora",
+    summary = "Versions of an adapter (immutable {id}@v{N}), oldest first, with the current one marked",
+    params(("lora_id" = String, Query, description = "Adapter id or alias")),
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Successful Response", body = crate::openapi::VersionsResponse),
+        (status = 401, description = "Invalid or missing API key", body = crate::openapi::HttpError),
+        (status = 404, description = "Unknown adapter", body = crate::openapi::HttpError),
+        (status = 422, description = "Validation Error", body = crate::openapi::HttpValidationError),
+        (status = 500, description = "Listing failed", body = crate::openapi::HttpError),
+    ))]
 async fn lora_versions(
     State(st): State<ApiState>,
     Query(q): Query<HashMap<String, String>>,
@@ -347,6 +479,20 @@ async fn lora_versions(
     Ok(Json(lifecycle::versions(&st, &id).await?))
 }
 
+#[utoipa::path(post, path = "/v1/lora/rollback", tag = "lora",
+    summary = "Make an earlier version live again (weights and optimizer state) and hot-swap it into serving",
+    request_body = crate::types::RollbackRequest,
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Successful Response", body = crate::openapi::RollbackResponse),
+        (status = 401, description = "Invalid or missing API key", body = crate::openapi::HttpError),
+        (status = 404, description = "Unknown adapter or version", body = crate::openapi::HttpError),
+        (status = 409, description = "Adapter busy", body = crate::openapi::HttpError),
+        (status = 413, description = "Body over 64 MiB (plain-text answer)", body = String,
+            content_type = "text/plain"),
+        (status = 422, description = "Validation Error", body = crate::openapi::HttpValidationError),
+        (status = 500, description = "Rollback failed", body = crate::openapi::HttpError),
+    ))]
 async fn rollback(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req = parse_rollback(&parse_json(&body)?)?;
     Ok(Json(
@@ -354,18 +500,71 @@ async fn rollback(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>
     ))
 }
 
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "inference",
+    summary = "OpenAI chat completions, proxied to the inference server; records each completion's exact tokens for feedback",
+    request_body(content = Object, description = "An OpenAI chat completion request"),
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "The inference server's answer (JSON, or an SSE stream with stream: true)",
+            content((Object = "application/json"), (String = "text/event-stream"))),
+        (status = 401, description = "Invalid or missing API key", body = crate::openapi::HttpError),
+        (status = 413, description = "Body over 64 MiB (plain-text answer)", body = String,
+            content_type = "text/plain"),
+        (status = 422, description = "Body is not a JSON object", body = crate::openapi::HttpValidationError),
+        (status = 502, description = "Inference server failed", body = crate::openapi::HttpError),
+        (status = 503, description = "No inference server configured", body = crate::openapi::HttpError),
+        (status = "default", description = "Any other status: the inference server's own answer, passed through"),
+    ))]
 async fn chat_completions(State(st): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
     proxy::complete(st, Endpoint::Chat, body).await
 }
 
+#[utoipa::path(post, path = "/v1/completions", tag = "inference",
+    summary = "OpenAI text completions, proxied and recorded likewise",
+    request_body(content = Object, description = "An OpenAI completion request"),
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "The inference server's answer (JSON, or an SSE stream with stream: true)",
+            content((Object = "application/json"), (String = "text/event-stream"))),
+        (status = 401, description = "Invalid or missing API key", body = crate::openapi::HttpError),
+        (status = 413, description = "Body over 64 MiB (plain-text answer)", body = String,
+            content_type = "text/plain"),
+        (status = 422, description = "Body is not a JSON object", body = crate::openapi::HttpValidationError),
+        (status = 502, description = "Inference server failed", body = crate::openapi::HttpError),
+        (status = 503, description = "No inference server configured", body = crate::openapi::HttpError),
+        (status = "default", description = "Any other status: the inference server's own answer, passed through"),
+    ))]
 async fn completions(State(st): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
     proxy::complete(st, Endpoint::Completions, body).await
 }
 
+#[utoipa::path(get, path = "/v1/models", tag = "inference", summary = "The inference server's models",
+    responses(
+        (status = 200, description = "OpenAI model list", body = Object),
+        (status = 502, description = "Inference server failed", body = crate::openapi::HttpError),
+        (status = 503, description = "No inference server configured", body = crate::openapi::HttpError),
+        (status = "default", description = "Any other status: the inference server's own answer, passed through"),
+    ))]
 async fn models(State(st): State<ApiState>) -> Result<Response, ApiError> {
     proxy::models(st).await
 }
 
+#[utoipa::path(post, path = "/v1/score", tag = "training",
+    summary = "Log-probability of a response under an adapter (or the base model)",
+    request_body = crate::openapi::ScoreBody,
+    responses(
+        (status = 200, description = "Successful Response", body = crate::openapi::ScoreAnswer),
+        (status = 404, description = "Unknown adapter or model", body = crate::openapi::HttpError),
+        (status = 409, description = "Lock timeout (an update of the adapter is running)",
+            body = crate::openapi::HttpError),
+        (status = 413, description = "Body over 64 MiB (plain-text answer)", body = String,
+            content_type = "text/plain"),
+        (status = 422, description = "Validation Error, or an input the scorer cannot take",
+            body = crate::openapi::Unprocessable),
+        (status = 500, description = "Scoring failed", body = crate::openapi::HttpError),
+        (status = 502, description = "Inference server failed", body = crate::openapi::HttpError),
+        (status = 503, description = "No scorer available", body = crate::openapi::HttpError),
+    ))]
 async fn score(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     match parse_score(&parse_json(&body)?)? {
         ScoreInput::Text(req) => score_text(st, req).await,

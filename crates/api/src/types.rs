@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
 use crate::validate::{at, check_lora_id, Checker, Loc};
+use utoipa::ToSchema;
 
 /// Default base model of `/v1/lora/init` (reference).
 pub const DEFAULT_INIT_BASE_MODEL: &str = "Qwen/Qwen3-8B";
@@ -101,7 +102,7 @@ pub const TRAINING_FIELDS: [TrainingField; 7] = [
 pub const TEACHER_MODES: [&str; 2] = ["self", "remote"];
 
 /// Bounds of the post-update guardrail; `None` turns that check off.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, ToSchema)]
 pub struct Guardrail {
     /// Roll back when the probe's mean KL(adapter ‖ base) exceeds this (nats).
     pub max_kl_to_base: Option<f64>,
@@ -129,17 +130,23 @@ impl Guardrail {
 
 /// A request's `guardrail` (extension): `enabled: false` turns the server's checks off for it;
 /// bounds given replace the server's.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, ToSchema)]
 pub struct GuardrailRequest {
+    /// `false`: no check after this update.
     pub enabled: Option<bool>,
+    /// Replaces the server's KL bound (nats).
+    #[schema(minimum = 0.0)]
     pub max_kl_to_base: Option<f64>,
+    /// Replaces the server's entropy bound (nats).
+    #[schema(minimum = 0.0)]
     pub min_entropy: Option<f64>,
 }
 
 /// What the guardrail found after an update.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct GuardrailOutcome {
     /// `passed` or `rolled_back`.
+    #[schema(value_type = String, pattern = "^(passed|rolled_back)$")]
     pub status: &'static str,
     /// The probe of the new version.
     pub probe: claas_sdpo::ProbeStats,
@@ -152,12 +159,17 @@ pub struct GuardrailOutcome {
 }
 
 /// Sleep/wake options of `/v1/feedback` (`orchestration`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[schema(as = FeedbackOrchestration)]
 pub struct Orchestration {
+    #[schema(default = true, required = false)]
     pub sleep_before: bool,
+    #[schema(default = true, required = false)]
     pub wake_after: bool,
+    #[schema(default = true, required = false)]
     pub wake_on_failure: bool,
-    /// 1 ..= 2
+    /// vLLM sleep level, 1 ..= 2
+    #[schema(default = 1, minimum = 1, maximum = 2, required = false)]
     pub sleep_level: u8,
 }
 
@@ -173,16 +185,20 @@ impl Default for Orchestration {
 }
 
 /// One prompt/response/feedback triple for one adapter.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct FeedbackItem {
+    /// LoRA identifier (e.g. 'user123/coder-v1') or alias.
     pub lora_id: String,
     /// Extension: the chat completion's `id`, for an exact completion-record lookup.
+    #[schema(min_length = 1)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completion_id: Option<String>,
     /// The sample as the trainer takes it (`prompt`, `response`, `feedback`,
     /// `rollout_logprobs`, and the `messages` extension).
     #[serde(flatten)]
     pub sample: claas_sdpo::FeedbackItem,
+    /// SDPO hyper-parameters; every field has a default.
+    #[schema(value_type = crate::openapi::TrainingConfigSchema, required = false)]
     pub training: TrainingConfig,
 }
 
@@ -438,15 +454,20 @@ pub fn parse_feedback(body: &Value) -> Result<FeedbackRequest, ApiError> {
 }
 
 /// A parsed `/v1/lora/init` body.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct LoraInitRequest {
     pub lora_id: String,
+    #[schema(default = json!(DEFAULT_INIT_BASE_MODEL), required = false)]
     pub base_model: String,
-    /// 4 ..= 128, default 32
+    /// LoRA rank, 4 ..= 128, default 32
+    #[schema(default = 32, minimum = 4, maximum = 128, required = false)]
     pub lora_r: u32,
-    /// 8 ..= 256, default 64
+    /// LoRA alpha scaling factor, 8 ..= 256, default 64
+    #[schema(default = 64, minimum = 8, maximum = 256, required = false)]
     pub lora_alpha: u32,
-    /// Default: the seven attention + MLP projections.
+    /// Default: the seven attention + MLP projections (q/k/v/o_proj, gate/up/down_proj), the
+    /// only ones accepted.
+    #[schema(min_items = 1)]
     pub target_modules: Option<Vec<String>>,
 }
 
@@ -510,18 +531,27 @@ pub fn parse_init(body: &Value) -> Result<LoraInitRequest, ApiError> {
 
 /// A parsed `/v1/score` body: log-probability of `response` after `prompt` under an adapter
 /// (or the base model when `lora_id` is absent).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ScoreRequest {
+    /// Adapter or alias; absent = base model.
     pub lora_id: Option<String>,
+    /// The prompt text as the model saw it.
+    #[schema(min_length = 1)]
     pub prompt: String,
+    #[schema(min_length = 1)]
     pub response: String,
 }
 
 /// The reference HEAD's `/v1/score` body: a served model name, chat messages and the
 /// completion to score after them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ChatScoreRequest {
+    /// A served model name: the base model, an adapter id or alias (or its served form),
+    /// optionally with `@v{N}`.
+    #[schema(min_length = 1)]
     pub model: String,
+    /// Chat messages, each with a `role`.
+    #[schema(value_type = Vec<Object>)]
     pub messages: Vec<Value>,
     pub completion: String,
 }
@@ -588,7 +618,7 @@ pub fn parse_score(body: &Value) -> Result<ScoreInput, ApiError> {
 }
 
 /// A parsed `/v1/lora/rollback` body.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct RollbackRequest {
     pub lora_id: String,
     pub version: u64,
@@ -616,7 +646,7 @@ pub fn parse_rollback(body: &Value) -> Result<RollbackRequest, ApiError> {
 
 /// `metadata` of a distill result: the reference's metrics, our timings and the version the
 /// step produced.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct DistillResultMetadata {
     #[serde(flatten)]
     pub metrics: claas_sdpo::DistillMetadata,
@@ -626,21 +656,21 @@ pub struct DistillResultMetadata {
 }
 
 /// `{lora_id, metadata}` of a distill step.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct DistillResponse {
     pub lora_id: String,
     pub metadata: DistillResultMetadata,
 }
 
 /// `vllm{slept, woke}`
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
 pub struct VllmState {
     pub slept: bool,
     pub woke: bool,
 }
 
 /// Milliseconds per feedback phase.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
 pub struct TimingMs {
     pub sleep: u64,
     pub distill: u64,
@@ -651,7 +681,7 @@ pub struct TimingMs {
 }
 
 /// Body of a successful `/v1/feedback`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct FeedbackResponse {
     pub status: String,
     pub request_id: String,

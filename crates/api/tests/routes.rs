@@ -560,3 +560,184 @@ async fn no_trainer_gives_503_without_touching_the_server() {
     let (s, _) = api.post("/v1/distill", feedback_body(&id)).await;
     assert_eq!(s, 503);
 }
+
+/// Every `(method, path)` the router serves is documented with a 200 and the error answers
+/// it really gives; every documented operation is served (a probe does not reach the router's
+/// 404/405 fallbacks, and its status is one the document lists, with the body shape it names).
+#[tokio::test]
+async fn openapi_describes_every_route_and_only_those() {
+    use claas_api::routes::{API_DESCRIPTION, API_NAME, API_VERSION, ROUTES};
+    let api = start_api(None, None, |_| {}).await;
+    let (s, doc) = api.get("/openapi.json").await;
+    assert_eq!(s, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(doc["info"]["title"], API_NAME);
+    assert_eq!(doc["info"]["version"], API_VERSION);
+    assert_eq!(doc["info"]["description"], API_DESCRIPTION);
+
+    let methods = ["get", "post", "put", "delete", "patch", "head", "options"];
+    let mut documented = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in methods {
+            if item.get(m).is_some() {
+                documented.push((m.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    let served: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    let (mut a, mut b) = (documented.clone(), served.clone());
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "documented operations != ROUTES");
+
+    let schemas = &doc["components"]["schemas"];
+    let issue = &schemas["ValidationError"];
+    assert_eq!(issue["required"], json!(["loc", "msg", "type"]), "{issue}");
+    assert_eq!(schemas["HTTPError"]["required"], json!(["detail"]));
+    let per_page = &doc["paths"]["/v1/dashboard"]["get"]["parameters"][1];
+    assert_eq!(per_page["name"], "per_page");
+    assert_eq!(
+        per_page["schema"]["maximum"].as_u64(),
+        Some(claas_api::dashboard::MAX_PER_PAGE)
+    );
+    assert_eq!(
+        schemas["HTTPValidationError"]["properties"]["detail"]["items"]["$ref"],
+        "#/components/schemas/ValidationError"
+    );
+    let error_refs = [
+        "#/components/schemas/HTTPError",
+        "#/components/schemas/HTTPValidationError",
+        "#/components/schemas/Unprocessable",
+    ];
+
+    for (m, p) in ROUTES {
+        let op = &doc["paths"][*p][m.to_lowercase()];
+        let responses = op["responses"].as_object().unwrap();
+        assert!(responses.contains_key("200"), "{m} {p}: no 200");
+        if *m == "POST" {
+            assert!(
+                op["requestBody"]["content"]["application/json"]["schema"].is_object(),
+                "{m} {p}: no request body schema"
+            );
+        }
+        // The API key's 401 is documented exactly where the middleware asks for the key.
+        let method = reqwest::Method::from_bytes(m.as_bytes()).unwrap();
+        assert_eq!(
+            responses.contains_key("401"),
+            claas_api::auth::is_protected(&method, p),
+            "{m} {p}: 401"
+        );
+        // Errors answered in JSON name the FastAPI-style bodies.
+        for (code, r) in responses {
+            let Some(schema) = r["content"]["application/json"]["schema"].as_object() else {
+                continue;
+            };
+            if code.starts_with('4') || code.starts_with('5') {
+                let target = schema.get("$ref").and_then(Value::as_str).unwrap_or("");
+                assert!(error_refs.contains(&target), "{m} {p} {code}: {schema:?}");
+            }
+        }
+
+        // Probe with no query and an empty JSON object: nothing is written (422s, 503s, ...).
+        let mut req = api.http.request(method, format!("{}{p}", api.url));
+        if *m == "POST" {
+            req = req.json(&json!({}));
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let ctype = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = r.bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        assert_ne!(
+            status, 405,
+            "{m} {p}: the router does not serve this method"
+        );
+        assert_ne!(
+            (status, &body),
+            (404, &json!({"detail": "Not Found"})),
+            "{m} {p}: the router's fallback answered"
+        );
+        let code = status.to_string();
+        assert!(
+            responses.contains_key(&code) || responses.contains_key("default"),
+            "{m} {p}: answered {status}, documented {:?}",
+            responses.keys().collect::<Vec<_>>()
+        );
+        if status >= 400 && ctype.starts_with("application/json") {
+            let detail = &body["detail"];
+            if status == 422 && detail.is_array() {
+                let props = issue["properties"].as_object().unwrap();
+                for i in detail.as_array().unwrap() {
+                    for k in ["loc", "msg", "type"] {
+                        assert!(i.get(k).is_some(), "{m} {p}: {i}");
+                    }
+                    for k in i.as_object().unwrap().keys() {
+                        assert!(props.contains_key(k), "{m} {p}: undocumented {k} in {i}");
+                    }
+                }
+            } else {
+                assert!(detail.is_string(), "{m} {p}: {status} {body}");
+            }
+        }
+    }
+}
+
+/// The document's training schema is the validation table, and both are the trainer's defaults.
+#[tokio::test]
+async fn openapi_training_defaults_are_the_trainer_defaults() {
+    use claas_api::types::{TrainingConfig, TRAINING_FIELDS};
+    let api = start_api(None, None, |_| {}).await;
+    let (_, doc) = api.get("/openapi.json").await;
+    let props = &doc["components"]["schemas"]["TrainingConfig"]["properties"];
+    let defaults = serde_json::to_value(TrainingConfig::default()).unwrap();
+    let names: Vec<&String> = props.as_object().unwrap().keys().collect();
+    assert_eq!(
+        names.len(),
+        defaults.as_object().unwrap().len(),
+        "every TrainingConfig field is documented: {names:?}"
+    );
+    for f in TRAINING_FIELDS {
+        let p = &props[f.name];
+        assert_eq!(
+            p["default"].as_f64(),
+            defaults[f.name].as_f64(),
+            "{}",
+            f.name
+        );
+        assert_eq!(p["minimum"].as_f64(), f.min, "{}", f.name);
+        assert_eq!(p["maximum"].as_f64(), f.max, "{}", f.name);
+        assert_eq!(
+            p["type"],
+            if f.integer { "integer" } else { "number" },
+            "{}",
+            f.name
+        );
+        assert_eq!(p["description"], f.description);
+    }
+    for enum_field in ["teacher_mode", "teacher_prompt"] {
+        assert_eq!(
+            props[enum_field]["default"], defaults[enum_field],
+            "{enum_field}"
+        );
+    }
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["TeacherMode"]["enum"], json!(["self", "remote"]));
+    assert_eq!(
+        schemas["TeacherPrompt"]["enum"],
+        json!(["hindsight", "0f67ae6"])
+    );
+    // A feedback item's `training` is that schema.
+    let item = &schemas["FeedbackItem"]["allOf"][1]["properties"];
+    assert_eq!(
+        item["training"]["$ref"], "#/components/schemas/TrainingConfig",
+        "{item}"
+    );
+}

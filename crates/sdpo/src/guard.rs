@@ -30,6 +30,7 @@ pub const PROBE_CONVERSATIONS: [(&str, &str); 3] = [
 
 /// What [`Trainer::probe`] measures.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ProbeStats {
     /// Mean over positions of KL(adapter ‖ base), in nats.
     pub kl_to_base: f64,

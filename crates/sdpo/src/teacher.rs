@@ -29,6 +29,7 @@ pub const HINDSIGHT_HEADER: &str = "\n\n=== HINDSIGHT CONTEXT ===\n[The followin
 
 /// Which teacher prompt the self-teacher is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub enum TeacherPrompt {
     /// The student's system prompt + clean user prompt + hindsight block (reference HEAD).
     #[default]

@@ -20,6 +20,7 @@ use crate::{Result, SdpoError};
 
 /// Where the teacher's log-probabilities come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub enum TeacherMode {
     /// The frozen base model, prompted with the feedback (`"self"`).
     #[default]
@@ -119,31 +120,48 @@ impl TrainingConfig {
 /// `encode(prompt, add_special_tokens) ++ encode(response)` with `prompt` already
 /// chat-formatted by the client.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "utoipa",
+    derive(utoipa::ToSchema),
+    schema(
+        as = FeedbackSample,
+        description = "One piece of feedback on one answer, as a client sends it"
+    )
+)]
 pub struct FeedbackItem {
     /// The prompt as the client sent it: chat-formatted text (0f67ae6) or the clean user prompt.
+    #[cfg_attr(feature = "utoipa", schema(min_length = 1))]
     pub prompt: String,
     /// The model's answer.
+    #[cfg_attr(feature = "utoipa", schema(min_length = 1))]
     pub response: String,
     /// The user's feedback on the answer.
+    #[cfg_attr(feature = "utoipa", schema(min_length = 1))]
     pub feedback: String,
     /// Log-probabilities of the response tokens under the policy that sampled them.
     #[serde(default)]
     pub rollout_logprobs: Option<Vec<f32>>,
     /// Exact prompt token ids the student saw (chat template applied).
+    // This and the other ignored fields are filled by the API (completion records), not sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(ignore))]
     pub prompt_ids: Option<Vec<u32>>,
     /// Exact response token ids the student sampled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(ignore))]
     pub response_ids: Option<Vec<u32>>,
     /// The chat messages the response answered (student prompt when no ids are given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<Vec<Object>>))]
     pub messages: Option<Vec<serde_json::Value>>,
     /// The student's system prompt, for the hindsight teacher (recovered from `messages` or a
     /// chat-formatted `prompt` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(ignore))]
     pub system_prompt: Option<String>,
     /// The clean user prompt, for the hindsight teacher (likewise recovered when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(ignore))]
     pub user_prompt: Option<String>,
 }
 
@@ -166,6 +184,7 @@ impl FeedbackItem {
 
 /// Training metrics of a distillation, as the reference reports them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct DistillMetadata {
     pub total_loss: f64,
     pub distill_loss: f64,
@@ -181,6 +200,7 @@ pub struct DistillMetadata {
 
 /// Wall-clock breakdown of a distillation, in milliseconds (summed over `steps_per_batch`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct DistillTimings {
     /// Tokenisation and teacher prompt rendering.
     pub tokenize_ms: f64,
