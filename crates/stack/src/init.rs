@@ -82,7 +82,13 @@ pub fn run_init(s: &InitSettings) -> Result<InitSummary, StackError> {
         let seed = seed_for(&init_id);
         let adapter =
             build_adapter(&req, &config, seed).map_err(|e| StackError::Init(e.to_string()))?;
-        store.save_atomic(&init_id, |dir: &std::path::Path| adapter.save(dir))?;
+        // Version 0, so `/undo` after the first feedback has a version to go back to.
+        store.create_versioned(
+            &init_id,
+            serde_json::json!({"kind": "init", "lora_r": s.lora_r, "lora_alpha": s.lora_alpha}),
+            false,
+            |dir: &std::path::Path| adapter.save(dir),
+        )?;
         summary.created_adapter = Some(init_id.clone());
     }
     if !store.aliases()?.contains_key(&latest) {
