@@ -307,6 +307,7 @@ fn safe_export_name(lora_id: &str) -> String {
             body = crate::openapi::Binary, content_type = "application/zip"),
         (status = 401, description = "Invalid or missing API key", body = crate::openapi::HttpError),
         (status = 404, description = "Unknown adapter", body = crate::openapi::HttpError),
+        (status = 403, description = "The adapter folder is a link out of the LoRA root", body = crate::openapi::HttpError),
         (status = 422, description = "Validation Error", body = crate::openapi::HttpValidationError),
         (status = 500, description = "Export failed", body = crate::openapi::HttpError),
     ))]
@@ -341,6 +342,9 @@ async fn export_lora(
     .map_err(|e| blocking_failed("LoRA export failed", e))?;
     let (_, bytes) = exported.map_err(|e| match e {
         StoreError::NotFound(_) => ApiError::NotFound(format!("LoRA not found: {id}")),
+        e @ StoreError::InvalidId { .. } => {
+            ApiError::Forbidden(format!("LoRA export refused: {e}"))
+        }
         other => ApiError::Internal(format!("LoRA export failed: {other}")),
     })?;
     let disposition = format!("attachment; filename=\"{}.zip\"", safe_export_name(&id));

@@ -741,3 +741,43 @@ async fn openapi_training_defaults_are_the_trainer_defaults() {
         "{item}"
     );
 }
+
+/// Export never reads outside the LoRA root: links inside an adapter folder are left out, and
+/// an adapter folder that is a link out of the root gets a 403.
+#[tokio::test]
+async fn export_does_not_follow_links_out_of_the_root() {
+    let api = start_api(None, None, |_| {}).await;
+    let id = init_adapter(&api, "u/x").await;
+    let outside = api.tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("shadow"), "secret").unwrap();
+    let dir = api.root().join(&id);
+    std::os::unix::fs::symlink(&outside, dir.join("etc")).unwrap();
+    std::os::unix::fs::symlink(".", dir.join("loop")).unwrap();
+    let r = api.get_raw(&format!("/v1/lora/export?lora_id={id}")).await;
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.unwrap();
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    let names: Vec<String> = (0..z.len())
+        .map(|i| z.by_index(i).unwrap().name().to_string())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.contains("etc") && !n.contains("loop")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n == "adapter_model.safetensors"),
+        "{names:?}"
+    );
+
+    let linked = api.tmp.path().join("linked-adapter");
+    std::fs::create_dir_all(&linked).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(dir.join(f), linked.join(f)).unwrap();
+    }
+    std::os::unix::fs::symlink(&linked, api.root().join("u/linked")).unwrap();
+    let (s, b) = api.get("/v1/lora/export?lora_id=u/linked").await;
+    assert_eq!(s, 403, "{b}");
+}

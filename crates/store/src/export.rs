@@ -11,8 +11,20 @@ use crate::{LoraStore, ResolvedAdapter, Result, StoreError};
 impl LoraStore {
     /// A zip archive (deflate) of every file in the resolved adapter folder, names relative to
     /// it, in sorted order. Returns the resolved adapter too.
+    ///
+    /// Nothing outside the LoRA root is read: symbolic links inside the folder are left out
+    /// (so a link to `/etc` or a link loop adds nothing), and a folder that is itself reached
+    /// through a link out of the root is refused.
     pub fn export_zip(&self, id: &str) -> Result<(ResolvedAdapter, Vec<u8>)> {
         let resolved = self.resolve(id)?;
+        let root = fs::canonicalize(self.root()).map_err(|e| StoreError::io(self.root(), e))?;
+        let real = fs::canonicalize(&resolved.dir).map_err(|e| StoreError::io(&resolved.dir, e))?;
+        if !real.starts_with(&root) {
+            return Err(StoreError::invalid(
+                id,
+                "its folder is a link out of the LoRA root; export never follows links out of it",
+            ));
+        }
         let mut files = Vec::new();
         collect_files(&resolved.dir, "", &mut files)?;
         files.sort();
@@ -42,9 +54,11 @@ fn collect_files(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
             format!("{rel}/{name}")
         };
         let path = entry.path();
-        if path.is_dir() {
+        // The entry's own type: a symbolic link is neither a file nor a folder here.
+        let kind = entry.file_type().map_err(|e| StoreError::io(&path, e))?;
+        if kind.is_dir() {
             collect_files(&path, &child_rel, out)?;
-        } else if path.is_file() {
+        } else if kind.is_file() {
             out.push(child_rel);
         }
     }

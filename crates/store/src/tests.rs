@@ -1093,3 +1093,33 @@ fn served_names_resolve_to_their_adapters() {
     refs.sort();
     assert_eq!(refs, vec!["p-/q", "p/-q"]);
 }
+
+#[test]
+fn export_never_follows_links_out_of_the_root() {
+    let (t, s) = store();
+    s.save_atomic("u/a", |d| write_adapter(d, "a")).unwrap();
+    let dir = s.root().join("u/a");
+    let outside = t.path().join("outside");
+    fs::create_dir_all(outside.join("deep")).unwrap();
+    fs::write(outside.join("secret.txt"), "secret").unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("evil")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), dir.join("file-link")).unwrap();
+    std::os::unix::fs::symlink(".", dir.join("loop")).unwrap();
+    let (_, bytes) = s.export_zip("u/a").unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut names: Vec<String> = (0..zip.len())
+        .map(|i| zip.by_index(i).unwrap().name().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec![ADAPTER_CONFIG, ADAPTER_WEIGHTS]);
+    // An adapter folder that is itself a link out of the root is refused.
+    fs::create_dir_all(s.root().join("v")).unwrap();
+    let out_adapter = t.path().join("out-adapter");
+    fs::create_dir_all(&out_adapter).unwrap();
+    write_adapter(&out_adapter, "x").unwrap();
+    std::os::unix::fs::symlink(&out_adapter, s.root().join("v/linked")).unwrap();
+    assert!(matches!(
+        s.export_zip("v/linked"),
+        Err(StoreError::InvalidId { .. })
+    ));
+}
