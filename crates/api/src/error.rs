@@ -5,10 +5,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-/// One entry of a FastAPI/pydantic validation error list.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One entry of a FastAPI/pydantic validation error list (`ValidationError` in the OpenAPI
+/// document).
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = ValidationError)]
 pub struct ValidationIssue {
     /// Where the bad value is, e.g. `["body", "training", "alpha"]`.
+    #[schema(schema_with = crate::openapi::loc_schema)]
     pub loc: Vec<Value>,
     /// Human-readable message (pydantic's wording where one exists).
     pub msg: String,
@@ -20,6 +23,7 @@ pub struct ValidationIssue {
     pub input: Option<Value>,
     /// Constraint values, e.g. `{"ge": 1.0}`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub ctx: Option<Value>,
 }
 

@@ -180,7 +180,7 @@ pub struct HttpError {
     pub detail: String,
 }
 
-fn loc_schema() -> ArrayBuilder {
+pub(crate) fn loc_schema() -> ArrayBuilder {
     ArrayBuilder::new().items(
         AnyOfBuilder::new()
             .item(ObjectBuilder::new().schema_type(Type::String))
@@ -188,32 +188,12 @@ fn loc_schema() -> ArrayBuilder {
     )
 }
 
-/// One pydantic-style validation issue ([`crate::error::ValidationIssue`]).
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)]
-pub struct ValidationError {
-    /// Where the bad value is, e.g. `["body", "training", "alpha"]`.
-    #[schema(schema_with = loc_schema)]
-    pub loc: Vec<Value>,
-    pub msg: String,
-    /// pydantic's error type name, e.g. `missing`, `less_than_equal`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The offending input, when there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub input: Option<Value>,
-    /// Constraint values, e.g. `{"ge": 1.0}`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub ctx: Option<Value>,
-}
-
 /// FastAPI's 422 body: `{"detail": [{loc, msg, type, input?, ctx?}]}`.
 #[derive(Serialize, ToSchema)]
 #[schema(as = HTTPValidationError)]
 #[allow(dead_code)]
 pub struct HttpValidationError {
-    pub detail: Vec<ValidationError>,
+    pub detail: Vec<crate::error::ValidationIssue>,
 }
 
 /// A 422 of a route that can also reject a parsed request with a plain message (e.g. a
@@ -486,7 +466,7 @@ mod extra_paths {
         extra_paths::eval_page,
         extra_paths::eval_plot,
     ),
-    components(schemas(HttpError, HttpValidationError, ValidationError)),
+    components(schemas(HttpError, HttpValidationError, crate::error::ValidationIssue)),
     modifiers(&Bearer)
 )]
 struct ApiDoc;
