@@ -328,6 +328,16 @@ fn parse_orchestration(c: &mut Checker, parent: &Map<String, Value>, loc: &Loc) 
     }
 }
 
+/// The required `lora_id` field, checked as an adapter id (empty when missing or not a string;
+/// the issue is recorded either way).
+fn req_lora_id(c: &mut Checker, m: &Map<String, Value>, loc: &Loc) -> String {
+    let lora_id = c.req_str(m, "lora_id", loc, 0).unwrap_or_default();
+    if m.get("lora_id").is_some_and(Value::is_string) {
+        check_lora_id(c, &lora_id, at(loc, "lora_id"));
+    }
+    lora_id
+}
+
 fn parse_guardrail(c: &mut Checker, parent: &Map<String, Value>, loc: &Loc) -> GuardrailRequest {
     let Some(m) = c.opt_object(parent, "guardrail", loc) else {
         return GuardrailRequest::default();
@@ -351,10 +361,7 @@ fn parse_guardrail(c: &mut Checker, parent: &Map<String, Value>, loc: &Loc) -> G
 }
 
 fn parse_item(c: &mut Checker, m: &Map<String, Value>, loc: &Loc) -> FeedbackItem {
-    let lora_id = c.req_str(m, "lora_id", loc, 0).unwrap_or_default();
-    if m.get("lora_id").is_some_and(Value::is_string) {
-        check_lora_id(c, &lora_id, at(loc, "lora_id"));
-    }
+    let lora_id = req_lora_id(c, m, loc);
     let completion_id = match m.get("completion_id") {
         None | Some(Value::Null) => None,
         Some(_) => c.req_str(m, "completion_id", loc, 1),
@@ -479,10 +486,7 @@ pub fn parse_init(body: &Value) -> Result<LoraInitRequest, ApiError> {
         c.finish()?;
         return Err(ApiError::Internal("unreachable: non-object body".into()));
     };
-    let lora_id = c.req_str(m, "lora_id", &loc, 0).unwrap_or_default();
-    if m.get("lora_id").is_some_and(Value::is_string) {
-        check_lora_id(&mut c, &lora_id, at(&loc, "lora_id"));
-    }
+    let lora_id = req_lora_id(&mut c, m, &loc);
     let base_model = c.str_or(m, "base_model", &loc, DEFAULT_INIT_BASE_MODEL);
     let lora_r = c
         .int_in(m, "lora_r", &loc, 32, Some(4), Some(128))
@@ -632,10 +636,7 @@ pub fn parse_rollback(body: &Value) -> Result<RollbackRequest, ApiError> {
         c.finish()?;
         return Err(ApiError::Internal("unreachable: non-object body".into()));
     };
-    let lora_id = c.req_str(m, "lora_id", &loc, 0).unwrap_or_default();
-    if m.get("lora_id").is_some_and(Value::is_string) {
-        check_lora_id(&mut c, &lora_id, at(&loc, "lora_id"));
-    }
+    let lora_id = req_lora_id(&mut c, m, &loc);
     if !m.contains_key("version") {
         c.push(at(&loc, "version"), "missing", "Field required", None);
     }
