@@ -97,10 +97,20 @@ fn forward_sequences_tokenize_parity() {
 
 #[test]
 fn tiny_vocab_size_parity() {
-    // README: len(tokenizer) = 1005 = config.vocab_size.
+    // What the model relies on: every id the tokenizer can produce has an embedding row. Real
+    // Qwen3 checkpoints pad the embedding past the tokenizer (151,936 rows for 151,669 tokens),
+    // so the two sizes need not be equal.
     let cfg = load_json("tiny-qwen3/config.json");
     let tok = Tokenizer::from_file(fixtures().join("tiny-qwen3/tokenizer.json")).unwrap();
-    assert_eq!(tok.vocab_size() as u64, cfg["vocab_size"].as_u64().unwrap());
+    let rows = cfg["vocab_size"].as_u64().unwrap();
+    assert!(tok.vocab_size() as u64 <= rows, "{} > {rows}", tok.vocab_size());
+    let max_id = tok
+        .hf()
+        .get_vocab(true)
+        .into_values()
+        .max()
+        .expect("empty vocabulary");
+    assert!(u64::from(max_id) < rows, "token id {max_id} has no embedding row");
 }
 
 #[test]
