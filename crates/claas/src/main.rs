@@ -463,9 +463,13 @@ async fn api(a: ApiArgs) -> anyhow::Result<()> {
     });
     let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port)).await?;
     tracing::info!("claas api on http://{}", listener.local_addr()?);
-    axum::serve(listener, claas_api::router(state))
-        .with_graceful_shutdown(ctrl_c())
-        .await?;
+    claas_listen::serve(
+        listener,
+        claas_api::router(state),
+        claas_listen::Limits::default(),
+        ctrl_c(),
+    )
+    .await?;
     Ok(())
 }
 

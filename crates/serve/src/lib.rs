@@ -371,9 +371,13 @@ pub async fn serve_on(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    claas_listen::serve(
+        listener,
+        router(state),
+        claas_listen::Limits::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// `claas serve`: loads everything, binds `host:port` and serves until `shutdown` resolves.

@@ -195,9 +195,7 @@ where
     let api_router = claas_api::router(api_state);
     let api_stop = stopped();
     let api_task = tokio::spawn(async move {
-        axum::serve(api_l, api_router)
-            .with_graceful_shutdown(api_stop)
-            .await
+        claas_listen::serve(api_l, api_router, claas_listen::Limits::default(), api_stop).await
     });
     let gateway_task = cfg.telegram.clone().map(|mut g| {
         let local = |a: SocketAddr| {
