@@ -334,6 +334,20 @@ async fn eval(a: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The API settings of `claas up`: `/v1/lora/init` accepts only the model this process serves
+/// unless `CLAAS_ALLOWED_INIT_BASE_MODELS` says otherwise (the API's own default, Qwen3-8B, would
+/// be a model `up` never loaded).
+fn up_api_config(model: &str) -> anyhow::Result<claas_api::ApiConfig> {
+    let mut api = claas_api::ApiConfig::from_env()?;
+    let explicit = std::env::var("CLAAS_ALLOWED_INIT_BASE_MODELS")
+        .map(|v| !v.trim().is_empty())
+        .unwrap_or(false);
+    if !explicit {
+        api.allowed_init_base_models = vec![model.to_string()];
+    }
+    Ok(api)
+}
+
 fn openclaw_settings(
     api_url: &str,
     serve_url: &str,
@@ -409,7 +423,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         max_model_len: a.max_model_len,
         telegram,
         openclaw,
-        api: claas_api::ApiConfig::from_env()?,
+        api: up_api_config(&a.model)?,
     };
     let key = a.api_key.clone();
     // With CLAAS_API_KEY set, the feedback API wants it too.
