@@ -1,0 +1,1 @@
+pub fn gemv_report(_threads: usize) {}

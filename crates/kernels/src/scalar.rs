@@ -1,0 +1,130 @@
+//! Portable kernels: plain Rust laid out so the compiler vectorises it (independent lanes, fixed
+//! trip counts), and the GEMM pieces shared by every path (packing, the generic micro-kernel).
+
+use crate::{bf16_to_f32, f16_to_f32, Weights};
+
+/// Independent partial sums per row: lanes the compiler maps onto vector registers without
+/// having to reassociate floating-point adds (which it never does on its own).
+const LANES: usize = 16;
+
+pub(crate) fn gemv(w: Weights<'_>, cols: usize, x: &[f32], y: &mut [f32]) {
+    match w {
+        Weights::Bf16(w) => gemv_rows(w, cols, x, y, bf16_to_f32),
+        Weights::F16(w) => gemv_rows(w, cols, x, y, f16_to_f32),
+        Weights::F32(w) => gemv_rows(w, cols, x, y, |v| v),
+    }
+}
+
+fn gemv_rows<T: Copy>(w: &[T], cols: usize, x: &[f32], y: &mut [f32], cvt: impl Fn(T) -> f32) {
+    if cols == 0 {
+        y.fill(0.0);
+        return;
+    }
+    for (row, yr) in w.chunks_exact(cols).zip(y.iter_mut()) {
+        let mut acc = [0f32; LANES];
+        let wc = row.chunks_exact(LANES);
+        let xc = x.chunks_exact(LANES);
+        let (wt, xt) = (wc.remainder(), xc.remainder());
+        for (wv, xv) in wc.zip(xc) {
+            for l in 0..LANES {
+                acc[l] += cvt(wv[l]) * xv[l];
+            }
+        }
+        let mut s: f32 = acc.iter().sum();
+        for (&wv, &xv) in wt.iter().zip(xt) {
+            s += cvt(wv) * xv;
+        }
+        *yr = s;
+    }
+}
+
+/// Copies rows `j0..j0+nvalid` × columns `k0..k0+kc` of the `?×k` weights into `out`, widened to
+/// f32 and transposed to `[kc][nr]`, zero-padding rows `nvalid..nr`: the micro-kernel then reads
+/// one contiguous vector of `nr` outputs per step of `k`, and the conversion is paid once per
+/// panel instead of once per row of `x`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pack(
+    w: Weights<'_>,
+    k: usize,
+    j0: usize,
+    nvalid: usize,
+    nr: usize,
+    k0: usize,
+    kc: usize,
+    out: &mut [f32],
+) {
+    fn go<T: Copy>(
+        w: &[T],
+        k: usize,
+        j0: usize,
+        nvalid: usize,
+        nr: usize,
+        (k0, kc): (usize, usize),
+        out: &mut [f32],
+        cvt: impl Fn(T) -> f32,
+    ) {
+        let out = &mut out[..kc * nr];
+        for j in 0..nr {
+            if j < nvalid {
+                let row = &w[(j0 + j) * k + k0..][..kc];
+                for (kk, &v) in row.iter().enumerate() {
+                    out[kk * nr + j] = cvt(v);
+                }
+            } else {
+                for kk in 0..kc {
+                    out[kk * nr + j] = 0.0;
+                }
+            }
+        }
+    }
+    match w {
+        Weights::Bf16(w) => go(w, k, j0, nvalid, nr, (k0, kc), out, bf16_to_f32),
+        Weights::F16(w) => go(w, k, j0, nvalid, nr, (k0, kc), out, f16_to_f32),
+        Weights::F32(w) => go(w, k, j0, nvalid, nr, (k0, kc), out, |v| v),
+    }
+}
+
+/// `C[MR×nvalid] (+)= A[MR×kc] · B[kc×NR]` on a packed panel `b`, accumulators in a fixed-size
+/// array the compiler keeps in registers. `FUSED` uses `mul_add`, which is one instruction
+/// only when the caller is compiled with FMA (a libm call otherwise, hence the switch).
+///
+/// # Safety
+/// `a` must be valid for reads of rows `0..MR` (stride `lda`) × `kc` columns, `b` for `kc×NR`
+/// reads, `c` for reads and writes of rows `0..MR` (stride `ldc`) × `nvalid ≤ NR` columns.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn micro_generic<const MR: usize, const NR: usize, const FUSED: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    nvalid: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[0f32; NR]; MR];
+    for kk in 0..kc {
+        // SAFETY: the caller guarantees `b` holds `kc` packed rows of `NR` floats.
+        let bv = unsafe { &*(b.add(kk * NR) as *const [f32; NR]) };
+        for (r, accr) in acc.iter_mut().enumerate() {
+            // SAFETY: row `r < MR`, column `kk < kc` is inside `a` by the caller's guarantee.
+            let av = unsafe { *a.add(r * lda + kk) };
+            for j in 0..NR {
+                accr[j] = if FUSED {
+                    av.mul_add(bv[j], accr[j])
+                } else {
+                    accr[j] + av * bv[j]
+                };
+            }
+        }
+    }
+    for (r, accr) in acc.iter().enumerate() {
+        // SAFETY: row `r < MR` has `nvalid` writable columns at `c + r*ldc` (caller's guarantee),
+        // and no other reference to them is alive during this call.
+        let cr = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), nvalid) };
+        for (cv, &v) in cr.iter_mut().zip(accr) {
+            *cv = if accumulate { *cv + v } else { v };
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Every path against a plain f64 loop over the exactly widened weights.
+//!
+//! Tolerance: an f32 sum of `k` products, in any order and with or without FMA, is within
+//! `γ_k·Σ|wᵢxᵢ|` of the exact value (γ_k = k·u/(1−k·u), u = 2⁻²⁴; Higham, *Accuracy and
+//! Stability*, §3.1/§4.2). `k·ε·Σ|wᵢxᵢ|` with ε = 2u bounds that for every `k` tested here,
+//! so a path may differ from the reference only by summation order; a dropped or doubled term
+//! (≈ Σ/k) is 1/(k²ε) times larger than the allowance and fails.
+
+use half::{bf16, f16};
+
+use crate::{bf16_to_f32, f16_to_f32, Isa};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next_f32(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next_f32()).collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fmt {
+    Bf16,
+    F16,
+    F32,
+}
+
+/// Random weights in `fmt`, returned as (bit patterns or f32 values, exact f32 widening).
+fn weights(rng: &mut Rng, fmt: Fmt, n: usize) -> (Vec<u16>, Vec<f32>) {
+    let v = rng.vec(n);
+    match fmt {
+        Fmt::Bf16 => {
+            let bits: Vec<u16> = v.iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
+            let wide = bits.iter().map(|&b| bf16_to_f32(b)).collect();
+            (bits, wide)
+        }
+        Fmt::F16 => {
+            let bits: Vec<u16> = v.iter().map(|&x| f16::from_f32(x).to_bits()).collect();
+            let wide = bits.iter().map(|&b| f16_to_f32(b)).collect();
+            (bits, wide)
+        }
+        Fmt::F32 => (Vec::new(), v),
+    }
+}
+
+/// `ref[i] = Σ_c w[i,c]·x[c]` in f64, and the allowance `k·ε·Σ|w·x|`.
+fn reference(w: &[f32], x: &[f32], rows: usize) -> Vec<(f64, f64)> {
+    let k = x.len();
+    (0..rows)
+        .map(|r| {
+            let (mut s, mut a) = (0f64, 0f64);
+            for c in 0..k {
+                let p = w[r * k + c] as f64 * x[c] as f64;
+                s += p;
+                a += p.abs();
+            }
+            (s, k as f64 * f32::EPSILON as f64 * a)
+        })
+        .collect()
+}
+
+fn check(got: &[f32], want: &[(f64, f64)], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &(r, tol))) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - r).abs();
+        assert!(
+            err <= tol,
+            "{what}: element {i}: got {g}, want {r}, error {err:e} > tolerance {tol:e}"
+        );
+    }
+}
+
+fn gemv_with(isa: Isa, fmt: Fmt, bits: &[u16], wide: &[f32], x: &[f32], y: &mut [f32]) {
+    match fmt {
+        Fmt::Bf16 => crate::gemv_bf16_with(isa, bits, x, y),
+        Fmt::F16 => crate::gemv_f16_with(isa, bits, x, y),
+        Fmt::F32 => crate::gemv_f32_with(isa, wide, x, y),
+    }
+}
+
+const GEMV_SHAPES: &[(usize, usize)] = &[
+    (1, 1),
+    (17, 33),
+    (3, 15),
+    (5, 16),
+    (7, 31),
+    (4, 32),
+    (33, 47),
+    (64, 257),
+    (129, 100),
+    (1024, 1024),
+    (0, 5),
+    (5, 0),
+];
+
+#[test]
+fn portable_path_is_always_available() {
+    let isas = Isa::available();
+    assert_eq!(isas[0], Isa::Portable);
+    assert!(isas.contains(&Isa::detected()));
+    assert_eq!(*isas.last().unwrap(), Isa::detected());
+}
+
+#[test]
+fn gemv_matches_reference_on_every_path() {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    // Three threads: more than this machine's cores, uneven row blocks, the parallel branch.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    for &(rows, cols) in GEMV_SHAPES {
+        for fmt in [Fmt::Bf16, Fmt::F16, Fmt::F32] {
+            let (bits, wide) = weights(&mut rng, fmt, rows * cols);
+            let x = rng.vec(cols);
+            let want = reference(&wide, &x, rows);
+            for isa in Isa::available() {
+                let mut y = vec![f32::NAN; rows];
+                pool.install(|| gemv_with(isa, fmt, &bits, &wide, &x, &mut y));
+                check(&y, &want, &format!("gemv {isa:?} {fmt:?} {rows}×{cols}"));
+                // The single-threaded branch takes the same kernel on all rows at once.
+                let mut y1 = vec![f32::NAN; rows];
+                gemv_with(isa, fmt, &bits, &wide, &x, &mut y1);
+                check(
+                    &y1,
+                    &want,
+                    &format!("gemv {isa:?} {fmt:?} {rows}×{cols} 1 pool"),
+                );
+            }
+        }
+    }
+}
+
+/// Every finite bf16 and f16 value goes through each path's vector widening and comes out
+/// exactly (row r holds value r in all 16 columns; x picks column 0).
+#[test]
+fn gemv_widens_every_finite_value_exactly() {
+    let cols = 16;
+    let mut x = vec![0f32; cols];
+    x[0] = 1.0;
+    for (fmt, widen) in [
+        (Fmt::Bf16, bf16_to_f32 as fn(u16) -> f32),
+        (Fmt::F16, f16_to_f32),
+    ] {
+        let values: Vec<u16> = (0..=u16::MAX).filter(|&b| widen(b).is_finite()).collect();
+        let bits: Vec<u16> = values.iter().flat_map(|&b| [b; 16]).collect();
+        for isa in Isa::available() {
+            let mut y = vec![f32::NAN; values.len()];
+            gemv_with(isa, fmt, &bits, &[], &x, &mut y);
+            for (&b, &g) in values.iter().zip(&y) {
+                // 0·v is ±0 and v + 0 == v for finite v, so the sum is the widened value.
+                assert_eq!(g, widen(b), "{isa:?} {fmt:?} bits {b:#06x}");
+            }
+        }
+    }
+}
+
+#[test]
+fn gemv_panics_on_shape_mismatch() {
+    let r = std::panic::catch_unwind(|| {
+        let mut y = [0f32; 3];
+        crate::gemv_bf16(&[0u16; 8], &[0f32; 3], &mut y)
+    });
+    assert!(r.is_err());
+}
+
+fn gemm_with(isa: Isa, fmt: Fmt, bits: &[u16], x: &[f32], y: &mut [f32], mkn: [usize; 3]) {
+    let [m, k, n] = mkn;
+    match fmt {
+        Fmt::Bf16 => crate::gemm_bf16_with(isa, bits, x, y, m, k, n),
+        Fmt::F16 => crate::gemm_f16_with(isa, bits, x, y, m, k, n),
+        Fmt::F32 => unreachable!("no f32 GEMM: candle's is the baseline"),
+    }
+}
+
+#[test]
+fn gemm_matches_reference_on_every_path() {
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    // (m, k, n): tiny, below the GEMV cut-off, exact tiles, odd sizes across tile and k-block
+    // edges (k > 128), the parallel branch, and a 1024-wide layer.
+    let shapes: &[[usize; 3]] = &[
+        [1, 1, 1],
+        [2, 33, 17],
+        [3, 16, 5],
+        [4, 1, 1],
+        [17, 33, 19],
+        [8, 128, 32],
+        [9, 130, 33],
+        [13, 257, 70],
+        [33, 300, 65],
+        [16, 1024, 1024],
+        [0, 4, 4],
+        [4, 0, 4],
+        [4, 4, 0],
+    ];
+    for &[m, k, n] in shapes {
+        for fmt in [Fmt::Bf16, Fmt::F16] {
+            let (bits, wide) = weights(&mut rng, fmt, n * k);
+            let x = rng.vec(m * k);
+            // Y = X·Wᵀ: row i of Y is W·xᵢ.
+            let want: Vec<(f64, f64)> = (0..m)
+                .flat_map(|i| reference(&wide, &x[i * k..(i + 1) * k], n))
+                .collect();
+            for isa in Isa::available() {
+                for threads in [1, 3] {
+                    let mut y = vec![f32::NAN; m * n];
+                    let mut run = || gemm_with(isa, fmt, &bits, &x, &mut y, [m, k, n]);
+                    if threads == 1 {
+                        run()
+                    } else {
+                        pool.install(run)
+                    }
+                    check(
+                        &y,
+                        &want,
+                        &format!("gemm {isa:?} {fmt:?} {m}×{k}×{n} t{threads}"),
+                    );
+                }
+            }
+        }
+    }
+}
