@@ -26,8 +26,12 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// Context length; 0 means the model's `max_position_embeddings`.
     pub max_model_len: usize,
-    /// Prompt tokens prefilled per step at most (chunked prefill), shared by all sequences.
-    pub prefill_chunk: usize,
+    /// Tokens fed to the model per step at most (vLLM `--max-num-batched-tokens`): every
+    /// decoding sequence's next token first, then prompt chunks, shared fairly among the
+    /// sequences still prefilling (see the scheduler's `plan`). 0 means the default,
+    /// `max(512, max_num_seqs)`; an explicit value must be at least `max_num_seqs`, so every
+    /// running sequence can progress in every step.
+    pub max_num_batched_tokens: usize,
     /// Largest LoRA rank accepted (vLLM `--max-lora-rank`); `None` = any.
     pub max_lora_rank: Option<usize>,
     /// Distinct adapters in one batch at most (vLLM `--max-loras`); `None` = no limit.
@@ -42,7 +46,7 @@ impl Default for EngineConfig {
             max_num_seqs: 64,
             max_queue: 1024,
             max_model_len: 0,
-            prefill_chunk: 512,
+            max_num_batched_tokens: 0,
             max_lora_rank: None,
             max_loras: None,
             seed: 0,
@@ -67,21 +71,12 @@ pub struct GenerateRequest {
 pub struct RequestHandle {
     pub events: UnboundedReceiver<Event>,
     cancel: Arc<Vec<AtomicBool>>,
-    /// Adapter version the request was pinned to.
-    pub adapter_version: Option<u64>,
 }
 
 impl RequestHandle {
     /// Stops sequence `index` at the next step (e.g. a stop string matched).
     pub fn cancel(&self, index: usize) {
         if let Some(c) = self.cancel.get(index) {
-            c.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Stops every sequence of the request.
-    pub fn cancel_all(&self) {
-        for c in self.cancel.iter() {
             c.store(true, Ordering::Relaxed);
         }
     }
@@ -212,8 +207,22 @@ pub fn rss_bytes() -> u64 {
                 .nth(1)
                 .and_then(|x| x.parse::<u64>().ok())
         })
-        .map(|pages| pages * 4096)
+        .map(|pages| pages.saturating_mul(page_size()))
         .unwrap_or(0)
+}
+
+/// The kernel's page size: `statm` counts pages, and they are 16 or 64 KiB on some arm64 and
+/// ppc64 kernels, not always 4 KiB.
+fn page_size() -> u64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf only reads a system constant.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if n > 0 {
+            return n as u64;
+        }
+    }
+    4096
 }
 
 fn max_rank(a: &LoraAdapter) -> usize {
@@ -245,6 +254,16 @@ impl Engine {
                 model_config.max_position_embeddings
             )));
         }
+        let max_num_seqs = cfg.max_num_seqs.max(1);
+        let max_num_batched_tokens = match cfg.max_num_batched_tokens {
+            0 => max_num_seqs.max(512),
+            n if n < max_num_seqs => {
+                return Err(EngineError::InvalidParams(format!(
+                    "max_num_batched_tokens ({n}) must be at least max_num_seqs ({max_num_seqs})"
+                )))
+            }
+            n => n,
+        };
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             device: model.device().clone(),
@@ -264,8 +283,8 @@ impl Engine {
         let metrics = shared.metrics.clone();
         let paused = shared.paused.clone();
         let sc = crate::scheduler::SchedulerParams {
-            max_num_seqs: shared.cfg.max_num_seqs.max(1),
-            prefill_chunk: shared.cfg.prefill_chunk.max(1),
+            max_num_seqs,
+            max_num_batched_tokens,
             max_model_len,
             max_loras: shared.cfg.max_loras,
             seed: shared.cfg.seed,
@@ -273,7 +292,7 @@ impl Engine {
         std::thread::Builder::new()
             .name("claas-engine".into())
             .spawn(move || crate::scheduler::run(sc, metrics, paused, model, loader, rx))
-            .map_err(|e| EngineError::SleepMode(format!("cannot start engine thread: {e}")))?;
+            .map_err(EngineError::Spawn)?;
         Ok(Engine { shared })
     }
 
@@ -324,14 +343,14 @@ impl Engine {
                 completion: req.params.max_tokens,
             });
         }
-        let (adapter, adapter_version) = match &req.adapter {
-            None => (None, None),
+        let adapter = match &req.adapter {
+            None => None,
             Some(name) => {
                 let map = s.adapters.read();
                 let e = map
                     .get(name)
                     .ok_or_else(|| EngineError::UnknownAdapter(name.clone()))?;
-                (Some(e.adapter.clone()), Some(e.info.version))
+                Some(e.adapter.clone())
             }
         };
         let waiting = s.metrics.waiting.fetch_add(1, Ordering::SeqCst);
@@ -353,11 +372,7 @@ impl Engine {
             s.metrics.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(EngineError::Stopped);
         }
-        Ok(RequestHandle {
-            events: rx,
-            cancel,
-            adapter_version,
-        })
+        Ok(RequestHandle { events: rx, cancel })
     }
 
     /// Loads a PEFT adapter folder under `name`, replacing any adapter of that name atomically.

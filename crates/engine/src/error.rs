@@ -28,6 +28,8 @@ pub enum EngineError {
     Adapter(String),
     #[error("sleep mode: {0}")]
     SleepMode(String),
+    #[error("cannot start the engine thread: {0}")]
+    Spawn(#[source] std::io::Error),
     #[error(transparent)]
     Model(#[from] ModelError),
 }

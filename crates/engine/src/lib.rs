@@ -6,9 +6,11 @@
 //! dropped receiver frees the sequence's slot at the next step. The engine works on token ids
 //! only: tokenizing, chat templates and stop strings belong to the caller.
 
+mod admission;
 mod engine;
 mod error;
 pub mod metrics;
+mod plan;
 pub mod sampling;
 mod scheduler;
 

@@ -1,8 +1,23 @@
-//! The step loop on the engine thread: intake, admission, one packed forward over every
-//! sequence that has work (chunked prefill + decode, mixed adapters), sampling, streaming.
+//! The step loop on the engine thread. Between steps it takes messages (requests, pause,
+//! sleep); each step then runs six phases:
+//!
+//! 1. **sweep**: drop cancelled or disconnected sequences, queued or running;
+//! 2. **admit**: move queued sequences into the running batch (`admission`: `max_num_seqs`,
+//!    `max_loras`; nothing while paused);
+//! 3. **plan**: choose this step's decodes and prefill chunks under the token budget (`plan`:
+//!    decodes first, prefills share the rest);
+//! 4. **forward**: one packed `forward_batch` over every planned sequence, mixed adapters;
+//! 5. **emit**: prompt logprobs, sampling, and the token and finish events;
+//! 6. **retire**: take finished sequences out of the batch and send their final events.
+//!
+//! Metrics invariants (a reader that loads `waiting` and then `running`, as a drain does, must
+//! never see a live request as neither, nor a finished one as still running):
+//! - on admission `running` rises before `waiting` falls;
+//! - on retirement the `running` gauge drops before the sequence's final event is sent;
+//! - an abort is counted (`requests_aborted`) before the request counts as finished.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -14,13 +29,16 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::admission::{AdapterKey, Limits, Queue, Queued};
 use crate::engine::{rss_bytes, ModelLoader, Msg, PauseMode, Pending, SleepReport};
+use crate::plan::{plan, Work};
 use crate::sampling::{apply_penalties, log_softmax, sample, token_logprob};
 use crate::{EngineError, Event, FinishReason, Metrics, SamplingParams, TokenLogprob};
 
 pub(crate) struct SchedulerParams {
     pub max_num_seqs: usize,
-    pub prefill_chunk: usize,
+    /// Tokens fed per step at most; at least `max_num_seqs`.
+    pub max_num_batched_tokens: usize,
     pub max_model_len: usize,
     pub max_loras: Option<usize>,
     pub seed: u64,
@@ -63,9 +81,111 @@ struct Seq {
     req: Rc<RefCell<ReqState>>,
 }
 
+impl Queued for Seq {
+    fn adapter_key(&self) -> Option<AdapterKey> {
+        self.adapter.as_ref().map(|a| Arc::as_ptr(a) as AdapterKey)
+    }
+}
+
+/// How a sequence ended: reason and the stop token that ended it, if any.
+type Ending = (FinishReason, Option<u32>);
+
 impl Seq {
     fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+
+    fn prefilling(&self) -> bool {
+        self.fed < self.prompt_len
+    }
+
+    fn cancelled(&self) -> bool {
+        self.tx.is_closed() || self.cancel[self.index].load(Ordering::Relaxed)
+    }
+
+    /// Takes this step's output rows for the `take` tokens just fed: prompt logprobs while
+    /// prefilling, then (once everything is fed) samples and sends the next token. Returns how
+    /// the sequence ended, if it did.
+    fn emit(
+        &mut self,
+        take: usize,
+        mut rows: Vec<Vec<f32>>,
+        metrics: &Metrics,
+        max_model_len: usize,
+    ) -> Option<Ending> {
+        let start = self.fed;
+        self.fed += take;
+        if start < self.prompt_len {
+            self.collect_prompt_logprobs(start, &rows);
+        }
+        if self.fed < self.tokens.len() {
+            return None; // still prefilling
+        }
+        let row = rows.pop()?;
+        let (tok, logprob) = self.sample(row);
+        metrics.generation_tokens.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut r = self.req.borrow_mut();
+            if !r.first_token_seen {
+                r.first_token_seen = true;
+                metrics.ttft.observe(r.arrived.elapsed().as_secs_f64());
+            }
+        }
+        let sent = self.tx.send(Event::Token {
+            index: self.index,
+            token: tok,
+            logprob,
+        });
+        let p = &self.params;
+        if sent.is_err() {
+            Some((FinishReason::Abort, None))
+        } else if p.stop_token_ids.contains(&tok) {
+            Some((FinishReason::Stop, Some(tok)))
+        } else if !p.ignore_eos && p.eos_token_ids.contains(&tok) {
+            Some((FinishReason::Stop, None))
+        } else if self.generated() >= p.max_tokens || self.tokens.len() >= max_model_len {
+            Some((FinishReason::Length, None))
+        } else {
+            None
+        }
+    }
+
+    /// Logprobs of the prompt tokens that the rows fed from `start` predict; sent as one event
+    /// once the whole prompt is in.
+    fn collect_prompt_logprobs(&mut self, start: usize, rows: &[Vec<f32>]) {
+        let Some((k, lps)) = self.prompt_lp.as_mut() else {
+            return;
+        };
+        for (j, row) in rows.iter().enumerate() {
+            let pos = start + j + 1;
+            if pos < self.prompt_len {
+                let lp = log_softmax(row);
+                lps.push(Some(token_logprob(&lp, self.tokens[pos], *k)));
+            }
+        }
+        if self.fed >= self.prompt_len {
+            let _ = self.tx.send(Event::PromptLogprobs(std::mem::take(lps)));
+        }
+    }
+
+    /// Samples the next token from the last row of logits and appends it.
+    fn sample(&mut self, mut row: Vec<f32>) -> (u32, Option<TokenLogprob>) {
+        let p = self.params.clone();
+        // Logprobs are of the model's distribution, before penalties (as vLLM's default).
+        let raw_lp = p.logprobs.map(|k| (k, log_softmax(&row)));
+        apply_penalties(&mut row, &p, &self.tokens, &self.counts);
+        if self.generated() < p.min_tokens {
+            for &t in p.eos_token_ids.iter().chain(&p.stop_token_ids) {
+                if let Some(x) = row.get_mut(t as usize) {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let tok = sample(&row, &p, &mut self.rng);
+        let logprob = raw_lp.map(|(k, lp)| token_logprob(&lp, tok, k));
+        self.tokens.push(tok);
+        *self.counts.entry(tok).or_insert(0) += 1;
+        (tok, logprob)
     }
 }
 
@@ -74,7 +194,7 @@ struct Loop {
     metrics: Arc<Metrics>,
     model: Option<Arc<Qwen3>>,
     loader: Option<ModelLoader>,
-    waiting: VecDeque<Seq>,
+    waiting: Queue<Seq>,
     running: Vec<Seq>,
     pending_sleep: Option<(
         u8,
@@ -102,7 +222,7 @@ pub(crate) fn run(
         metrics,
         model: Some(model),
         loader,
-        waiting: VecDeque::new(),
+        waiting: Queue::new(),
         running: Vec::new(),
         pending_sleep: None,
         pause: Pause::Unpaused,
@@ -200,7 +320,7 @@ impl Loop {
                     running.into_iter().map(|s| (s, FinishReason::Abort, None)),
                     None,
                 );
-                for s in std::mem::take(&mut self.waiting) {
+                for s in self.waiting.take_all() {
                     finish(&s, FinishReason::Abort, None, &self.metrics);
                 }
                 self.pause = Pause::New;
@@ -305,245 +425,168 @@ impl Loop {
         }
     }
 
-    fn cancelled(s: &Seq) -> bool {
-        s.tx.is_closed() || s.cancel[s.index].load(Ordering::Relaxed)
-    }
-
-    /// Drops cancelled or disconnected sequences.
+    /// Phase 1: drops cancelled or disconnected sequences before compute is spent on them.
     fn sweep(&mut self) {
-        let metrics = self.metrics.clone();
-        let mut i = 0;
-        let mut aborted = Vec::new();
-        while i < self.running.len() {
-            if Self::cancelled(&self.running[i]) {
-                aborted.push(self.running.swap_remove(i));
-            } else {
-                i += 1;
-            }
-        }
+        let aborted = take_where(&mut self.running, |_, s| s.cancelled().then_some(()));
         self.retire(
-            aborted.into_iter().map(|s| (s, FinishReason::Abort, None)),
+            aborted
+                .into_iter()
+                .map(|(s, ())| (s, FinishReason::Abort, None)),
             None,
         );
-        let waiting = std::mem::take(&mut self.waiting);
-        for s in waiting {
-            if Self::cancelled(&s) {
-                finish(&s, FinishReason::Abort, None, &metrics);
-            } else {
-                self.waiting.push_back(s);
-            }
+        for s in self.waiting.remove_where(Seq::cancelled) {
+            finish(&s, FinishReason::Abort, None, &self.metrics);
         }
     }
 
     fn step(&mut self) {
-        let metrics = self.metrics.clone();
-        // Drop cancelled or disconnected sequences before spending compute on them.
         self.sweep();
         if self.pause == Pause::All {
             return;
         }
-        // With a `max_loras` limit, a request on one adapter too many waits at the head of the
-        // queue while later requests that fit are admitted (vLLM's policy).
-        let adapter_key = |s: &Seq| s.adapter.as_ref().map(|a| Arc::as_ptr(a) as usize);
-        let mut active: Vec<usize> = self.running.iter().filter_map(adapter_key).collect();
-        active.sort_unstable();
-        active.dedup();
-        let mut deferred = Vec::new();
-        while self.pause == Pause::Unpaused && self.running.len() < self.p.max_num_seqs {
-            let Some(s) = self.waiting.pop_front() else {
-                break;
-            };
-            if let (Some(max), Some(key)) = (self.p.max_loras, adapter_key(&s)) {
-                if !active.contains(&key) {
-                    if active.len() >= max {
-                        deferred.push(s);
-                        continue;
-                    }
-                    active.push(key);
-                }
-            }
-            // Running goes up before waiting goes down: a reader that loads waiting first and
-            // running second (as a drain does) never sees an admitted request as neither.
-            let (req, prompt_len) = (s.req.clone(), s.prompt_len);
-            self.running.push(s);
-            metrics.running.store(self.running.len(), Ordering::SeqCst);
-            let mut r = req.borrow_mut();
-            if r.waiting_counted {
-                r.waiting_counted = false;
-                metrics.waiting.fetch_sub(1, Ordering::SeqCst);
-                metrics
-                    .prompt_tokens
-                    .fetch_add(prompt_len as u64, Ordering::Relaxed);
-            }
-        }
-        for s in deferred.into_iter().rev() {
-            self.waiting.push_front(s);
-        }
-        metrics.running.store(self.running.len(), Ordering::SeqCst);
+        self.admit();
         if self.running.is_empty() {
             return;
         }
-        // Sequences on the same adapter side by side: the model applies each adapter once to a
-        // contiguous block of rows instead of once per sequence (stable, so arrival order is
-        // kept within an adapter).
-        self.running
-            .sort_by_key(|s| s.adapter.as_ref().map_or(0, |a| Arc::as_ptr(a) as usize));
         let Some(model) = self.model.clone() else {
-            for s in self.running.drain(..) {
-                let _ = s.tx.send(Event::Error(EngineError::Sleeping.to_string()));
-                finish(&s, FinishReason::Abort, None, &metrics);
-            }
+            // Slept at level 2 while a `Keep` pause held these sequences: their caches are of
+            // weights that are gone.
+            let held = std::mem::take(&mut self.running);
+            self.retire(
+                held.into_iter().map(|s| (s, FinishReason::Abort, None)),
+                Some(&EngineError::Sleeping.to_string()),
+            );
             return;
         };
-
-        // Plan: every decoding sequence feeds its one new token; prefills share a token budget.
-        let mut budget = self.p.prefill_chunk;
-        let plan: Vec<(usize, bool)> = self
-            .running
-            .iter()
-            .map(|s| {
-                let left = s.tokens.len() - s.fed;
-                if s.fed < s.prompt_len {
-                    let take = left.min(budget);
-                    budget -= take;
-                    (take, s.prompt_lp.is_some())
-                } else {
-                    (left, false)
-                }
-            })
-            .collect();
-        let result = {
-            let mut inputs = Vec::new();
-            for (s, &(take, all)) in self.running.iter_mut().zip(&plan) {
-                if take == 0 {
-                    continue;
-                }
-                let Seq {
-                    tokens,
-                    cache,
-                    adapter,
-                    fed,
-                    ..
-                } = s;
-                inputs.push(SeqInput {
-                    tokens: &tokens[*fed..*fed + take],
-                    cache,
-                    adapter: adapter.as_deref(),
-                    all_logits: all,
-                });
-            }
-            model.forward_batch(&mut inputs)
-        };
-        let outs = match result.and_then(|o| {
-            o.into_iter()
-                .map(|t| {
-                    t.to_dtype(claas_model::DType::F32)?
-                        .to_vec2::<f32>()
-                        .map_err(Into::into)
-                })
-                .collect::<claas_model::Result<Vec<Vec<Vec<f32>>>>>()
-        }) {
-            Ok(o) => o,
+        let takes = self.plan();
+        let outs = match self.forward(&model, &takes) {
+            Ok(outs) => outs,
             Err(e) => {
                 tracing::error!("forward failed: {e}");
-                let msg = e.to_string();
-                let batch: Vec<usize> =
-                    (0..self.running.len()).filter(|&i| plan[i].0 > 0).collect();
-                let failed: Vec<Seq> = batch
-                    .iter()
-                    .rev()
-                    .map(|&i| self.running.swap_remove(i))
-                    .collect();
+                // Only the sequences in the failed batch: their caches may be half-written.
+                let failed = take_where(&mut self.running, |i, _| (takes[i] > 0).then_some(()));
                 self.retire(
-                    failed.into_iter().map(|s| (s, FinishReason::Abort, None)),
-                    Some(&msg),
+                    failed
+                        .into_iter()
+                        .map(|(s, ())| (s, FinishReason::Abort, None)),
+                    Some(&e.to_string()),
                 );
                 return;
             }
         };
+        let endings = self.emit(&takes, outs);
+        let done = take_where(&mut self.running, |i, _| endings[i]);
+        self.retire(done.into_iter().map(|(s, (r, stop))| (s, r, stop)), None);
+    }
 
-        let mut outs = outs.into_iter();
-        let mut done: Vec<(usize, FinishReason, Option<u32>)> = Vec::new();
-        for (i, s) in self.running.iter_mut().enumerate() {
-            let (take, _) = plan[i];
+    /// Phase 2: queued sequences join the batch, unless generation is paused.
+    fn admit(&mut self) {
+        if self.pause != Pause::Unpaused {
+            return;
+        }
+        let limits = Limits {
+            max_num_seqs: self.p.max_num_seqs,
+            max_loras: self.p.max_loras,
+        };
+        let admitted = self.waiting.admit(
+            self.running.len(),
+            self.running.iter().map(Queued::adapter_key),
+            limits,
+        );
+        for s in admitted {
+            // Running goes up before waiting goes down: a reader that loads waiting first and
+            // running second (as a drain does) never sees an admitted request as neither.
+            let (req, prompt_len) = (s.req.clone(), s.prompt_len);
+            self.running.push(s);
+            self.metrics
+                .running
+                .store(self.running.len(), Ordering::SeqCst);
+            let mut r = req.borrow_mut();
+            if r.waiting_counted {
+                r.waiting_counted = false;
+                self.metrics.waiting.fetch_sub(1, Ordering::SeqCst);
+                self.metrics
+                    .prompt_tokens
+                    .fetch_add(prompt_len as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Phase 3: tokens each running sequence feeds this step (see `plan` for the policy).
+    fn plan(&mut self) -> Vec<usize> {
+        // Sequences on the same adapter side by side: the model applies each adapter once to a
+        // contiguous block of rows instead of once per sequence. The sort is stable and the
+        // batch is kept in admission order otherwise, so `plan` hands out its leftover tokens
+        // oldest first within an adapter.
+        self.running.sort_by_key(|s| s.adapter_key().unwrap_or(0));
+        let work: Vec<Work> = self
+            .running
+            .iter()
+            .map(|s| Work {
+                left: s.tokens.len() - s.fed,
+                prefilling: s.prefilling(),
+            })
+            .collect();
+        plan(&work, self.p.max_num_batched_tokens)
+    }
+
+    /// Phase 4: one packed forward; the output rows (f32) of each sequence with `takes[i] > 0`,
+    /// in batch order.
+    fn forward(
+        &mut self,
+        model: &Qwen3,
+        takes: &[usize],
+    ) -> claas_model::Result<Vec<Vec<Vec<f32>>>> {
+        let mut inputs = Vec::new();
+        for (s, &take) in self.running.iter_mut().zip(takes) {
             if take == 0 {
                 continue;
             }
-            let Some(mut rows) = outs.next() else {
-                break;
-            };
-            let start = s.fed;
-            s.fed += take;
-            if let Some((k, lps)) = s.prompt_lp.as_mut() {
-                if start < s.prompt_len {
-                    for (j, row) in rows.iter().enumerate() {
-                        let pos = start + j + 1;
-                        if pos < s.prompt_len {
-                            let lp = log_softmax(row);
-                            lps.push(Some(token_logprob(&lp, s.tokens[pos], *k)));
-                        }
-                    }
-                    if s.fed >= s.prompt_len {
-                        let _ = s.tx.send(Event::PromptLogprobs(std::mem::take(lps)));
-                    }
-                }
-            }
-            if s.fed < s.tokens.len() {
-                continue; // still prefilling
-            }
-            let Some(mut row) = rows.pop() else {
-                continue;
-            };
-            let p = s.params.clone();
-            let raw_lp = p.logprobs.map(|k| (k, log_softmax(&row)));
-            apply_penalties(&mut row, &p, &s.tokens, &s.counts);
-            if s.generated() < p.min_tokens {
-                for &t in p.eos_token_ids.iter().chain(&p.stop_token_ids) {
-                    if let Some(x) = row.get_mut(t as usize) {
-                        *x = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            let tok = sample(&row, &p, &mut s.rng);
-            let logprob = raw_lp.map(|(k, lp)| token_logprob(&lp, tok, k));
-            s.tokens.push(tok);
-            *s.counts.entry(tok).or_insert(0) += 1;
-            metrics.generation_tokens.fetch_add(1, Ordering::Relaxed);
-            {
-                let mut r = s.req.borrow_mut();
-                if !r.first_token_seen {
-                    r.first_token_seen = true;
-                    metrics.ttft.observe(r.arrived.elapsed().as_secs_f64());
-                }
-            }
-            if s.tx
-                .send(Event::Token {
-                    index: s.index,
-                    token: tok,
-                    logprob,
-                })
-                .is_err()
-            {
-                done.push((i, FinishReason::Abort, None));
-                continue;
-            }
-            if p.stop_token_ids.contains(&tok) {
-                done.push((i, FinishReason::Stop, Some(tok)));
-            } else if !p.ignore_eos && p.eos_token_ids.contains(&tok) {
-                done.push((i, FinishReason::Stop, None));
-            } else if s.generated() >= p.max_tokens || s.tokens.len() >= self.p.max_model_len {
-                done.push((i, FinishReason::Length, None));
-            }
+            // Every row of a prefill chunk is needed only for prompt logprobs.
+            let all_logits = s.prefilling() && s.prompt_lp.is_some();
+            let Seq {
+                tokens,
+                cache,
+                adapter,
+                fed,
+                ..
+            } = s;
+            inputs.push(SeqInput {
+                tokens: &tokens[*fed..*fed + take],
+                cache,
+                adapter: adapter.as_deref(),
+                all_logits,
+            });
         }
-        done.sort_by_key(|d| std::cmp::Reverse(d.0));
-        let finished: Vec<_> = done
+        model
+            .forward_batch(&mut inputs)?
             .into_iter()
-            .map(|(i, reason, stop)| (self.running.swap_remove(i), reason, stop))
-            .collect();
-        self.retire(finished.into_iter(), None);
+            .map(|t| {
+                t.to_dtype(claas_model::DType::F32)?
+                    .to_vec2::<f32>()
+                    .map_err(Into::into)
+            })
+            .collect()
     }
 
-    /// Finishes sequences already taken out of `running` (with `error` sent first, if any).
+    /// Phase 5: per sequence in the batch, how it ended this step, if it did.
+    fn emit(&mut self, takes: &[usize], outs: Vec<Vec<Vec<f32>>>) -> Vec<Option<Ending>> {
+        let mut outs = outs.into_iter();
+        let mut endings = vec![None; self.running.len()];
+        for (i, s) in self.running.iter_mut().enumerate() {
+            if takes[i] == 0 {
+                continue;
+            }
+            let Some(rows) = outs.next() else {
+                break;
+            };
+            endings[i] = s.emit(takes[i], rows, &self.metrics, self.p.max_model_len);
+        }
+        endings
+    }
+
+    /// Phase 6: finishes sequences already taken out of `running` (with `error` sent first, if
+    /// any).
     /// The gauge drops first, so a client that has its final event never then sees its request
     /// still counted as running.
     fn retire(
@@ -561,4 +604,22 @@ impl Loop {
             finish(&s, reason, stop, &self.metrics);
         }
     }
+}
+
+/// Takes out of `seqs` those for which `pick(index, seq)` is `Some`, keeping the rest in order
+/// (the batch stays in admission order, which `plan` relies on for fairness).
+fn take_where<T>(
+    seqs: &mut Vec<Seq>,
+    mut pick: impl FnMut(usize, &Seq) -> Option<T>,
+) -> Vec<(Seq, T)> {
+    let mut taken = Vec::new();
+    let mut kept = Vec::with_capacity(seqs.len());
+    for (i, s) in std::mem::take(seqs).into_iter().enumerate() {
+        match pick(i, &s) {
+            Some(t) => taken.push((s, t)),
+            None => kept.push(s),
+        }
+    }
+    *seqs = kept;
+    taken
 }

@@ -1,5 +1,6 @@
 //! The engine over the tiny fixture model: mixed-adapter continuous batching against the
-//! PyTorch logits, seeds, n, back-pressure, cancellation, sleep, pause, validation.
+//! PyTorch logits, seeds, n, back-pressure, cancellation, sleep, pause, validation, fair
+//! chunked prefill.
 
 use std::sync::Arc;
 
@@ -70,9 +71,11 @@ fn drain(mut h: claas_engine::RequestHandle, n: usize) -> Drained {
 
 #[test]
 fn parity_mixed_adapter_chunked_batch_prompt_logprobs() {
-    // A small prefill chunk makes the longer prompts span several steps while the others decode.
+    // A small step budget makes the longer prompts span several steps while the others decode
+    // (all six sequences run together, sharing 7 tokens a step).
     let e = engine(EngineConfig {
-        prefill_chunk: 7,
+        max_num_seqs: 6,
+        max_num_batched_tokens: 7,
         ..EngineConfig::default()
     });
     let mut jobs = Vec::new();
@@ -425,4 +428,56 @@ fn pause_keep_freezes_and_resume_continues() {
     let mut toks = vec![first];
     toks.extend(&rest[0]);
     assert_eq!(vec![toks], want);
+}
+
+#[test]
+fn token_budget_below_max_num_seqs_is_refused() {
+    let model =
+        Arc::new(Qwen3::load(&fixtures().join("tiny-qwen3"), &LoadOptions::default()).unwrap());
+    let cfg = EngineConfig {
+        max_num_seqs: 8,
+        max_num_batched_tokens: 7,
+        ..EngineConfig::default()
+    };
+    match Engine::start(model, cfg, None) {
+        Err(EngineError::InvalidParams(m)) => assert!(m.contains("max_num_batched_tokens"), "{m}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a budget that cannot fit every decode was accepted"),
+    }
+}
+
+#[test]
+fn short_request_finishes_while_a_long_prompt_is_still_prefilling() {
+    // 4096 tokens take 8 steps of the default 512-token budget to prefill (the fixture model
+    // allows only 512 positions; the built-in one 40960).
+    let e = builtin_engine(4);
+    let long_prompt: Vec<u32> = (0..4096u32).map(|i| 1 + i % 900).collect();
+    // Paused, both requests queue and are admitted in the same step, the long one first.
+    e.pause(PauseMode::Keep).unwrap();
+    let mut long = e.submit(req(long_prompt, None, greedy(1))).unwrap();
+    let mut short = e.submit(req(vec![1, 2], None, greedy(2))).unwrap();
+    e.resume().unwrap();
+    // The long request's first token comes once its prompt is prefilled. The engine thread sent
+    // every earlier event before it, so the short request's events are all there already: no
+    // waiting, no timing.
+    first_token(&mut long);
+    let mut toks = 0;
+    let finished = loop {
+        match short.events.try_recv() {
+            Ok(Event::Token { .. }) => toks += 1,
+            Ok(Event::Finished { reason, .. }) => break Some(reason),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => break None,
+        }
+    };
+    assert_eq!(
+        finished.map(|r| r.as_str()),
+        Some("length"),
+        "the short request had {toks} tokens and no finish when the long prompt was prefilled"
+    );
+    assert_eq!(toks, 2);
+    // The long one then completes normally.
+    let (_, rest, fin) = drain(long, 1);
+    assert!(rest[0].is_empty());
+    assert_eq!(fin[0], "length");
 }
