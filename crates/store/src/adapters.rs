@@ -3,19 +3,19 @@
 
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use crate::ids::MAX_ID_DEPTH;
 use crate::txn::is_adapter_dir;
 use crate::{
     validate_id, LoraStore, ResolvedAdapter, Result, SavedVersion, StoreError, LATEST_SUFFIX,
 };
 
-const MAX_LIST_DEPTH: usize = 16;
-
 impl LoraStore {
     /// Refuses ids that would nest an adapter inside another one (or around one): replacing
     /// the outer folder would otherwise move the inner adapter too.
     pub(crate) fn check_not_nested(&self, id: &str) -> Result<()> {
+        self.check_inside_root(id)?;
         let mut prefix = String::new();
         let comps: Vec<&str> = id.split('/').collect();
         for comp in &comps[..comps.len() - 1] {
@@ -33,7 +33,7 @@ impl LoraStore {
         let dir = self.inner.root.join(id);
         if dir.is_dir() {
             let mut inner = Vec::new();
-            collect_adapters(&dir, "", &mut inner)?;
+            self.collect_adapters(&dir, "", &mut inner)?;
             if let Some(found) = inner.into_iter().find(|p| !p.is_empty()) {
                 return Err(StoreError::invalid(
                     id,
@@ -110,7 +110,7 @@ impl LoraStore {
             return Ok(Vec::new());
         }
         let mut found = Vec::new();
-        collect_adapters(&self.inner.root, "", &mut found)?;
+        self.collect_adapters(&self.inner.root, "", &mut found)?;
         let mut out: Vec<String> = found
             .into_iter()
             .filter(|id| !id.is_empty() && id.starts_with(prefix))
@@ -151,11 +151,31 @@ impl LoraStore {
             None => {
                 let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
                 let first = format!("{base}-{stamp}");
-                let mut id = first.clone();
-                let mut n = 2;
+                // After the highest number this second already used, so a name retention
+                // deleted is never handed out again (servers may still cache it).
+                let prefix = format!("{}-", base.rsplit('/').next().unwrap_or(base));
+                let used = self
+                    .stamped_saves(base)?
+                    .iter()
+                    .filter_map(|id| {
+                        let leaf = id.rsplit('/').next().unwrap_or(id);
+                        parse_stamp(leaf.strip_prefix(&prefix)?)
+                    })
+                    .filter(|(s, _)| *s == stamp)
+                    .map(|(_, n)| n)
+                    .max();
+                let mut n = used.map_or(1, |m| m + 1);
+                let name = |n: u64| {
+                    if n == 1 {
+                        first.clone()
+                    } else {
+                        format!("{first}-{n}")
+                    }
+                };
+                let mut id = name(n);
                 while self.inner.root.join(&id).exists() {
-                    id = format!("{first}-{n}");
                     n += 1;
+                    id = name(n);
                 }
                 id
             }
@@ -177,41 +197,156 @@ impl LoraStore {
     }
 }
 
-/// Adds to `out` every adapter folder below `dir` (relative ids, `/`-joined), skipping hidden
-/// entries (the store's own `.state`, `.tmp`, `.versions`).
-pub(crate) fn collect_adapters(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
-    if is_adapter_dir(dir) {
-        out.push(rel.to_string());
+/// `(stamp, n)` of a [`LoraStore::save_versioned`] suffix `YYYYmmdd-HHMMSS[-n]` (n = 1 when
+/// absent), or None for anything else.
+fn parse_stamp(suffix: &str) -> Option<(String, u64)> {
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let mut parts = suffix.split('-');
+    let (date, time) = (parts.next()?, parts.next()?);
+    if !digits(date, 8) || !digits(time, 6) {
+        return None;
     }
-    // Symlinked folders are followed, so bound the depth against link cycles.
-    if rel.split('/').count() >= MAX_LIST_DEPTH {
-        return Ok(());
-    }
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(StoreError::io(dir, e)),
+    let n = match parts.next() {
+        None => 1,
+        Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => n.parse().ok()?,
+        Some(_) => return None,
     };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        if name.starts_with('.') {
-            continue;
-        }
-        // Follow symlinked folders too: a hand-made root may link adapters in.
-        if entry.path().is_dir() {
-            names.push(name);
-        }
+    if parts.next().is_some() {
+        return None;
     }
-    names.sort();
-    for name in names {
-        let child_rel = if rel.is_empty() {
-            name.clone()
-        } else {
-            format!("{rel}/{name}")
+    Some((format!("{date}-{time}"), n))
+}
+
+impl LoraStore {
+    /// The adapters [`LoraStore::save_versioned`] made for `base` without an explicit suffix
+    /// (`{base}-YYYYmmdd-HHMMSS[-n]`), oldest first.
+    pub fn stamped_saves(&self, base: &str) -> Result<Vec<String>> {
+        let base = validate_id(base)?;
+        let base = base.strip_suffix(LATEST_SUFFIX).unwrap_or(base);
+        let (parent_rel, leaf) = match base.rsplit_once('/') {
+            Some((p, l)) => (Some(p), l),
+            None => (None, base),
         };
-        collect_adapters(&dir.join(&name), &child_rel, out)?;
+        let parent = match parent_rel {
+            Some(p) => self.inner.root.join(p),
+            None => self.inner.root.clone(),
+        };
+        // Never through a link: the parent must be a real folder inside the root.
+        if !self.is_inside_root(&parent) {
+            return Ok(Vec::new());
+        }
+        let entries = match fs::read_dir(&parent) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::io(&parent, e)),
+        };
+        let prefix = format!("{leaf}-");
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(&parent, e))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some(key) = name.strip_prefix(&prefix).and_then(parse_stamp) else {
+                continue;
+            };
+            let is_link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(true);
+            if !is_link && is_adapter_dir(&entry.path()) {
+                let id = match parent_rel {
+                    Some(p) => format!("{p}/{name}"),
+                    None => name,
+                };
+                found.push((key, id));
+            }
+        }
+        found.sort();
+        Ok(found.into_iter().map(|(_, id)| id).collect())
     }
-    Ok(())
+
+    /// Retention for [`LoraStore::save_versioned`]'s time-stamped saves of `base` (what
+    /// `/v1/distill` makes): deletes all but the newest `keep` (at least 1), never one an alias
+    /// points at. Returns the deleted ids, so their served names can be unloaded.
+    pub fn prune_stamped_saves(&self, base: &str, keep: usize) -> Result<Vec<String>> {
+        let saves = self.stamped_saves(base)?;
+        let keep = keep.max(1);
+        if saves.len() <= keep {
+            return Ok(Vec::new());
+        }
+        let targets: std::collections::HashSet<String> = self.aliases()?.into_values().collect();
+        let mut deleted = Vec::new();
+        for id in &saves[..saves.len() - keep] {
+            if targets.contains(id) {
+                continue;
+            }
+            if self.delete(id)? {
+                deleted.push(id.clone());
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+impl LoraStore {
+    /// Adds to `out` every adapter folder below `dir` (relative ids, `/`-joined), skipping
+    /// hidden entries (the store's own `.state`, `.tmp`, `.versions`). Links to folders inside
+    /// the root are followed (a hand-made root may link one adapter in under two names); links
+    /// out of the root, broken links and link loops are not.
+    pub(crate) fn collect_adapters(
+        &self,
+        dir: &Path,
+        rel: &str,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
+        let mut on_path = Vec::new();
+        self.collect_from(dir, rel, out, &mut on_path)
+    }
+
+    fn collect_from(
+        &self,
+        dir: &Path,
+        rel: &str,
+        out: &mut Vec<String>,
+        on_path: &mut Vec<PathBuf>,
+    ) -> Result<()> {
+        // The real folder: a link back to a folder we are already inside is a loop.
+        let Ok(real) = dir.canonicalize() else {
+            return Ok(());
+        };
+        if !real.starts_with(&self.inner.root) || on_path.contains(&real) {
+            return Ok(());
+        }
+        if is_adapter_dir(dir) && !rel.is_empty() {
+            out.push(rel.to_string());
+        }
+        // Ids deeper than this are refused by `validate_id`, so nothing below is an adapter.
+        if !rel.is_empty() && rel.split('/').count() >= MAX_ID_DEPTH {
+            return Ok(());
+        }
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io(dir, e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(dir, e))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') {
+                continue;
+            }
+            if entry.path().is_dir() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        on_path.push(real);
+        for name in names {
+            let child_rel = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            self.collect_from(&dir.join(&name), &child_rel, out, on_path)?;
+        }
+        on_path.pop();
+        Ok(())
+    }
 }

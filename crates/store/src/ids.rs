@@ -4,6 +4,9 @@ use crate::{Result, StoreError};
 
 const MAX_ID_LEN: usize = 512;
 const MAX_COMPONENT_LEN: usize = 128;
+/// Most `/`-separated components an id may have. Listing walks no deeper, so an adapter that
+/// could be created can always be listed.
+pub(crate) const MAX_ID_DEPTH: usize = 16;
 
 /// The name an inference server serves an adapter id or alias under, as the reference derives
 /// it: every run of characters outside `[a-zA-Z0-9._-]` becomes `-`, leading and trailing `-`
@@ -68,6 +71,12 @@ pub fn validate_id(id: &str) -> Result<&str> {
         return Err(StoreError::invalid(
             id,
             format!("longer than {MAX_ID_LEN} bytes"),
+        ));
+    }
+    if trimmed.split('/').count() > MAX_ID_DEPTH {
+        return Err(StoreError::invalid(
+            id,
+            format!("nested deeper than {MAX_ID_DEPTH} path components"),
         ));
     }
     for comp in trimmed.split('/') {

@@ -179,6 +179,40 @@ impl LoraStore {
     fn tmp_dir(&self) -> PathBuf {
         self.inner.root.join(TMP_DIR_NAME)
     }
+
+    /// Whether `path` (which need not exist) stays inside the root once every link on the way
+    /// is followed. Its nearest existing ancestor decides; a dangling link or a link loop
+    /// there counts as outside, since nothing can be written through it safely.
+    pub(crate) fn is_inside_root(&self, path: &Path) -> bool {
+        let mut p = path;
+        loop {
+            match std::fs::symlink_metadata(p) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match p.parent() {
+                    Some(parent) => p = parent,
+                    None => return false,
+                },
+                Err(_) => return false,
+            }
+        }
+        p.canonicalize()
+            .is_ok_and(|real| real.starts_with(&self.inner.root))
+    }
+
+    /// Refuses an id whose folder (or history folder) would be reached through a link out of
+    /// the root: writing there would write outside the root.
+    pub(crate) fn check_inside_root(&self, id: &str) -> Result<()> {
+        let live = self.inner.root.join(id);
+        let history = self.inner.root.join(VERSIONS_DIR_NAME).join(id);
+        if self.is_inside_root(&live) && self.is_inside_root(&history) {
+            Ok(())
+        } else {
+            Err(StoreError::invalid(
+                id,
+                "is reached through a link out of the LoRA root (or a broken link)",
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

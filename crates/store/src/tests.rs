@@ -1123,3 +1123,151 @@ fn export_never_follows_links_out_of_the_root() {
         Err(StoreError::InvalidId { .. })
     ));
 }
+
+#[test]
+fn ids_deeper_than_listing_reaches_are_refused() {
+    let (_t, s) = store();
+    let deep16 = (0..16)
+        .map(|i| format!("d{i}"))
+        .collect::<Vec<_>>()
+        .join("/");
+    let deep17 = format!("{deep16}/x");
+    assert!(validate_id(&deep16).is_ok());
+    assert!(matches!(
+        validate_id(&deep17),
+        Err(StoreError::InvalidId { .. })
+    ));
+    assert!(s.save_atomic(&deep17, |d| write_adapter(d, "x")).is_err());
+    assert!(s
+        .create_versioned(&deep17, serde_json::json!({}), false, |d| write_adapter(
+            d, "x"
+        ))
+        .is_err());
+    // What can be created is listed.
+    s.save_atomic(&deep16, |d| write_adapter(d, "x")).unwrap();
+    assert_eq!(s.list("").unwrap(), vec![deep16]);
+}
+
+#[test]
+fn list_and_writes_never_follow_links_out_of_the_root() {
+    let (t, s) = store();
+    s.save_atomic("u/a", |d| write_adapter(d, "a")).unwrap();
+    // An adapter outside the root, linked in; a link loop; a broken link.
+    let outside = t.path().join("outside");
+    fs::create_dir_all(outside.join("evil")).unwrap();
+    write_adapter(&outside.join("evil"), "evil").unwrap();
+    std::os::unix::fs::symlink(&outside, s.root().join("out")).unwrap();
+    std::os::unix::fs::symlink(".", s.root().join("u/loop")).unwrap();
+    std::os::unix::fs::symlink(s.root().join("u"), s.root().join("u/up")).unwrap();
+    std::os::unix::fs::symlink(t.path().join("nowhere"), s.root().join("broken")).unwrap();
+    // A link to a folder inside the root is followed.
+    std::os::unix::fs::symlink(s.root().join("u/a"), s.root().join("alias-dir")).unwrap();
+    assert_eq!(s.list("").unwrap(), vec!["alias-dir", "u/a"]);
+    // Creating through a link out of the root (or a broken one) is refused; nothing is
+    // written outside.
+    let before = fs::read_dir(&outside).unwrap().count();
+    for id in ["out/new", "out/evil/inner", "broken/x"] {
+        let r = s.create_versioned(id, serde_json::json!({}), false, |d| write_adapter(d, "n"));
+        assert!(
+            matches!(r, Err(StoreError::InvalidId { .. })),
+            "{id}: {r:?}"
+        );
+        let r = s.save_atomic(id, |d| write_adapter(d, "n"));
+        assert!(
+            matches!(r, Err(StoreError::InvalidId { .. })),
+            "{id}: {r:?}"
+        );
+    }
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), before);
+    assert!(!outside.join("new").exists());
+    // A link loop does not hang creation either.
+    s.create_versioned("u/b", serde_json::json!({}), false, |d| {
+        write_adapter(d, "b")
+    })
+    .unwrap();
+}
+
+#[test]
+fn recovery_never_follows_links_out_of_the_root() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    let outside = t.path().join("outside");
+    fs::create_dir_all(outside.join("txn-0000")).unwrap();
+    fs::write(outside.join("txn-0000/delete"), "u/a").unwrap();
+    fs::create_dir_all(outside.join("txn-0000/live")).unwrap();
+    fs::write(outside.join("keep.txt"), "keep").unwrap();
+    // `.tmp` itself a link out of the root.
+    std::os::unix::fs::symlink(&outside, root.join(".tmp")).unwrap();
+    LoraStore::open(&root).unwrap();
+    assert!(outside.join("txn-0000/live").is_dir());
+    assert!(outside.join("keep.txt").is_file());
+    // Links inside a real `.tmp`: only the links go.
+    fs::remove_file(root.join(".tmp")).unwrap();
+    fs::create_dir_all(root.join(".tmp")).unwrap();
+    std::os::unix::fs::symlink(outside.join("txn-0000"), root.join(".tmp/txn-1111")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join(".tmp/del-2222")).unwrap();
+    std::os::unix::fs::symlink(root.join(".tmp"), root.join(".tmp/loop")).unwrap();
+    LoraStore::open(&root).unwrap();
+    assert!(outside.join("txn-0000/live").is_dir());
+    assert!(outside.join("keep.txt").is_file());
+    assert_eq!(fs::read_dir(root.join(".tmp")).unwrap().count(), 0);
+    // An interrupted swap whose target is reached through a link out of the root stays put.
+    let txn = root.join(".tmp/txn-3333");
+    fs::create_dir_all(txn.join("old")).unwrap();
+    write_adapter(&txn.join("old"), "old").unwrap();
+    fs::write(txn.join("target"), "out/a").unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
+    LoraStore::open(&root).unwrap();
+    assert!(!outside.join("a").exists());
+}
+
+#[test]
+fn stamped_saves_are_pruned_to_the_newest_keep() {
+    let (_t, s) = store();
+    s.save_atomic("u/m-init", |d| write_adapter(d, "i"))
+        .unwrap();
+    let mut made = Vec::new();
+    for i in 0..5 {
+        let v = s
+            .save_versioned(
+                "u/m-latest",
+                Some(&format!("20260101-00000{i}")),
+                true,
+                |d| write_adapter(d, "v"),
+            )
+            .unwrap();
+        made.push(v.id);
+    }
+    // Stamped names only: not the init adapter or anything else.
+    s.save_atomic("u/m-other", |d| write_adapter(d, "o"))
+        .unwrap();
+    assert_eq!(s.stamped_saves("u/m").unwrap(), made);
+    // An alias pins an old one.
+    s.set_alias("pinned", &made[0]).unwrap();
+    let deleted = s.prune_stamped_saves("u/m-latest", 2).unwrap();
+    assert_eq!(deleted, vec![made[1].clone(), made[2].clone()]);
+    assert_eq!(
+        s.stamped_saves("u/m").unwrap(),
+        vec![made[0].clone(), made[3].clone(), made[4].clone()]
+    );
+    assert!(s.exists("u/m-init").unwrap() && s.exists("u/m-other").unwrap());
+    assert_eq!(s.resolve("u/m-latest").unwrap().id, made[4]);
+}
+
+#[test]
+fn stamped_names_are_not_reused_after_pruning() {
+    let (_t, s) = store();
+    s.save_atomic("u/r-init", |d| write_adapter(d, "i"))
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..8 {
+        let v = s
+            .save_versioned("u/r-latest", None, true, |d| write_adapter(d, "v"))
+            .unwrap();
+        assert!(seen.insert(v.id.clone()), "{} handed out twice", v.id);
+        s.prune_stamped_saves("u/r", 2).unwrap();
+        // The newest save sorts last.
+        assert_eq!(s.stamped_saves("u/r").unwrap().last(), Some(&v.id));
+    }
+}

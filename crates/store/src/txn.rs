@@ -136,11 +136,19 @@ impl LoraStore {
     /// Rolls back or completes interrupted replacements recorded under `.tmp/`.
     pub(crate) fn recover(&self) -> Result<()> {
         let tmp = self.tmp_dir();
-        if tmp.is_dir() {
+        // Recovery deletes and moves what it finds: never through a link out of the root
+        // (a `.tmp` that is a link, or links inside it, are not the store's own).
+        let tmp_is_link = fs::symlink_metadata(&tmp).is_ok_and(|m| m.file_type().is_symlink());
+        if tmp_is_link {
+            tracing::warn!(path = %tmp.display(), "the LoRA root's .tmp is a link; not recovering through it");
+        }
+        if tmp.is_dir() && !tmp_is_link {
             for entry in fs::read_dir(&tmp).map_err(|e| StoreError::io(&tmp, e))? {
                 let entry = entry.map_err(|e| StoreError::io(&tmp, e))?;
                 let dir = entry.path();
-                if !dir.is_dir() {
+                let is_link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(true);
+                if is_link || !dir.is_dir() {
+                    // Removes the link itself, never what it points at.
                     let _ = fs::remove_file(&dir);
                     continue;
                 }
@@ -201,7 +209,9 @@ impl LoraStore {
         let rel = rel.trim();
         let target = self.inner.root.join(rel);
         let old = txn.join("old");
-        let safe = !rel.is_empty() && !rel.split('/').any(|c| c == ".." || c.is_empty());
+        let safe = !rel.is_empty()
+            && !rel.split('/').any(|c| c == ".." || c.is_empty())
+            && self.is_inside_root(&target);
         if safe && !target.exists() && old.is_dir() {
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
@@ -221,6 +231,7 @@ impl LoraStore {
             // Moving the live folder in is a delete's commit point: finish it, unless the id
             // has meanwhile been created again.
             if crate::validate_id(id).is_ok()
+                && self.check_inside_root(id).is_ok()
                 && txn.join("live").is_dir()
                 && !self.inner.root.join(id).exists()
             {
