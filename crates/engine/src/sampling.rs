@@ -31,6 +31,9 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// Number of top alternatives to report per generated token (`Some(0)` = only the chosen one).
     pub logprobs: Option<usize>,
+    /// `(token id, bias)` added to the logits before penalties and sampling (OpenAI
+    /// `logit_bias`); ids outside the vocabulary are skipped.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -50,6 +53,7 @@ impl Default for SamplingParams {
             eos_token_ids: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -149,14 +153,20 @@ pub fn top_indices(row: &[f32], n: usize) -> Vec<(u32, f32)> {
     idx.into_iter().map(|i| (i, row[i as usize])).collect()
 }
 
-/// Applies penalties in place. `context` is prompt + output (repetition penalty, as vLLM),
-/// `counts` the output-token counts (presence/frequency).
+/// Applies `logit_bias`, then penalties, in place (vLLM's order: logits processors before
+/// penalties). `context` is prompt + output (repetition penalty, as vLLM), `counts` the
+/// output-token counts (presence/frequency).
 pub fn apply_penalties(
     logits: &mut [f32],
     p: &SamplingParams,
     context: &[u32],
     counts: &HashMap<u32, u32>,
 ) {
+    for &(t, b) in &p.logit_bias {
+        if let Some(l) = logits.get_mut(t as usize) {
+            *l += b;
+        }
+    }
     if p.repetition_penalty != 1.0 {
         let mut seen = std::collections::HashSet::new();
         for &t in context {
@@ -331,6 +341,24 @@ mod tests {
         };
         apply_penalties(&mut row, &p, &[0, 1, 0], &counts);
         assert_eq!(row, vec![1.0, -4.0, 1.0 - 1.5 - 0.25]);
+    }
+
+    #[test]
+    fn logit_bias_is_added_before_penalties() {
+        let mut row = vec![1.0, 2.0, 3.0];
+        let p = SamplingParams {
+            logit_bias: vec![(0, 100.0), (2, -100.0), (99, 5.0)],
+            repetition_penalty: 2.0,
+            ..Default::default()
+        };
+        apply_penalties(&mut row, &p, &[0], &HashMap::new());
+        assert_eq!(row, vec![101.0 / 2.0, 2.0, -97.0]);
+        let mut rng = StdRng::seed_from_u64(3);
+        let g = SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        };
+        assert_eq!(sample(&row, &g, &mut rng), 0);
     }
 
     #[test]

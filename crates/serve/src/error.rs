@@ -1,9 +1,8 @@
-//! OpenAI-style error responses.
+//! The one place errors become HTTP: status + OpenAI error JSON.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use claas_engine::EngineError;
-use serde_json::json;
 
 /// An HTTP error rendered as `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug, Clone)]
@@ -43,6 +42,7 @@ impl ApiError {
             401 => "AuthenticationError",
             403 => "PermissionDeniedError",
             404 => "NotFoundError",
+            413 => "RequestTooLargeError",
             429 => "RateLimitError",
             503 => "ServiceUnavailableError",
             _ => "InternalServerError",
@@ -52,14 +52,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind(),
-                "param": self.param,
-                "code": self.status.as_u16(),
-            }
-        });
+        let body = crate::protocol::ErrorResponse {
+            error: crate::protocol::ErrorBody {
+                message: &self.message,
+                kind: self.kind(),
+                param: self.param.as_deref(),
+                code: self.status.as_u16(),
+            },
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }

@@ -4,10 +4,15 @@
 //! [`serve`]; or build an [`AppState`] around an existing [`claas_engine::Engine`] (in-process,
 //! e.g. `claas up`) and mount [`router`].
 
-mod api;
 mod error;
+mod metrics;
+mod protocol;
+mod render;
 mod resolve;
+mod routes;
+mod stream;
 mod text;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -18,8 +23,13 @@ use claas_chat::{ChatTemplate, GenerationConfig, Tokenizer, TokenizerConfig};
 use claas_engine::{Engine, EngineConfig};
 use claas_model::{LoadOptions, Qwen3};
 
-pub use api::router;
 pub use error::ApiError;
+pub use routes::router;
+pub use validate::ValidationError;
+
+/// Default `--max-request-bytes`: far above any prompt a context window holds, far below
+/// what would hurt to buffer.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 << 20;
 
 /// `claas serve` flags, named as in `vllm serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,6 +37,9 @@ pub struct ServeConfig {
     /// Model folder, hub id (`Qwen/Qwen3-0.6B`) or `builtin:tiny`.
     #[arg(long, default_value = "builtin:tiny")]
     pub model: String,
+    /// The model as `vllm serve MODEL` takes it (positional); overrides `--model`.
+    #[arg(value_name = "MODEL")]
+    pub model_tag: Option<String>,
     #[arg(long, default_value = "0.0.0.0")]
     pub host: String,
     #[arg(long, default_value_t = 8000)]
@@ -78,12 +91,37 @@ pub struct ServeConfig {
     /// Sequences decoded together at most.
     #[arg(long, default_value_t = 64)]
     pub max_num_seqs: usize,
+    /// Largest request body accepted (413 beyond it, checked before the body is read).
+    #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// Accepted for `vllm serve` compatibility; no-op on CPU (no GPU memory to reserve).
+    #[arg(long)]
+    pub gpu_memory_utilization: Option<f32>,
+    /// Accepted for `vllm serve` compatibility; no-op: tool calls in Qwen3's `<tool_call>`
+    /// format are always parsed when a request sends `tools`.
+    #[arg(long)]
+    pub enable_auto_tool_choice: bool,
+    /// Accepted for `vllm serve` compatibility (`hermes`, `qwen3_xml`, ...); no-op: the Qwen3
+    /// `<tool_call>` parser is the one used.
+    #[arg(long)]
+    pub tool_call_parser: Option<String>,
+    /// Accepted for `vllm serve` compatibility (`qwen3`); no-op: replies keep the model's
+    /// thinking text in `content` (`reasoning_content` stays null).
+    #[arg(long)]
+    pub reasoning_parser: Option<String>,
+    /// Accepted for `vllm serve` compatibility; no-op (no prefix cache on CPU yet).
+    #[arg(long)]
+    pub enable_prefix_caching: bool,
+    /// Accepted for `vllm serve` compatibility; no-op.
+    #[arg(long)]
+    pub no_enable_prefix_caching: bool,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             model: "builtin:tiny".into(),
+            model_tag: None,
             host: "0.0.0.0".into(),
             port: 8000,
             api_key: None,
@@ -100,6 +138,49 @@ impl Default for ServeConfig {
             lora_alias_file: None,
             lora_root: None,
             max_num_seqs: 64,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            gpu_memory_utilization: None,
+            enable_auto_tool_choice: false,
+            tool_call_parser: None,
+            reasoning_parser: None,
+            enable_prefix_caching: false,
+            no_enable_prefix_caching: false,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// The positional model, if given, in `--model`.
+    fn normalized(&self) -> ServeConfig {
+        let mut c = self.clone();
+        if let Some(m) = c.model_tag.take() {
+            c.model = m;
+        }
+        c
+    }
+
+    /// Logs the `vllm serve` flags that mean nothing on CPU, so nobody wonders.
+    fn log_noop_flags(&self) {
+        if let Some(u) = self.gpu_memory_utilization {
+            tracing::info!(
+                "--gpu-memory-utilization {u}: no GPU memory to reserve on CPU; ignored"
+            );
+        }
+        if self.enable_auto_tool_choice {
+            tracing::info!("--enable-auto-tool-choice: tool calls are always parsed when a request sends tools");
+        }
+        if let Some(p) = &self.tool_call_parser {
+            tracing::info!("--tool-call-parser {p}: the Qwen3 <tool_call> parser is used");
+        }
+        match self.reasoning_parser.as_deref() {
+            None => {}
+            Some("qwen3") => {
+                tracing::info!("--reasoning-parser qwen3: accepted; thinking text stays in content")
+            }
+            Some(p) => tracing::warn!("--reasoning-parser {p}: unknown parser; ignored"),
+        }
+        if self.enable_prefix_caching || self.no_enable_prefix_caching {
+            tracing::info!("--[no-]enable-prefix-caching: no prefix cache on CPU; ignored");
         }
     }
 }
@@ -162,6 +243,12 @@ pub struct AppState {
     /// `--max-logprobs`.
     pub max_logprobs: usize,
     pub created: i64,
+    /// `--max-request-bytes`.
+    pub max_request_bytes: usize,
+    /// Prompt text longer than this cannot fit the context whatever its tokenization (the
+    /// context times the longest token's bytes, with room for Unicode normalization), so it
+    /// is refused before tokenizing.
+    pub max_prompt_bytes: usize,
     /// Loads adapters named by requests from `lora_root`.
     resolver: Option<resolve::Resolver>,
 }
@@ -290,6 +377,16 @@ impl AppState {
             )),
             None => None,
         };
+        let longest_token = (0..tokenizer.vocab_size() as u32)
+            .filter_map(|id| tokenizer.id_to_token(id))
+            .map(|t| t.len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let max_prompt_bytes = engine
+            .max_model_len()
+            .saturating_mul(longest_token)
+            .saturating_mul(4);
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -307,6 +404,8 @@ impl AppState {
             enable_sleep_mode: cfg.enable_sleep_mode,
             max_logprobs: cfg.max_logprobs,
             created,
+            max_request_bytes: cfg.max_request_bytes,
+            max_prompt_bytes,
             resolver,
         })
     }
@@ -314,6 +413,7 @@ impl AppState {
     /// Loads the model and adapters named by `cfg` and starts the engine (blocking; call from
     /// `spawn_blocking` inside a runtime).
     pub fn from_config(cfg: &ServeConfig) -> Result<AppState, ServeError> {
+        let cfg = &cfg.normalized();
         if cfg.max_loras == Some(0) {
             return Err(ServeError::Config("--max-loras must be at least 1".into()));
         }
@@ -385,6 +485,16 @@ pub async fn serve(
     cfg: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let cfg = cfg.normalized();
+    cfg.log_noop_flags();
+    if cfg.api_key.as_deref().is_none_or(str::is_empty)
+        && matches!(cfg.host.as_str(), "0.0.0.0" | "::" | "[::]")
+    {
+        tracing::warn!(
+            "listening on {} without --api-key: anyone who can reach this port can generate, load adapters and sleep or pause the server",
+            cfg.host
+        );
+    }
     let c = cfg.clone();
     let state = tokio::task::spawn_blocking(move || AppState::from_config(&c))
         .await
@@ -415,6 +525,57 @@ mod tests {
             panic!("--max-loras 0 must be a configuration error");
         };
         assert!(msg.contains("--max-loras"), "{msg}");
+    }
+
+    #[test]
+    fn vllm_serve_command_line_of_the_reference_parses() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        // docker/scripts/start_vllm_qwen3_8b.sh of the reference, flag for flag.
+        let cli = Cli::try_parse_from([
+            "serve",
+            "Qwen/Qwen3-8B",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8000",
+            "--api-key",
+            "sk-local",
+            "--max-model-len",
+            "32768",
+            "--gpu-memory-utilization",
+            "0.70",
+            "--enable-sleep-mode",
+            "--enable-auto-tool-choice",
+            "--tool-call-parser",
+            "qwen3_xml",
+            "--enable-lora",
+            "--max-lora-rank",
+            "32",
+            "--lora-modules",
+            "a=/loras/a",
+            "--lora-modules",
+            "b=/loras/b",
+            "--served-model-name",
+            "qwen3-8b",
+            "--reasoning-parser",
+            "qwen3",
+            "--enable-prefix-caching",
+            "--no-enable-prefix-caching",
+        ])
+        .unwrap();
+        let c = cli.serve.normalized();
+        assert_eq!(c.model, "Qwen/Qwen3-8B");
+        assert_eq!(c.max_model_len, Some(32768));
+        assert_eq!(c.gpu_memory_utilization, Some(0.7));
+        assert_eq!(c.lora_modules.len(), 2);
+        assert_eq!(c.served_model_name, vec!["qwen3-8b".to_string()]);
+        assert_eq!(c.reasoning_parser.as_deref(), Some("qwen3"));
+        assert_eq!(c.max_request_bytes, DEFAULT_MAX_REQUEST_BYTES);
     }
 
     #[test]

@@ -93,7 +93,7 @@ fn store_error(name: &str, e: StoreError) -> ApiError {
 
 /// The answer for a model name nothing serves (the same as without a resolver).
 pub(crate) fn model_missing(name: &str) -> ApiError {
-    ApiError::bad_param("model", format!("The model `{name}` does not exist."))
+    crate::validate::ValidationError::ModelNotFound(name.to_string()).into()
 }
 
 impl Resolver {

@@ -100,8 +100,8 @@ for i in range(1, len(ids)):
 try:
     client.chat.completions.create(model="no-such-model", messages=messages)
     check(False, "unknown model accepted")
-except openai.BadRequestError as err:
-    check(err.status_code == 400, err)
+except openai.NotFoundError as err:
+    check(err.status_code == 404, err)
 try:
     client.chat.completions.create(model="tiny", messages=messages, temperature=-3)
     check(False, "bad temperature accepted")

@@ -440,8 +440,20 @@ async fn errors_auth_and_not_found() {
     assert_eq!(r.status().as_u16(), 200);
 
     let msgs = json!([{"role": "user", "content": "hi"}]);
-    let bad = [
+    // An unknown model: 404 NotFoundError naming the parameter, as vLLM.
+    let r = authed(
+        "/v1/chat/completions",
         json!({"model": "nope", "messages": msgs}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert_openai_error(&v, 404);
+    assert_eq!(v["error"]["type"], "NotFoundError", "{v}");
+    assert_eq!(v["error"]["param"], "model", "{v}");
+    assert_eq!(v["error"]["message"], "The model `nope` does not exist.");
+    let bad = [
         json!({"model": "tiny", "messages": msgs, "temperature": -1}),
         json!({"model": "tiny", "messages": msgs, "top_p": 2.0}),
         json!({"model": "tiny", "messages": msgs, "max_tokens": 100000}),
@@ -457,6 +469,55 @@ async fn errors_auth_and_not_found() {
     // a prompt longer than max-model-len (512)
     let long: Vec<u32> = (0..600).map(|i| (i % 900) as u32).collect();
     let r = authed("/v1/completions", json!({"model": "tiny", "prompt": long}))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_openai_error(&v, 400);
+    assert_eq!(v["error"]["param"], "prompt", "{v}");
+    // max_tokens that would wrap around the context check: refused, never generated.
+    for (path, body, param) in [
+        (
+            "/v1/completions",
+            json!({"model": "tiny", "prompt": "hi", "max_tokens": u64::MAX}),
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "tiny", "messages": msgs, "max_tokens": u64::MAX}),
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "tiny", "messages": msgs, "max_completion_tokens": u64::MAX - 3}),
+            "max_completion_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "tiny", "prompt": "hi", "max_tokens": usize::MAX / 2 + 1}),
+            "max_tokens",
+        ),
+    ] {
+        let r = authed(path, body.clone()).await.unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert_openai_error(&v, 400);
+        assert_eq!(v["error"]["param"], param, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("maximum context length"),
+            "{v}"
+        );
+    }
+    // 2^64 is no integer serde takes: an invalid body, not a wrapped one.
+    let r = c
+        .post(format!("{}/v1/completions", s.url))
+        .bearer_auth("sekret")
+        .header("content-type", "application/json")
+        .body(r#"{"model": "tiny", "prompt": "hi", "max_tokens": 18446744073709551616}"#)
+        .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
@@ -569,7 +630,7 @@ async fn adapters_load_unload_replace_while_in_flight() {
     assert_openai_error(&v, 403);
     let (c, _) = post(&s, "/v1/load_lora_adapter", json!({"lora_name": "evil", "lora_path": format!("{}/adapters/../../", root.path().display())})).await;
     assert!(c == 403 || c == 400);
-    assert_eq!(greedy(&s, "evil", 1).await.0, 400);
+    assert_eq!(greedy(&s, "evil", 1).await.0, 404);
 
     let (c, v) = post(
         &s,
@@ -632,17 +693,50 @@ async fn adapters_load_unload_replace_while_in_flight() {
     );
     assert_eq!(now_a["choices"][0]["text"], ref_after["choices"][0]["text"]);
 
-    // unload while a request is in flight: it completes; later requests get 400
-    let s2 = &s;
-    let inflight = async move { greedy(s2, "a", 40).await };
-    let unload = async { post(&s, "/v1/unload_lora_adapter", json!({"lora_name": "a"})).await };
-    let ((c1, v1), (c2, v2)) = tokio::join!(inflight, unload);
-    assert_eq!(c2, 200, "{v2}");
-    assert!(c1 == 200 || c1 == 400, "{v1}");
-    if c1 == 200 {
-        assert_eq!(v1["usage"]["completion_tokens"], 40);
+    // Unload while a request is in flight: once it streams its first generated token it is
+    // running on the adapter, and it completes in full; later requests get 404.
+    let mut resp = client()
+        .post(format!("{}/v1/completions", s.url))
+        .json(
+            &json!({"model": "a", "prompt": "Once upon", "max_tokens": 40, "temperature": 0,
+            "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut body = String::new();
+    while !body.contains("\"text\"") {
+        body.push_str(&String::from_utf8_lossy(
+            &resp.chunk().await.unwrap().expect("stream ended early"),
+        ));
     }
-    assert_eq!(greedy(&s, "a", 1).await.0, 400);
+    let (c, v) = post(&s, "/v1/unload_lora_adapter", json!({"lora_name": "a"})).await;
+    assert_eq!(c, 200, "{v}");
+    while let Some(ch) = resp.chunk().await.unwrap() {
+        body.push_str(&String::from_utf8_lossy(&ch));
+    }
+    let events = sse_events(&body);
+    let last = events.last().unwrap();
+    assert_eq!(last["usage"]["completion_tokens"], 40, "{last}");
+    let finish: Vec<&Value> = events
+        .iter()
+        .filter_map(|e| e["choices"][0].get("finish_reason"))
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, vec![&json!("length")]);
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    // "b" serves the same after-step weights "a" had.
+    let (_, want) = greedy(&s, "b", 40).await;
+    assert_eq!(
+        json!(streamed),
+        want["choices"][0]["text"],
+        "the stream kept the weights it started on"
+    );
+    assert_eq!(greedy(&s, "a", 1).await.0, 404);
     let (_, models) = get(&s, "/v1/models").await;
     assert!(!models.contains("\"a\""));
 }
@@ -1154,8 +1248,8 @@ async fn adapters_resolved_by_name_under_the_lora_root() {
 
     // Unknown before the folder exists: the usual error.
     let (c, missing) = greedy(&s, "team/bot", 1).await;
-    assert_eq!(c, 400, "{missing}");
-    assert_openai_error(&missing, 400);
+    assert_eq!(c, 404, "{missing}");
+    assert_openai_error(&missing, 404);
     assert_eq!(
         missing["error"]["message"],
         "The model `team/bot` does not exist."
@@ -1215,7 +1309,7 @@ async fn adapters_resolved_by_name_under_the_lora_root() {
     // Names that are no ids at all still get the usual error.
     for name in ["../etc", "team/nope", "a@v1"] {
         let (c, v) = greedy(&s, name, 1).await;
-        assert_eq!(c, 400, "{name}: {v}");
+        assert_eq!(c, 404, "{name}: {v}");
         assert!(v["error"]["message"]
             .as_str()
             .unwrap()
@@ -1284,9 +1378,480 @@ async fn adapter_versions_resolved_by_name() {
     assert_eq!(plp(&greedy(&s, &pinned, 1).await.1), explicit[1]);
     // No such version: the usual error.
     let (c, v) = greedy(&s, "team/v@v99", 1).await;
-    assert_eq!(c, 400, "{v}");
+    assert_eq!(c, 404, "{v}");
     assert_eq!(
         v["error"]["message"],
         "The model `team/v@v99` does not exist."
     );
+}
+
+/// Sends `method path` with an optional JSON body and an optional bearer key.
+async fn call(
+    s: &Server,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    key: Option<&str>,
+) -> (u16, String) {
+    let url = format!("{}{path}", s.url);
+    let mut rb = match method {
+        "GET" => client().get(url),
+        _ => client().post(url),
+    };
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    if let Some(k) = key {
+        rb = rb.bearer_auth(k);
+    }
+    let r = rb.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_guards_v1_and_admin_routes() {
+    let mut cfg = base_cfg();
+    cfg.api_key = Some("sekret".into());
+    let s = start(cfg).await;
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    let lora = fixtures().join("lora-r4").display().to_string();
+    // (method, path, body, needs the key), in an order that also works when every call
+    // succeeds (sleep before wake_up, pause before resume, load before unload).
+    let routes: Vec<(&str, &str, Option<Value>, bool)> = vec![
+        ("GET", "/v1/models", None, true),
+        (
+            "POST",
+            "/v1/chat/completions",
+            Some(json!({"model": "tiny", "messages": msgs, "max_tokens": 1})),
+            true,
+        ),
+        (
+            "POST",
+            "/v1/completions",
+            Some(json!({"model": "tiny", "prompt": "hi", "max_tokens": 1})),
+            true,
+        ),
+        (
+            "POST",
+            "/v1/tokenize",
+            Some(json!({"model": "tiny", "prompt": "hi"})),
+            true,
+        ),
+        (
+            "POST",
+            "/v1/detokenize",
+            Some(json!({"model": "tiny", "tokens": [5]})),
+            true,
+        ),
+        (
+            "POST",
+            "/v1/load_lora_adapter",
+            Some(json!({"lora_name": "k", "lora_path": lora})),
+            true,
+        ),
+        (
+            "POST",
+            "/v1/unload_lora_adapter",
+            Some(json!({"lora_name": "k"})),
+            true,
+        ),
+        ("POST", "/sleep?level=1", None, true),
+        ("POST", "/wake_up", None, true),
+        ("POST", "/pause", None, true),
+        ("POST", "/resume", None, true),
+        (
+            "POST",
+            "/tokenize",
+            Some(json!({"model": "tiny", "prompt": "hi"})),
+            false,
+        ),
+        (
+            "POST",
+            "/detokenize",
+            Some(json!({"model": "tiny", "tokens": [5]})),
+            false,
+        ),
+        ("GET", "/health", None, false),
+        ("GET", "/ping", None, false),
+        ("GET", "/version", None, false),
+        ("GET", "/metrics", None, false),
+        ("GET", "/is_sleeping", None, false),
+        ("GET", "/is_paused", None, false),
+    ];
+    for (m, p, b, keyed) in &routes {
+        for key in [None, Some("wrong")] {
+            let (c, text) = call(&s, m, p, b.clone(), key).await;
+            if *keyed {
+                assert_eq!(c, 401, "{m} {p} with {key:?}: {text}");
+                assert_openai_error(&serde_json::from_str(&text).unwrap(), 401);
+            } else {
+                assert_eq!(c, 200, "{m} {p} with {key:?}: {text}");
+            }
+        }
+    }
+    // Nothing the refused calls asked for happened.
+    assert!(!paused(&s).await);
+    let (_, v) = get(&s, "/is_sleeping").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&v).unwrap()["is_sleeping"],
+        false
+    );
+    assert!(s.state.engine.adapter("k").is_none());
+    for (m, p, b, _) in &routes {
+        let (c, text) = call(&s, m, p, b.clone(), Some("sekret")).await;
+        assert_eq!(c, 200, "{m} {p} with the key: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_fields_are_refused_by_name() {
+    let s = start(base_cfg()).await;
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    let tools =
+        json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    let chat = |extra: Value| {
+        let mut b = json!({"model": "tiny", "messages": msgs, "max_tokens": 2});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let cmpl = |extra: Value| {
+        let mut b = json!({"model": "tiny", "prompt": "hi", "max_tokens": 2});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let cases = [
+        (
+            "/v1/chat/completions",
+            chat(json!({"response_format": {"type": "json_object"}})),
+            "response_format",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
+            ),
+            "response_format",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"structured_outputs": {"json": {}}})),
+            "structured_outputs",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"guided_json": {"type": "object"}})),
+            "guided_json",
+        ),
+        (
+            "/v1/completions",
+            cmpl(json!({"guided_regex": "a+"})),
+            "guided_regex",
+        ),
+        (
+            "/v1/completions",
+            cmpl(json!({"guided_choice": ["a", "b"]})),
+            "guided_choice",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"guided_grammar": "root ::= \"a\""})),
+            "guided_grammar",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"tools": tools, "tool_choice": "required"})),
+            "tool_choice",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(
+                json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "f"}}}),
+            ),
+            "tool_choice",
+        ),
+        ("/v1/completions", cmpl(json!({"suffix": "end"})), "suffix"),
+        (
+            "/v1/completions",
+            cmpl(json!({"use_beam_search": true})),
+            "use_beam_search",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"logit_bias": {"5": 100.5}})),
+            "logit_bias",
+        ),
+        (
+            "/v1/completions",
+            cmpl(json!({"logit_bias": {"5": -101}})),
+            "logit_bias",
+        ),
+        (
+            "/v1/completions",
+            cmpl(json!({"logit_bias": {"99999999": 1}})),
+            "logit_bias",
+        ),
+        (
+            "/v1/completions",
+            cmpl(json!({"logit_bias": {"x": 1}})),
+            "logit_bias",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"prompt_logprobs": 21})),
+            "prompt_logprobs",
+        ),
+    ];
+    for (path, body, param) in cases {
+        let (c, v) = post(&s, path, body.clone()).await;
+        assert_eq!(c, 400, "{body}: {v}");
+        assert_openai_error(&v, 400);
+        assert_eq!(v["error"]["param"], param, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(param),
+            "{v}"
+        );
+    }
+    // Their no-op values and unknown fields (logged) still serve.
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            chat(
+                json!({"response_format": {"type": "text"}, "guided_json": null, "frobnicate": 1}),
+            ),
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"tools": tools, "tool_choice": "auto"})),
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"tools": tools, "tool_choice": "none"})),
+        ),
+        (
+            "/v1/completions",
+            cmpl(json!({"suffix": null, "user": "me"})),
+        ),
+    ] {
+        let (c, v) = post(&s, path, body.clone()).await;
+        assert_eq!(c, 200, "{body}: {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logit_bias_steers_sampling_and_token_ids_name_logprobs() {
+    let s = start(base_cfg()).await;
+    let body = json!({"model": "tiny", "prompt": "Once upon", "max_tokens": 4, "temperature": 0,
+        "ignore_eos": true, "return_token_ids": true, "logprobs": 1});
+    let (c, plain) = post(&s, "/v1/completions", body.clone()).await;
+    assert_eq!(c, 200, "{plain}");
+    let plain_ids: Vec<u32> =
+        serde_json::from_value(plain["choices"][0]["token_ids"].clone()).unwrap();
+    // +100 on one token makes it the greedy pick at every step.
+    let target = if plain_ids[0] == 42 { 43 } else { 42 };
+    let mut b = body.clone();
+    b["logit_bias"] = json!({ target.to_string(): 100 });
+    let (c, v) = post(&s, "/v1/completions", b).await;
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(v["choices"][0]["token_ids"], json!(vec![target; 4]), "{v}");
+    // -100 on the unbiased first pick removes it.
+    let mut b = body.clone();
+    b["logit_bias"] = json!({ plain_ids[0].to_string(): -100 });
+    let (_, v) = post(&s, "/v1/completions", b).await;
+    assert_ne!(v["choices"][0]["token_ids"][0], json!(plain_ids[0]), "{v}");
+    // Chat takes the same bias.
+    let (c, v) = post(
+        &s,
+        "/v1/chat/completions",
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+            "temperature": 0, "ignore_eos": true, "return_token_ids": true,
+            "logit_bias": { target.to_string(): 100 }}),
+    )
+    .await;
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(v["choices"][0]["token_ids"], json!(vec![target; 3]), "{v}");
+
+    // return_tokens_as_token_ids: logprob tokens are `token_id:N`.
+    let mut b = body.clone();
+    b["return_tokens_as_token_ids"] = json!(true);
+    let (_, v) = post(&s, "/v1/completions", b).await;
+    let names: Vec<String> = plain_ids.iter().map(|t| format!("token_id:{t}")).collect();
+    assert_eq!(v["choices"][0]["logprobs"]["tokens"], json!(names), "{v}");
+    assert!(v["choices"][0]["logprobs"]["top_logprobs"][0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .all(|k| k.starts_with("token_id:")));
+    let (_, v) = post(
+        &s,
+        "/v1/chat/completions",
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+            "temperature": 0, "ignore_eos": true, "return_token_ids": true, "logprobs": true,
+            "top_logprobs": 2, "return_tokens_as_token_ids": true}),
+    )
+    .await;
+    let ids = v["choices"][0]["token_ids"].as_array().unwrap().clone();
+    for (entry, id) in v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(ids)
+    {
+        assert_eq!(entry["token"], json!(format!("token_id:{id}")), "{entry}");
+        assert!(entry["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["token"].as_str().unwrap().starts_with("token_id:")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_echo_prepends_the_continued_message() {
+    let s = start(base_cfg()).await;
+    let msgs = json!([{"role": "user", "content": "Tell a story"}, {"role": "assistant", "content": "Once upon a"}]);
+    let body = json!({"model": "tiny", "messages": msgs, "max_tokens": 5, "temperature": 0, "ignore_eos": true,
+        "add_generation_prompt": false, "continue_final_message": true});
+    let (c, plain) = post(&s, "/v1/chat/completions", body.clone()).await;
+    assert_eq!(c, 200, "{plain}");
+    let mut b = body.clone();
+    b["echo"] = json!(true);
+    let (c, echoed) = post(&s, "/v1/chat/completions", b.clone()).await;
+    assert_eq!(c, 200, "{echoed}");
+    let reply = plain["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(
+        echoed["choices"][0]["message"]["content"],
+        json!(format!("Once upon a{reply}"))
+    );
+    b["stream"] = json!(true);
+    let ev = post_stream(&s, "/v1/chat/completions", b).await;
+    let text: String = ev
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(json!(text), echoed["choices"][0]["message"]["content"]);
+    // With a generation prompt the reply starts a new assistant turn: nothing to echo.
+    let (_, v) = post(
+        &s,
+        "/v1/chat/completions",
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+            "temperature": 0, "ignore_eos": true, "echo": true}),
+    )
+    .await;
+    let (_, w) = post(
+        &s,
+        "/v1/chat/completions",
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+            "temperature": 0, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        w["choices"][0]["message"]["content"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_are_refused_before_any_work() {
+    let s = start(base_cfg()).await;
+    // 10 MB: past the body limit, 413 with the OpenAI error body.
+    let big = "a ".repeat(5 << 20);
+    for (path, body) in [
+        (
+            "/v1/completions",
+            json!({"model": "tiny", "prompt": big, "max_tokens": 1}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "tiny", "messages": [{"role": "user", "content": big}], "max_tokens": 1}),
+        ),
+    ] {
+        let (c, v) = post(&s, path, body).await;
+        assert_eq!(c, 413, "{path}");
+        assert_openai_error(&v, 413);
+    }
+    // 1 MB: inside the body limit but more text than 512 tokens can hold; refused by bytes,
+    // naming the field.
+    let mid = "a ".repeat(1 << 19);
+    for (path, body, param) in [
+        (
+            "/v1/completions",
+            json!({"model": "tiny", "prompt": mid, "max_tokens": 1}),
+            "prompt",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "tiny", "prompt": ["hi", mid], "max_tokens": 1}),
+            "prompt",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "tiny", "messages": [{"role": "user", "content": mid}], "max_tokens": 1}),
+            "messages",
+        ),
+    ] {
+        let (c, v) = post(&s, path, body).await;
+        assert_eq!(c, 400, "{path}");
+        assert_openai_error(&v, 400);
+        assert_eq!(v["error"]["param"], param, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("maximum context length"),
+            "{v}"
+        );
+    }
+    // A smaller limit applies to every JSON route, adapters included.
+    let mut cfg = base_cfg();
+    cfg.max_request_bytes = 1000;
+    let small = start(cfg).await;
+    let (c, v) = post(
+        &small,
+        "/v1/load_lora_adapter",
+        json!({"lora_name": "x".repeat(2000), "lora_path": "/x"}),
+    )
+    .await;
+    assert_eq!(c, 413, "{v}");
+    assert_openai_error(&v, 413);
+    // Both servers keep serving.
+    for srv in [&s, &small] {
+        let (c, v) = post(
+            srv,
+            "/v1/completions",
+            json!({"model": "tiny", "prompt": "hi", "max_tokens": 2}),
+        )
+        .await;
+        assert_eq!(c, 200, "{v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lora_names_with_path_syntax_are_refused() {
+    let s = start(base_cfg()).await;
+    let lora = fixtures().join("lora-r4");
+    for name in [
+        "a/b", "..", "../x", "a\\b", "a\u{0}b", ".hidden", "a\nb", " a",
+    ] {
+        let (c, v) = post(
+            &s,
+            "/v1/load_lora_adapter",
+            json!({"lora_name": name, "lora_path": lora}),
+        )
+        .await;
+        assert_eq!(c, 400, "{name:?}: {v}");
+        assert_openai_error(&v, 400);
+        assert_eq!(v["error"]["param"], "lora_name", "{v}");
+        assert!(s.state.engine.adapter(name).is_none());
+    }
+    let (c, v) = post(
+        &s,
+        "/v1/load_lora_adapter",
+        json!({"lora_name": "fine-name_1.0", "lora_path": lora}),
+    )
+    .await;
+    assert_eq!(c, 200, "{v}");
 }
