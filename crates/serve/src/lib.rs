@@ -3,6 +3,10 @@
 //! Wiring: parse [`ServeConfig`] (clap `Args`, flatten it into the binary's subcommand), then
 //! [`serve`]; or build an [`AppState`] around an existing [`claas_engine::Engine`] (in-process,
 //! e.g. `claas up`) and mount [`router`].
+//!
+//! A request flows one way: `routes` (thin handlers) -> `protocol` (serde types) -> `validate`
+//! (one `ValidRequest` or one `ValidationError`) -> engine -> `stream` / `render` (wire format).
+//! `resolve` loads adapters named by requests from the LoRA root; `metrics` is `/metrics`.
 
 mod error;
 mod metrics;
@@ -44,7 +48,8 @@ pub struct ServeConfig {
     pub host: String,
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
-    /// Required as `Authorization: Bearer KEY` on every /v1 route.
+    /// Required as `Authorization: Bearer KEY` on every /v1 route and on /sleep, /wake_up,
+    /// /pause and /resume (read-only routes such as /health and /metrics stay open).
     #[arg(long, env = "VLLM_API_KEY")]
     pub api_key: Option<String>,
     /// Names the base model is served under (first one is used in responses).

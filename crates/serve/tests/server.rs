@@ -1855,3 +1855,54 @@ async fn lora_names_with_path_syntax_are_refused() {
     .await;
     assert_eq!(c, 200, "{v}");
 }
+
+/// Writes a raw HTTP/1.1 request with a chunked body of `total` bytes (no Content-Length, so
+/// only the byte count read tells the server it is too large) and returns the response.
+async fn raw_chunked_post(url: &str, path: &str, total: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let mut body = format!(
+        "{{\"model\": \"tiny\", \"prompt\": \"{}",
+        "a".repeat(64 << 10)
+    )
+    .into_bytes();
+    let mut sent = 0;
+    while sent < total {
+        let chunk = format!("{:x}\r\n", body.len());
+        // The server may answer and stop reading once it has seen enough.
+        if sock.write_all(chunk.as_bytes()).await.is_err()
+            || sock.write_all(&body).await.is_err()
+            || sock.write_all(b"\r\n").await.is_err()
+        {
+            break;
+        }
+        sent += body.len();
+        body = vec![b'a'; 64 << 10];
+    }
+    let _ = sock.write_all(b"\"}\r\n0\r\n\r\n").await;
+    let mut out = Vec::new();
+    let _ = sock.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_body_past_the_limit_gets_413_json() {
+    let s = start(base_cfg()).await;
+    let resp = raw_chunked_post(&s.url, "/v1/completions", 10 << 20).await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    let json_start = resp.find("{\"error\"").expect("OpenAI error body");
+    let v: Value = serde_json::from_str(resp[json_start..].trim()).unwrap();
+    assert_openai_error(&v, 413);
+    let (c, v) = post(
+        &s,
+        "/v1/completions",
+        json!({"model": "tiny", "prompt": "hi", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(c, 200, "{v}");
+}
