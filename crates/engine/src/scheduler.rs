@@ -439,6 +439,7 @@ impl Loop {
         }
     }
 
+    /// One scheduler step: the six phases of the module doc, in order.
     fn step(&mut self) {
         self.sweep();
         if self.pause == Pause::All {
@@ -449,8 +450,8 @@ impl Loop {
             return;
         }
         let Some(model) = self.model.clone() else {
-            // Slept at level 2 while a `Keep` pause held these sequences: their caches are of
-            // weights that are gone.
+            // Resumed while asleep at level 2 with sequences a `Keep` pause held: there are no
+            // weights to run them on.
             let held = std::mem::take(&mut self.running);
             self.retire(
                 held.into_iter().map(|s| (s, FinishReason::Abort, None)),
