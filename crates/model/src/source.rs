@@ -1,7 +1,6 @@
 //! Where a model comes from: the built-in demo model, a local folder, or a Hugging Face hub id
 //! resolved through the standard cache (downloaded when online).
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::{ModelError, Result};
@@ -110,13 +109,38 @@ fn offline() -> bool {
     })
 }
 
+/// Where and as whom to download from the hub.
+struct Hub {
+    endpoint: String,
+    token: Option<String>,
+}
+
+impl Hub {
+    /// `HF_ENDPOINT`, and `HF_TOKEN` (or `HUGGING_FACE_HUB_TOKEN`, or the token file
+    /// `huggingface-cli login` writes under `HF_HOME`).
+    fn from_env() -> Self {
+        let token = ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]
+            .iter()
+            .filter_map(|k| std::env::var(k).ok())
+            .find(|t| !t.is_empty())
+            .or_else(|| hf_hub::Cache::from_env().token());
+        Hub {
+            endpoint: std::env::var("HF_ENDPOINT")
+                .unwrap_or_else(|_| "https://huggingface.co".to_string()),
+            token,
+        }
+    }
+}
+
 fn resolve_hub(repo: &str, revision: &str) -> Result<PathBuf> {
-    resolve_hub_in(&hf_hub_cache(), repo, revision, offline())
+    let hub = (!offline()).then(Hub::from_env);
+    resolve_hub_in(&hf_hub_cache(), repo, revision, hub.as_ref())
 }
 
 /// Looks `repo@revision` up in a hub cache laid out as huggingface_hub does
-/// (`models--org--name/refs/REV` -> `snapshots/SHA/`), downloading when missing and online.
-fn resolve_hub_in(cache: &Path, repo: &str, revision: &str, offline: bool) -> Result<PathBuf> {
+/// (`models--org--name/refs/REV` -> `snapshots/SHA/`), downloading into it when missing and a
+/// `hub` is given (none when offline).
+fn resolve_hub_in(cache: &Path, repo: &str, revision: &str, hub: Option<&Hub>) -> Result<PathBuf> {
     let repo_dir = cache.join(format!("models--{}", repo.replace('/', "--")));
     let commit = std::fs::read_to_string(repo_dir.join("refs").join(revision))
         .map(|s| s.trim().to_string())
@@ -125,7 +149,7 @@ fn resolve_hub_in(cache: &Path, repo: &str, revision: &str, offline: bool) -> Re
     if snapshot_complete(&snap) {
         return Ok(snap);
     }
-    if offline {
+    let Some(hub) = hub else {
         return Err(ModelError::Source {
             spec: repo.to_string(),
             message: format!(
@@ -133,141 +157,56 @@ fn resolve_hub_in(cache: &Path, repo: &str, revision: &str, offline: bool) -> Re
                 repo_dir.display()
             ),
         });
-    }
-    download(repo, revision, &repo_dir)
+    };
+    download(hub, cache, repo, revision)
 }
 
-fn endpoint() -> String {
-    std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".to_string())
-}
-
-fn client() -> Result<reqwest::blocking::Client> {
-    reqwest::blocking::Client::builder()
-        .user_agent(concat!("claas/", env!("CARGO_PKG_VERSION")))
-        .timeout(None)
-        .build()
-        .map_err(|e| ModelError::Source {
-            spec: "hub".into(),
-            message: e.to_string(),
-        })
-}
-
-fn authed(rb: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
-    match std::env::var("HF_TOKEN").or_else(|_| std::env::var("HUGGING_FACE_HUB_TOKEN")) {
-        Ok(t) if !t.is_empty() => rb.bearer_auth(t),
-        _ => rb,
-    }
-}
-
-/// Downloads the files a Qwen3 folder needs into `snapshots/{sha}/` and records `refs/{rev}`.
-fn download(repo: &str, revision: &str, repo_dir: &Path) -> Result<PathBuf> {
+/// Downloads the files a Qwen3 folder needs through `hf-hub`, which writes the cache exactly
+/// as huggingface_hub does (`blobs/`, `snapshots/SHA/` links, `refs/REV`) with a progress bar
+/// per file, and returns the snapshot folder.
+fn download(hub: &Hub, cache: &Path, repo: &str, revision: &str) -> Result<PathBuf> {
     let fail = |m: String| ModelError::Source {
         spec: repo.to_string(),
         message: m,
     };
-    let http = client()?;
-    let info_url = format!("{}/api/models/{repo}/revision/{revision}", endpoint());
-    let resp = authed(http.get(&info_url)).send().map_err(|e| {
+    let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache.to_path_buf()))
+        .with_endpoint(hub.endpoint.clone())
+        .with_token(hub.token.clone())
+        .with_user_agent("claas", env!("CARGO_PKG_VERSION"))
+        .with_progress(true)
+        .build()
+        .map_err(|e| fail(format!("cannot set up the hub client: {e}")))?;
+    let remote = api.repo(hf_hub::Repo::with_revision(
+        repo.to_string(),
+        hf_hub::RepoType::Model,
+        revision.to_string(),
+    ));
+    let info = remote.info().map_err(|e| {
         fail(format!(
-            "not in the Hugging Face cache ({}) and the hub is unreachable: {e}",
-            repo_dir.display()
+            "not in the Hugging Face cache ({}) and the hub did not list it: {e} \
+             (offline? gated model? set HF_TOKEN)",
+            cache.display()
         ))
     })?;
-    if !resp.status().is_success() {
-        return Err(fail(format!(
-            "hub answered {} for {info_url} (gated model? set HF_TOKEN)",
-            resp.status()
-        )));
+    // The config and tokenizer files at the top, and the weights; not docs, images or
+    // other formats' weights.
+    let files: Vec<&str> = info
+        .siblings
+        .iter()
+        .map(|s| s.rfilename.as_str())
+        .filter(|n| n.ends_with(".json") && !n.contains('/') || n.ends_with(".safetensors"))
+        .collect();
+    if !files.contains(&"config.json") {
+        return Err(fail("the hub lists no config.json".into()));
     }
-    let info: serde_json::Value = resp.json().map_err(|e| fail(e.to_string()))?;
-    let sha = info
-        .get("sha")
-        .and_then(|s| s.as_str())
-        .unwrap_or(revision)
-        .to_string();
-    let files: Vec<String> = info
-        .get("siblings")
-        .and_then(|s| s.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|f| f.get("rfilename").and_then(|n| n.as_str()))
-                .filter(|n| n.ends_with(".json") && !n.contains('/') || n.ends_with(".safetensors"))
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    if files.is_empty() {
-        return Err(fail("the hub lists no json/safetensors files".into()));
-    }
-    let snap = repo_dir.join("snapshots").join(&sha);
-    std::fs::create_dir_all(&snap).map_err(|e| ModelError::io(&snap, e))?;
-    for f in &files {
-        let dest = snap.join(f);
-        if dest.is_file() {
-            continue;
+    let mut snapshot = None;
+    for f in files {
+        let path = remote.get(f).map_err(|e| fail(format!("{f}: {e}")))?;
+        if f == "config.json" {
+            snapshot = path.parent().map(Path::to_path_buf);
         }
-        let url = format!("{}/{repo}/resolve/{sha}/{f}", endpoint());
-        fetch_file(&http, &url, &dest).map_err(|e| fail(format!("{f}: {e}")))?;
     }
-    let refs = repo_dir.join("refs");
-    std::fs::create_dir_all(&refs).map_err(|e| ModelError::io(&refs, e))?;
-    std::fs::write(refs.join(revision), &sha).map_err(|e| ModelError::io(&refs, e))?;
-    Ok(snap)
-}
-
-fn fetch_file(
-    http: &reqwest::blocking::Client,
-    url: &str,
-    dest: &Path,
-) -> std::result::Result<(), String> {
-    let mut resp = authed(http.get(url)).send().map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        return Err(format!("HTTP {}", resp.status()));
-    }
-    let total = resp.content_length();
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let dir = dest.parent().ok_or("no parent folder")?;
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    claas_fsatomic::write_file_with(dest, |tmp| {
-        let mut buf = vec![0u8; 1 << 20];
-        let mut done: u64 = 0;
-        let mut last_print = std::time::Instant::now();
-        loop {
-            let n = resp.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            tmp.write_all(&buf[..n])?;
-            done += n as u64;
-            if last_print.elapsed().as_millis() > 500 {
-                last_print = std::time::Instant::now();
-                progress(&name, done, total);
-            }
-        }
-        progress(&name, done, total);
-        eprintln!();
-        Ok(())
-    })
-    .map_err(|e| e.to_string())
-}
-
-fn progress(name: &str, done: u64, total: Option<u64>) {
-    let mb = |b: u64| b as f64 / 1_048_576.0;
-    match total {
-        Some(t) if t > 0 => {
-            let pct = done as f64 * 100.0 / t as f64;
-            let bar = "#".repeat((pct / 5.0) as usize);
-            eprint!(
-                "\r{name:<40} [{bar:<20}] {pct:5.1}% {:.1}/{:.1} MiB",
-                mb(done),
-                mb(t)
-            );
-        }
-        _ => eprint!("\r{name:<40} {:.1} MiB", mb(done)),
-    }
+    snapshot.ok_or_else(|| fail("config.json was stored outside a snapshot folder".into()))
 }
 
 #[cfg(test)]
@@ -315,17 +254,17 @@ mod tests {
         copy_fixture_model(&repo.join("snapshots").join("abc123"));
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::write(repo.join("refs").join("main"), "abc123\n").unwrap();
-        let dir = resolve_hub_in(cache.path(), "Qwen/Qwen3-Tiny", "main", true).unwrap();
+        let dir = resolve_hub_in(cache.path(), "Qwen/Qwen3-Tiny", "main", None).unwrap();
         assert_eq!(dir, repo.join("snapshots").join("abc123"));
         // A commit hash works as the revision too.
-        let dir = resolve_hub_in(cache.path(), "Qwen/Qwen3-Tiny", "abc123", true).unwrap();
+        let dir = resolve_hub_in(cache.path(), "Qwen/Qwen3-Tiny", "abc123", None).unwrap();
         assert!(dir.join("config.json").is_file());
     }
 
     #[test]
     fn offline_and_not_cached_is_a_clear_error() {
         let cache = tempfile::tempdir().unwrap();
-        let e = resolve_hub_in(cache.path(), "Qwen/Qwen3-0.6B", "main", true).unwrap_err();
+        let e = resolve_hub_in(cache.path(), "Qwen/Qwen3-0.6B", "main", None).unwrap_err();
         let msg = e.to_string();
         assert!(
             msg.contains("Qwen/Qwen3-0.6B") && msg.contains("HF_HUB_OFFLINE"),
@@ -335,6 +274,134 @@ mod tests {
         let snap = cache.path().join("models--Qwen--Qwen3-0.6B/snapshots/main");
         std::fs::create_dir_all(&snap).unwrap();
         std::fs::write(snap.join("config.json"), "{}").unwrap();
-        assert!(resolve_hub_in(cache.path(), "Qwen/Qwen3-0.6B", "main", true).is_err());
+        assert!(resolve_hub_in(cache.path(), "Qwen/Qwen3-0.6B", "main", None).is_err());
+    }
+
+    /// The two hub routes hf-hub 0.4 calls (repo listing; ranged file reads answering with the
+    /// etag and commit headers), serving `files` at commit `sha` plus a README that must not be
+    /// fetched. Records the Authorization header of every request.
+    fn fake_hub(
+        files: Vec<(String, Vec<u8>)>,
+        sha: &'static str,
+    ) -> (
+        tokio::runtime::Runtime,
+        String,
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) {
+        use axum::extract::{Path as UrlPath, State};
+        use axum::http::{header, HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        use std::sync::{Arc, Mutex};
+
+        type Shared = (Arc<Vec<(String, Vec<u8>)>>, Arc<Mutex<Vec<String>>>);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let shared: Shared = (Arc::new(files), seen.clone());
+        let note = |h: &HeaderMap, seen: &Mutex<Vec<String>>| {
+            let auth = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            seen.lock().unwrap().push(auth.unwrap_or("").to_string());
+        };
+        let listing = move |State((files, seen)): State<Shared>, h: HeaderMap| async move {
+            note(&h, &seen);
+            let mut siblings: Vec<_> = files
+                .iter()
+                .map(|(n, _)| serde_json::json!({ "rfilename": n }))
+                .collect();
+            siblings.push(serde_json::json!({ "rfilename": "README.md" }));
+            axum::Json(serde_json::json!({ "sha": sha, "siblings": siblings }))
+        };
+        let file = move |State((files, seen)): State<Shared>,
+                         UrlPath((_, _, _, name)): UrlPath<(String, String, String, String)>,
+                         h: HeaderMap| async move {
+            note(&h, &seen);
+            let Some(i) = files.iter().position(|(n, _)| *n == name) else {
+                return StatusCode::NOT_FOUND.into_response();
+            };
+            let body = &files[i].1;
+            let range = h.get(header::RANGE).and_then(|v| v.to_str().ok());
+            let (start, end) = match range.and_then(|r| r.strip_prefix("bytes=")) {
+                Some(r) => {
+                    let (a, b) = r.split_once('-').unwrap();
+                    let a: usize = a.parse().unwrap();
+                    let b = b.parse::<usize>().map_or(body.len(), |b| b + 1);
+                    (a, b.min(body.len()))
+                }
+                None => (0, body.len()),
+            };
+            (
+                StatusCode::PARTIAL_CONTENT,
+                [
+                    (
+                        header::CONTENT_RANGE,
+                        format!("bytes {start}-{}/{}", end.max(1) - 1, body.len()),
+                    ),
+                    (header::ETAG, format!("\"blob{i}\"")),
+                    (header::HeaderName::from_static("x-repo-commit"), sha.into()),
+                ],
+                body[start..end].to_vec(),
+            )
+                .into_response()
+        };
+        let router = axum::Router::new()
+            .route(
+                "/api/models/{org}/{name}/revision/{rev}",
+                axum::routing::get(listing),
+            )
+            .route(
+                "/{org}/{name}/resolve/{rev}/{*file}",
+                axum::routing::get(file),
+            )
+            .with_state(shared);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        rt.spawn(async move { axum::serve(listener, router).await.unwrap() });
+        (rt, url, seen)
+    }
+
+    #[test]
+    fn hub_downloads_go_through_hf_hub_into_the_standard_cache_layout() {
+        let fixture = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/fixtures/tiny-qwen3"
+        ));
+        let mut files = Vec::new();
+        for f in std::fs::read_dir(fixture).unwrap() {
+            let f = f.unwrap();
+            let name = f.file_name().to_string_lossy().to_string();
+            files.push((name, std::fs::read(f.path()).unwrap()));
+        }
+        const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+        let (_rt, url, seen) = fake_hub(files.clone(), SHA);
+        let hub = Hub {
+            endpoint: url,
+            token: Some("hf_test".into()),
+        };
+        let cache = tempfile::tempdir().unwrap();
+        let dir = resolve_hub_in(cache.path(), "Qwen/Qwen3-Tiny", "main", Some(&hub)).unwrap();
+
+        let repo = cache.path().join("models--Qwen--Qwen3-Tiny");
+        assert_eq!(dir, repo.join("snapshots").join(SHA));
+        let main = std::fs::read_to_string(repo.join("refs").join("main")).unwrap();
+        assert_eq!(main.trim(), SHA);
+        for (name, bytes) in &files {
+            assert_eq!(&std::fs::read(dir.join(name)).unwrap(), bytes, "{name}");
+            // Stored once under blobs/, linked from the snapshot, as huggingface_hub does.
+            assert!(
+                dir.join(name).symlink_metadata().unwrap().is_symlink(),
+                "{name}"
+            );
+        }
+        assert!(!dir.join("README.md").exists());
+        // Every request carried the token.
+        let seen = seen.lock().unwrap().clone();
+        assert!(!seen.is_empty());
+        assert!(seen.iter().all(|a| a == "Bearer hf_test"), "{seen:?}");
+        // Offline, the cache alone now resolves it.
+        assert_eq!(
+            resolve_hub_in(cache.path(), "Qwen/Qwen3-Tiny", "main", None).unwrap(),
+            dir
+        );
     }
 }
