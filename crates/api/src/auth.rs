@@ -57,7 +57,8 @@ fn presented(headers: &HeaderMap) -> Option<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
+        // Only the separator's leading space goes: a value with trailing spaces is another key.
+        .filter_map(|kv| kv.trim_start().split_once('='))
         .find(|(k, _)| *k == KEY_COOKIE)
         .map(|(_, v)| percent_decode(v))
 }
@@ -115,6 +116,21 @@ pub async fn require_key(State(st): State<ApiState>, req: Request, next: Next) -
     resp
 }
 
+/// Logs a warning when the API listens on `addr` beyond this machine (0.0.0.0, `::` or any
+/// non-loopback address) with no `CLAAS_API_KEY`: then anyone who reaches the port can train,
+/// roll back, delete and export adapters and read conversations. Returns whether it warned.
+/// The binary calls it right after binding.
+pub fn warn_if_open(addr: std::net::SocketAddr, config: &crate::ApiConfig) -> bool {
+    let open = !addr.ip().is_loopback() && config.api_key.is_none();
+    if open {
+        tracing::warn!(
+            %addr,
+            "the API listens beyond this machine without CLAAS_API_KEY: anyone who can reach it can train, delete and export adapters and read conversations; set CLAAS_API_KEY or bind 127.0.0.1"
+        );
+    }
+    open
+}
+
 /// The page a browser gets without the key: a form that stores it in the cookie and reloads.
 pub fn login_page() -> axum::response::Html<String> {
     axum::response::Html(format!(
@@ -146,6 +162,19 @@ mod tests {
     }
 
     #[test]
+    fn open_binds_without_a_key_are_flagged() {
+        let mut cfg = crate::ApiConfig::default();
+        let any: std::net::SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let any6: std::net::SocketAddr = "[::]:8080".parse().unwrap();
+        let lan: std::net::SocketAddr = "192.168.1.5:8080".parse().unwrap();
+        let local: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert!(warn_if_open(any, &cfg) && warn_if_open(any6, &cfg) && warn_if_open(lan, &cfg));
+        assert!(!warn_if_open(local, &cfg));
+        cfg.api_key = Some("k".into());
+        assert!(!warn_if_open(any, &cfg));
+    }
+
+    #[test]
     fn bearer_or_cookie() {
         let mut h = HeaderMap::new();
         assert_eq!(presented(&h), None);
@@ -162,5 +191,10 @@ mod tests {
         );
         assert_eq!(presented(&h).as_deref(), Some("a+b/=é"));
         assert_eq!(percent_decode("100%"), "100%");
+        // Trailing spaces are part of what was presented, so they never match the key.
+        h.insert(header::COOKIE, "claas_api_key=k2 ; a=b".parse().unwrap());
+        assert_eq!(presented(&h).as_deref(), Some("k2 "));
+        h.insert(header::AUTHORIZATION, "Bearer  k1".parse().unwrap());
+        assert_eq!(presented(&h).as_deref(), Some(" k1"));
     }
 }

@@ -47,13 +47,27 @@ pub enum BackendError {
     /// The server's answer did not have the expected shape.
     #[error("unexpected answer from {url}: {message}")]
     Protocol { url: String, message: String },
+    /// The server cannot sleep (vLLM or `claas serve` started without `--enable-sleep-mode`).
+    /// Sleep only frees accelerator memory, so callers train without it.
+    #[error("the inference server has no sleep mode (start it with --enable-sleep-mode): {0}")]
+    SleepUnsupported(String),
+}
+
+/// `BackendHealth::status`: the three values the reference's health contract knows. A
+/// sleeping server is `healthy` (with `sleeping: true`): it answers and wakes on request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Healthy,
+    Unhealthy,
+    NotConfigured,
 }
 
 /// State of the inference server as `/v1/health` reports it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BackendHealth {
     /// `healthy`, `unhealthy` or `not_configured`.
-    pub status: String,
+    pub status: HealthStatus,
     /// Which backend (`vllm`, `none`, `in-process`).
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,6 +121,11 @@ pub trait Backend: Send + Sync {
         name: &'a str,
         path: &'a Path,
     ) -> BoxFut<'a, Result<(), BackendError>>;
+    /// Stops serving the adapter `name` (a no-op when it is not loaded). The default does
+    /// nothing, for servers that load adapters by path on demand.
+    fn unload_adapter<'a>(&'a self, _name: &'a str) -> BoxFut<'a, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Sends `body` as JSON (`POST`; `None` = `GET`) to the server's `path` (e.g.
     /// `/v1/chat/completions`) with the server's credentials, for the API's OpenAI proxy.
     fn forward<'a>(
@@ -168,7 +187,7 @@ impl Backend for NoBackend {
     fn health(&self) -> BoxFut<'_, BackendHealth> {
         Box::pin(async {
             BackendHealth {
-                status: "not_configured".into(),
+                status: HealthStatus::NotConfigured,
                 kind: "none".into(),
                 url: None,
                 sleeping: None,
@@ -218,6 +237,21 @@ pub struct HttpBackend {
     api_key: Option<String>,
     client: reqwest::Client,
     poll_interval: Duration,
+    /// Set the first time `/sleep` shows the server has no sleep mode; from then on sleep is
+    /// skipped without asking again (shared by clones: it is a property of the server).
+    no_sleep_mode: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Whether a failed `POST /sleep` means the server has no sleep mode: vLLM registers the
+/// route only with sleep mode (404); `claas serve` answers 400 naming the flag.
+fn is_no_sleep_mode(e: &BackendError) -> bool {
+    match e {
+        BackendError::Status { status: 404, .. } => true,
+        BackendError::Status {
+            status: 400, body, ..
+        } => body.to_ascii_lowercase().contains("sleep mode"),
+        _ => false,
+    }
 }
 
 impl HttpBackend {
@@ -235,6 +269,7 @@ impl HttpBackend {
                 .build()
                 .unwrap_or_default(),
             poll_interval: Duration::from_millis(500),
+            no_sleep_mode: Default::default(),
         }
     }
 
@@ -492,7 +527,7 @@ impl Backend for HttpBackend {
         Box::pin(async move {
             let url = self.url("/health");
             let mut h = BackendHealth {
-                status: "healthy".into(),
+                status: HealthStatus::Healthy,
                 kind: "vllm".into(),
                 url: Some(self.base_url.clone()),
                 sleeping: None,
@@ -502,7 +537,7 @@ impl Backend for HttpBackend {
                 .send("GET", self.client.get(&url), &url, Duration::from_secs(5))
                 .await
             {
-                h.status = "unhealthy".into();
+                h.status = HealthStatus::Unhealthy;
                 h.error = Some(e.to_string());
                 return h;
             }
@@ -555,16 +590,30 @@ impl Backend for HttpBackend {
     }
 
     fn sleep(&self, level: u8) -> BoxFut<'_, Result<(), BackendError>> {
+        use std::sync::atomic::Ordering;
         Box::pin(async move {
             let url = self.url("/sleep");
-            self.send(
-                "POST",
-                self.client.post(&url).query(&[("level", level)]),
-                &url,
-                Duration::from_secs(120),
-            )
-            .await
-            .map(|_| ())
+            if self.no_sleep_mode.load(Ordering::SeqCst) {
+                return Err(BackendError::SleepUnsupported(url));
+            }
+            let res = self
+                .send(
+                    "POST",
+                    self.client.post(&url).query(&[("level", level)]),
+                    &url,
+                    Duration::from_secs(120),
+                )
+                .await;
+            match res {
+                Ok(_) => Ok(()),
+                Err(e) if is_no_sleep_mode(&e) => {
+                    if !self.no_sleep_mode.swap(true, Ordering::SeqCst) {
+                        tracing::warn!(url, error = %e, "the inference server has no sleep mode; training without putting it to sleep (it keeps its accelerator memory)");
+                    }
+                    Err(BackendError::SleepUnsupported(e.to_string()))
+                }
+                Err(e) => Err(e),
+            }
         })
     }
 
@@ -603,6 +652,22 @@ impl Backend for HttpBackend {
             )
             .await
             .map(|_| ())
+        })
+    }
+
+    fn unload_adapter<'a>(&'a self, name: &'a str) -> BoxFut<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            match self
+                .post_json("/v1/unload_lora_adapter", &json!({ "lora_name": name }))
+                .await
+            {
+                Ok(_) => Ok(()),
+                // Not loaded: vLLM answers 404 or 400.
+                Err(BackendError::Status { status, .. }) if status == 404 || status == 400 => {
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
         })
     }
 
@@ -656,6 +721,29 @@ impl Backend for HttpBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_status_speaks_the_documented_vocabulary() {
+        // The type leaves no room for anything else (the in-process backend once said
+        // `ok`/`sleeping`).
+        let all = [
+            HealthStatus::Healthy,
+            HealthStatus::Unhealthy,
+            HealthStatus::NotConfigured,
+        ];
+        let names: Vec<Value> = all
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                json!("healthy"),
+                json!("unhealthy"),
+                json!("not_configured")
+            ]
+        );
+    }
 
     #[test]
     fn adapter_names() {

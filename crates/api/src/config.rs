@@ -45,8 +45,13 @@ pub struct ApiConfig {
     /// `CLAAS_KEEP_VERSIONS`: versions kept per adapter (20; the current one always stays).
     pub keep_versions: usize,
     /// `CLAAS_API_KEY`: when set, routes that write or expose conversations need it (bearer
-    /// token, or the dashboard's `claas_api_key` cookie).
+    /// token, or the dashboard's `claas_api_key` cookie), compared exactly. A value with
+    /// surrounding whitespace is refused at start-up rather than trimmed: a key pasted with a
+    /// stray space would otherwise differ from what its clients send.
     pub api_key: Option<String>,
+    /// `CLAAS_MAX_BODY_BYTES`: largest request body (8 MiB); larger ones get a 413 before
+    /// they are read or parsed.
+    pub max_body_bytes: usize,
     /// `CLAAS_GUARDRAIL_MAX_KL`, `CLAAS_GUARDRAIL_MIN_ENTROPY`: bounds of the post-update
     /// check (unset = off); a request's `guardrail` overrides them.
     pub guardrail: crate::types::Guardrail,
@@ -84,6 +89,7 @@ impl Default for ApiConfig {
             completion_cache_ttl: Duration::from_secs(3600),
             keep_versions: 20,
             api_key: None,
+            max_body_bytes: crate::body::DEFAULT_MAX_BODY_BYTES,
             guardrail: crate::types::Guardrail::default(),
             eval_dir: PathBuf::from("./data/evals"),
         }
@@ -191,7 +197,20 @@ impl ApiConfig {
         if let Some(v) = nonempty("CLAAS_KEEP_VERSIONS") {
             c.keep_versions = count("CLAAS_KEEP_VERSIONS", &v, 1)?;
         }
-        c.api_key = nonempty("CLAAS_API_KEY");
+        c.api_key = match get("CLAAS_API_KEY") {
+            Some(v) if v.trim().is_empty() => None,
+            Some(v) if v.trim() != v => {
+                return Err(ConfigError {
+                    name: "CLAAS_API_KEY".into(),
+                    value: "<redacted>".into(),
+                    message: "the key has leading or trailing whitespace; remove it (keys are compared exactly)".into(),
+                })
+            }
+            other => other,
+        };
+        if let Some(v) = nonempty("CLAAS_MAX_BODY_BYTES") {
+            c.max_body_bytes = count("CLAAS_MAX_BODY_BYTES", &v, 1024)?;
+        }
         for (name, slot) in [
             ("CLAAS_GUARDRAIL_MAX_KL", &mut c.guardrail.max_kl_to_base),
             ("CLAAS_GUARDRAIL_MIN_ENTROPY", &mut c.guardrail.min_entropy),
@@ -274,8 +293,22 @@ mod tests {
         assert_eq!(c.keep_versions, 3);
         assert!(cfg(&[("CLAAS_KEEP_VERSIONS", "0")]).is_err());
         assert!(cfg(&[("CLAAS_COMPLETION_CACHE_SIZE", "-1")]).is_err());
-        let c = cfg(&[("CLAAS_API_KEY", " k1 "), ("CLAAS_EVAL_DIR", "/e")]).unwrap();
+        let c = cfg(&[("CLAAS_API_KEY", "k1"), ("CLAAS_EVAL_DIR", "/e")]).unwrap();
         assert_eq!(c.api_key.as_deref(), Some("k1"));
+        // Whitespace around a key is refused, not trimmed (and the key is not echoed).
+        for bad in [" k1 ", "k1 ", "\tk1"] {
+            let e = cfg(&[("CLAAS_API_KEY", bad)]).unwrap_err();
+            assert_eq!(e.name, "CLAAS_API_KEY");
+            assert!(!e.to_string().contains("k1"), "{e}");
+        }
+        assert_eq!(c.max_body_bytes, crate::body::DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(
+            cfg(&[("CLAAS_MAX_BODY_BYTES", "65536")])
+                .unwrap()
+                .max_body_bytes,
+            65536
+        );
+        assert!(cfg(&[("CLAAS_MAX_BODY_BYTES", "10")]).is_err());
         assert_eq!(c.eval_dir, PathBuf::from("/e"));
         assert_eq!(cfg(&[("CLAAS_API_KEY", "  ")]).unwrap().api_key, None);
         let c = cfg(&[("CLAAS_GUARDRAIL_MAX_KL", "0.5")]).unwrap();

@@ -46,9 +46,14 @@ pub enum ApiError {
     /// 422 with a pydantic-style list.
     #[error("request validation failed: {}", .0.iter().map(|i| format!("{}: {}", loc_string(&i.loc), i.msg)).collect::<Vec<_>>().join("; "))]
     Validation(Vec<ValidationIssue>),
-    /// 422 with a plain message (semantic problems found after parsing).
+    /// 422 for a problem found after parsing (e.g. a prompt longer than the model's context);
+    /// answered in the same list form as [`ApiError::Validation`], at `["body"]`, so every 422
+    /// has one shape.
     #[error("{0}")]
     Unprocessable(String),
+    /// 413: the body is over the route's limit (checked before it is read or parsed).
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// 400
     #[error("{0}")]
     BadRequest(String),
@@ -89,6 +94,7 @@ impl ApiError {
             ApiError::Validation(_) | ApiError::Unprocessable(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -108,6 +114,11 @@ impl ApiError {
     pub fn detail(&self) -> Value {
         match self {
             ApiError::Validation(issues) => json!(issues),
+            ApiError::Unprocessable(m) => json!([ValidationIssue::new(
+                vec![json!("body")],
+                "value_error",
+                m.clone()
+            )]),
             other => Value::String(other.to_string()),
         }
     }

@@ -14,12 +14,29 @@ use crate::types::{LoraInitRequest, DEFAULT_TARGET_MODULES};
 pub enum InitError {
     #[error("base model {spec:?}: {message}")]
     Config { spec: String, message: String },
+    /// The hub could not be reached or refused the download.
+    #[error("base model {spec:?}: {message}")]
+    Hub { spec: String, message: String },
     #[error("{0}")]
     Model(#[from] claas_model::ModelError),
 }
 
 fn cfg_err(spec: &str, message: impl Into<String>) -> InitError {
     InitError::Config {
+        spec: spec.to_string(),
+        message: message.into(),
+    }
+}
+
+impl InitError {
+    /// Whether another service (the model hub) failed rather than this server or the request.
+    pub fn is_upstream(&self) -> bool {
+        matches!(self, InitError::Hub { .. })
+    }
+}
+
+fn hub_err(spec: &str, message: impl Into<String>) -> InitError {
+    InitError::Hub {
         spec: spec.to_string(),
         message: message.into(),
     }
@@ -66,13 +83,13 @@ pub fn model_config_json(spec: &str) -> Result<Value, InitError> {
                 }
             }
             let resp = rb.send().map_err(|e| {
-                cfg_err(
+                hub_err(
                     spec,
                     format!("config.json is not cached and the hub is unreachable: {e}"),
                 )
             })?;
             if !resp.status().is_success() {
-                return Err(cfg_err(
+                return Err(hub_err(
                     spec,
                     format!(
                         "the hub answered {} for {url} (gated model? set HF_TOKEN)",
@@ -81,7 +98,7 @@ pub fn model_config_json(spec: &str) -> Result<Value, InitError> {
                 ));
             }
             resp.json::<Value>()
-                .map_err(|e| cfg_err(spec, format!("config.json from the hub: {e}")))
+                .map_err(|e| hub_err(spec, format!("config.json from the hub: {e}")))
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod body;
 pub mod config;
 pub mod dashboard;
 pub mod engine;
@@ -27,8 +28,8 @@ pub mod types;
 pub mod validate;
 
 pub use backend::{
-    normalize_adapter_name, Backend, BackendError, BackendHealth, BoxFut, HttpBackend, NoBackend,
-    TopkScores, Upstream,
+    normalize_adapter_name, Backend, BackendError, BackendHealth, BoxFut, HealthStatus,
+    HttpBackend, NoBackend, TopkScores, Upstream,
 };
 pub use config::{ApiConfig, ConfigError};
 pub use engine::{

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use claas_sdpo::{ExternalTeacher, TeacherMode};
-use claas_store::{LoraStore, ResolvedAdapter, StoreError, VersionInfo};
+use claas_store::{LoraStore, ResolvedAdapter, StoreError, VersionInfo, LATEST_SUFFIX};
 use serde_json::{json, Value};
 
 use crate::backend::normalize_adapter_name;
@@ -163,10 +163,16 @@ async fn remote_teachers(
     Ok(Some(scores))
 }
 
-fn no_engine() -> ApiError {
-    ApiError::Unavailable(
-        "the SDPO trainer is not loaded (base model still loading or not configured)".into(),
-    )
+/// 503: no trainer, naming why when its base model failed to load.
+pub fn no_engine(state: &ApiState) -> ApiError {
+    match state.engine_error() {
+        Some(cause) => ApiError::Unavailable(format!(
+            "the SDPO trainer is not available: loading the base model failed: {cause}"
+        )),
+        None => ApiError::Unavailable(
+            "the SDPO trainer is not loaded (base model still loading or not configured)".into(),
+        ),
+    }
 }
 
 struct Progress {
@@ -260,6 +266,14 @@ pub async fn feedback(
     p.timing.total = ms(started);
 
     let error = result.as_ref().err();
+    // A refused or failed request is logged with a bounded excerpt of what it sent.
+    let (request_log, samples_log) = match error {
+        None => (req.log_value(), json!(p.samples)),
+        Some(_) => (
+            crate::feedback_log::excerpt(&req.log_value()),
+            crate::feedback_log::excerpt(&json!(p.samples)),
+        ),
+    };
     let record = json!({
         "request_id": request_id,
         "timestamp_utc": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
@@ -270,14 +284,14 @@ pub async fn feedback(
         "teacher_mode": req.training().teacher_mode,
         "teacher_prompt": req.training().teacher_prompt,
         "completion_records": p.records,
-        "batch_samples": p.samples,
+        "batch_samples": samples_log,
         "adapter_version": p.version.as_ref().map(|v| v.version),
         "previous_version": p.version.as_ref().and_then(|v| v.parent),
         "version_name": p.version.as_ref().map(|v| v.name.clone()),
         "current_version": current_version(&p),
         "guardrail": p.guardrail,
         "batch_size": req.items.len(),
-        "request": req.log_value(),
+        "request": request_log,
         "vllm": p.vllm,
         "timing_ms": p.timing,
         "distill_result": p.distill_result,
@@ -345,7 +359,7 @@ async fn feedback_inner(
     p.resolved = Some(resolved.clone());
 
     // Refuse before touching the inference server when training is impossible.
-    let engine = state.engine().ok_or_else(no_engine)?;
+    let engine = state.engine().ok_or_else(|| no_engine(state))?;
     if req.training().teacher_mode == TeacherMode::Remote && state.teacher().is_none() {
         return Err(no_teacher());
     }
@@ -411,10 +425,17 @@ async fn feedback_inner(
     if orch.sleep_before && backend.needs_sleep() {
         p.phase = "sleep";
         let t = Instant::now();
-        backend.sleep(orch.sleep_level).await.map_err(|e| {
-            ApiError::Internal(format!("Feedback update failed in phase 'sleep': {e}"))
-        })?;
-        p.vllm.slept = true;
+        match backend.sleep(orch.sleep_level).await {
+            Ok(()) => p.vllm.slept = true,
+            // Sleep only frees accelerator memory: train with the server awake (the backend
+            // warned once when it found out).
+            Err(crate::backend::BackendError::SleepUnsupported(_)) => {}
+            Err(e) => {
+                return Err(ApiError::Internal(format!(
+                    "Feedback update failed in phase 'sleep': {e}"
+                )))
+            }
+        }
         p.timing.sleep = ms(t);
     }
 
@@ -626,7 +647,7 @@ async fn distill_inner(
     let requested = req.lora_id().to_string();
     let resolved = resolve(state.store(), &requested).await?;
     let (_guard, resolved) = lock_resolved(state, resolved, &requested).await?;
-    let engine = state.engine().ok_or_else(no_engine)?;
+    let engine = state.engine().ok_or_else(|| no_engine(state))?;
     let optimizer_dir = state
         .store()
         .optimizer_dir(&resolved.id)
@@ -652,13 +673,29 @@ async fn distill_inner(
     let (metrics, timings) = (output.metadata.clone(), output.timings.clone());
     let store = state.store().clone();
     let base = requested.clone();
-    let saved = tokio::task::spawn_blocking(move || {
+    let keep = state.config().keep_versions;
+    let (saved, previous, pruned) = tokio::task::spawn_blocking(move || {
+        let base_id = base.strip_suffix(LATEST_SUFFIX).unwrap_or(&base).to_string();
+        let latest = format!("{base_id}{LATEST_SUFFIX}");
+        let previous = store.aliases()?.get(&latest).cloned();
         let artifacts = output.artifacts;
         let saved = store.save_versioned(&base, None, true, |dir| artifacts.save_adapter(dir))?;
         store.save_state(&saved.id, OPTIMIZER_STATE, |dir| {
             artifacts.save_optimizer(dir)
         })?;
-        Ok::<_, StoreError>(saved)
+        // Each call makes a new adapter; like feedback versions, only the newest
+        // CLAAS_KEEP_VERSIONS stay on disk (and any an alias still names).
+        let pruned = match store.prune_stamped_saves(&base_id, keep) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(base = base_id, error = %e, "pruning old distill results failed; retried at the next call");
+                Vec::new()
+            }
+        };
+        // The version `-latest` named before, if it was an earlier distill result.
+        let stamped = store.stamped_saves(&base_id)?;
+        let previous = previous.filter(|p| *p != saved.id && stamped.contains(p));
+        Ok::<_, StoreError>((saved, previous, pruned))
     })
     .await
     .map_err(|e| ApiError::Internal(format!("Distillation failed: {e}")))?
@@ -678,6 +715,15 @@ async fn distill_inner(
                 if let Err(e) = state.backend().reload_adapter(&name, &dir).await {
                     tracing::warn!(name, error = %e, "failed to load the new version into the inference server");
                 }
+            }
+        }
+        // Served memory stays bounded: the result `-latest` left and every pruned one stop
+        // being served under their own names (a request already running keeps the weights it
+        // started with; a later one naming them is resolved from disk again, if still there).
+        for old in previous.iter().chain(&pruned) {
+            let name = normalize_adapter_name(old);
+            if let Err(e) = state.backend().unload_adapter(&name).await {
+                tracing::warn!(name, error = %e, "failed to unload an older distill result");
             }
         }
     }

@@ -196,16 +196,13 @@ pub struct HttpValidationError {
     pub detail: Vec<crate::error::ValidationIssue>,
 }
 
-/// A 422 of a route that can also reject a parsed request with a plain message (e.g. a
-/// prompt longer than the model's context).
+/// A 422 of a route that can also reject a parsed request (e.g. a prompt longer than the
+/// model's context): the same list form as every other 422, one issue at `["body"]`.
 pub struct Unprocessable;
 
 impl PartialSchema for Unprocessable {
     fn schema() -> RefOr<Schema> {
-        OneOfBuilder::new()
-            .item(Ref::from_schema_name("HTTPValidationError"))
-            .item(Ref::from_schema_name("HTTPError"))
-            .into()
+        Ref::from_schema_name("HTTPValidationError").into()
     }
 }
 
@@ -213,7 +210,6 @@ impl ToSchema for Unprocessable {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
         schemas.push(("HTTPValidationError".into(), HttpValidationError::schema()));
         HttpValidationError::schemas(schemas);
-        schemas.push(("HTTPError".into(), HttpError::schema()));
     }
 }
 
@@ -319,8 +315,11 @@ pub struct ScoreResponse {
     pub lora_id: Option<String>,
     pub resolved_lora_id: Option<String>,
     pub logprobs: Vec<f32>,
-    /// Empty when the inference server scored.
+    /// The scored response tokens, decoded one by one (one per log-probability); empty when
+    /// the inference server scored.
     pub tokens: Vec<String>,
+    /// Their ids; null when the inference server scored.
+    pub token_ids: Option<Vec<u32>>,
     pub prompt_tokens: Option<usize>,
     pub completion_tokens: usize,
     pub logprob_sum: f64,

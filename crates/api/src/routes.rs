@@ -2,8 +2,7 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,6 +11,7 @@ use claas_store::{validate_id, StoreError, LATEST_SUFFIX};
 use serde_json::{json, Value};
 
 use crate::backend::normalize_adapter_name;
+use crate::body::LimitedBody;
 use crate::engine::EngineError;
 use crate::error::ApiError;
 use crate::init::{build_adapter, model_config_json};
@@ -81,7 +81,6 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             crate::auth::require_key,
         ))
-        .layer(DefaultBodyLimit::max(64 << 20))
         .with_state(state)
 }
 
@@ -117,9 +116,15 @@ async fn health(State(st): State<ApiState>) -> Json<Value> {
     let engine = st.engine();
     let worker = match &engine {
         Some(e) => json!({"status": "healthy", "error": null, "model": e.base_model_id()}),
-        None => json!({"status": "unavailable", "error": "SDPO trainer not loaded"}),
+        None => match st.engine_error() {
+            Some(cause) => {
+                json!({"status": "unhealthy", "error": format!("loading the base model failed: {cause}")})
+            }
+            None => json!({"status": "unavailable", "error": "SDPO trainer not loaded"}),
+        },
     };
-    let status = if engine.is_some() && inference.status != "unhealthy" {
+    let status = if engine.is_some() && inference.status != crate::backend::HealthStatus::Unhealthy
+    {
         "healthy"
     } else {
         "degraded"
@@ -160,6 +165,38 @@ async fn metrics(State(st): State<ApiState>) -> Response {
         .into_response()
 }
 
+/// Why `/v1/lora/init` failed, each with its own status.
+#[derive(Debug, thiserror::Error)]
+enum InitFailure {
+    #[error("LoRA '{0}' already exists; send \"overwrite\": true to replace it (the old one is kept as a version)")]
+    Exists(String),
+    #[error(transparent)]
+    Config(#[from] crate::init::InitError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl InitFailure {
+    fn into_api(self) -> ApiError {
+        match self {
+            InitFailure::Exists(_) | InitFailure::Store(StoreError::AlreadyExists(_)) => {
+                ApiError::Conflict(self.to_string())
+            }
+            e @ InitFailure::Store(StoreError::InvalidId { .. }) => ApiError::invalid(
+                vec![json!("body"), json!("lora_id")],
+                "value_error",
+                format!("Value error, {e}"),
+            ),
+            // The base model's config could not be fetched: the hub (or the network) failed,
+            // not this server.
+            InitFailure::Config(e) if e.is_upstream() => {
+                ApiError::BadGateway(format!("LoRA initialization failed: {e}"))
+            }
+            other => ApiError::Internal(format!("LoRA initialization failed: {other}")),
+        }
+    }
+}
+
 fn blocking_failed(what: &str, e: tokio::task::JoinError) -> ApiError {
     ApiError::Internal(format!("{what}: {e}"))
 }
@@ -172,14 +209,17 @@ fn blocking_failed(what: &str, e: tokio::task::JoinError) -> ApiError {
         (status = 200, description = "Successful Response", body = crate::openapi::LoraInitResponse),
         (status = 401, description = "Invalid or missing API key", body = crate::openapi::HttpError),
         (status = 403, description = "base_model not allowed", body = crate::openapi::HttpError),
-        (status = 409, description = "Adapter busy (lock timeout)", body = crate::openapi::HttpError),
-        (status = 413, description = "Body over 64 MiB (plain-text answer)", body = String,
-            content_type = "text/plain"),
+        (status = 409, description = "The adapter exists (send overwrite: true), or it is busy (lock timeout)", body = crate::openapi::HttpError),
+        (status = 413, description = "Body over the size limit (CLAAS_MAX_BODY_BYTES, 8 MiB)", body = crate::openapi::HttpError),
         (status = 422, description = "Validation Error (nothing was written)",
             body = crate::openapi::HttpValidationError),
         (status = 500, description = "Initialization failed", body = crate::openapi::HttpError),
+        (status = 502, description = "The base model's config.json could not be fetched from the hub", body = crate::openapi::HttpError),
     ))]
-async fn init_lora(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn init_lora(
+    State(st): State<ApiState>,
+    LimitedBody(body): LimitedBody,
+) -> Result<Json<Value>, ApiError> {
     let req = parse_init(&parse_json(&body)?)?;
     let allowed = &st.config().allowed_init_base_models;
     if !allowed.contains(&req.base_model) {
@@ -221,31 +261,30 @@ async fn init_lora(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value
         .filter(|e| e.base_model_id() == req.base_model)
         .and_then(|e| e.base_model_config());
     let store = st.store().clone();
-    let fail = |m: String| ApiError::Internal(format!("LoRA initialization failed: {m}"));
     let (new_id2, base2) = (new_id.clone(), base.to_string());
     let saved = tokio::task::spawn_blocking(move || {
+        // Checked before the (possibly downloading) config fetch, and again by the store.
+        if !req.overwrite && store.exists(&new_id2)? {
+            return Err(InitFailure::Exists(new_id2));
+        }
         let config = match engine_cfg {
             Some(c) => c,
-            None => model_config_json(&req.base_model).map_err(|e| e.to_string())?,
+            None => model_config_json(&req.base_model)?,
         };
         let seed = uuid::Uuid::new_v4().as_u64_pair().0;
-        let adapter = build_adapter(&req, &config, seed).map_err(|e| e.to_string())?;
+        let adapter = build_adapter(&req, &config, seed)?;
         let meta = json!({"kind": "init", "lora_r": req.lora_r, "lora_alpha": req.lora_alpha});
-        // Re-initialising keeps the old adapter as a version; the new one starts with a fresh
-        // optimizer (no optimizer state in its version).
-        let info = store
-            .create_versioned(&new_id2, meta, true, |dir| adapter.save(dir))
-            .map_err(|e| e.to_string())?;
+        // An overwrite keeps the old adapter as a version (rollback brings it back); the new
+        // one starts with a fresh optimizer (no optimizer state in its version).
+        let info =
+            store.create_versioned(&new_id2, meta, req.overwrite, |dir| adapter.save(dir))?;
         let alias = format!("{base2}{LATEST_SUFFIX}");
-        store
-            .set_alias(&alias, &info.id)
-            .map_err(|e| e.to_string())?;
-        let saved = (info.id, Some(alias));
-        Ok::<_, String>(saved)
+        store.set_alias(&alias, &info.id)?;
+        Ok((info.id, Some(alias)))
     })
     .await
     .map_err(|e| blocking_failed("LoRA initialization failed", e))?
-    .map_err(fail)?;
+    .map_err(InitFailure::into_api)?;
     st.metrics().init_done();
 
     if st.backend().serves_adapters() {
@@ -369,8 +408,7 @@ async fn export_lora(
         (status = 401, description = "Invalid or missing API key", body = crate::openapi::HttpError),
         (status = 404, description = "Unknown adapter", body = crate::openapi::HttpError),
         (status = 409, description = "Lock timeout", body = crate::openapi::HttpError),
-        (status = 413, description = "Body over 64 MiB (plain-text answer)", body = String,
-            content_type = "text/plain"),
+        (status = 413, description = "Body over the size limit (CLAAS_MAX_BODY_BYTES, 8 MiB)", body = crate::openapi::HttpError),
         (status = 422, description = "Validation Error (nothing was written), or an input the trainer cannot take",
             body = crate::openapi::Unprocessable),
         (status = 500, description = "A phase failed", body = crate::openapi::HttpError),
@@ -378,7 +416,10 @@ async fn export_lora(
         (status = 503, description = "Inference server not idle / trainer not loaded",
             body = crate::openapi::HttpError),
     ))]
-async fn feedback(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn feedback(
+    State(st): State<ApiState>,
+    LimitedBody(body): LimitedBody,
+) -> Result<Json<Value>, ApiError> {
     let req = parse_feedback(&parse_json(&body)?)?;
     let resp = lifecycle::feedback(&st, req).await?;
     Ok(Json(
@@ -397,14 +438,16 @@ async fn feedback(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>
         (status = 401, description = "Invalid or missing API key", body = crate::openapi::HttpError),
         (status = 404, description = "Unknown adapter", body = crate::openapi::HttpError),
         (status = 409, description = "Adapter busy", body = crate::openapi::HttpError),
-        (status = 413, description = "Body over 64 MiB (plain-text answer)", body = String,
-            content_type = "text/plain"),
+        (status = 413, description = "Body over the size limit (CLAAS_MAX_BODY_BYTES, 8 MiB)", body = crate::openapi::HttpError),
         (status = 422, description = "Validation Error (nothing was written), or an input the trainer cannot take",
             body = crate::openapi::Unprocessable),
         (status = 500, description = "Training failed", body = crate::openapi::HttpError),
         (status = 503, description = "Trainer not loaded", body = crate::openapi::HttpError),
     ))]
-async fn distill(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn distill(
+    State(st): State<ApiState>,
+    LimitedBody(body): LimitedBody,
+) -> Result<Json<Value>, ApiError> {
     let req = parse_feedback(&parse_json(&body)?)?;
     let resp = lifecycle::distill(&st, req).await?;
     Ok(Json(
@@ -492,12 +535,14 @@ async fn lora_versions(
         (status = 401, description = "Invalid or missing API key", body = crate::openapi::HttpError),
         (status = 404, description = "Unknown adapter or version", body = crate::openapi::HttpError),
         (status = 409, description = "Adapter busy", body = crate::openapi::HttpError),
-        (status = 413, description = "Body over 64 MiB (plain-text answer)", body = String,
-            content_type = "text/plain"),
+        (status = 413, description = "Body over the size limit (CLAAS_MAX_BODY_BYTES, 8 MiB)", body = crate::openapi::HttpError),
         (status = 422, description = "Validation Error", body = crate::openapi::HttpValidationError),
         (status = 500, description = "Rollback failed", body = crate::openapi::HttpError),
     ))]
-async fn rollback(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn rollback(
+    State(st): State<ApiState>,
+    LimitedBody(body): LimitedBody,
+) -> Result<Json<Value>, ApiError> {
     let req = parse_rollback(&parse_json(&body)?)?;
     Ok(Json(
         lifecycle::rollback(&st, &req.lora_id, req.version).await?,
@@ -512,14 +557,16 @@ async fn rollback(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>
         (status = 200, description = "The inference server's answer (JSON, or an SSE stream with stream: true)",
             content((Object = "application/json"), (String = "text/event-stream"))),
         (status = 401, description = "Invalid or missing API key", body = crate::openapi::HttpError),
-        (status = 413, description = "Body over 64 MiB (plain-text answer)", body = String,
-            content_type = "text/plain"),
+        (status = 413, description = "Body over the size limit (CLAAS_MAX_BODY_BYTES, 8 MiB)", body = crate::openapi::HttpError),
         (status = 422, description = "Body is not a JSON object", body = crate::openapi::HttpValidationError),
         (status = 502, description = "Inference server failed", body = crate::openapi::HttpError),
         (status = 503, description = "No inference server configured", body = crate::openapi::HttpError),
         (status = "default", description = "Any other status: the inference server's own answer, passed through"),
     ))]
-async fn chat_completions(State(st): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+async fn chat_completions(
+    State(st): State<ApiState>,
+    LimitedBody(body): LimitedBody,
+) -> Result<Response, ApiError> {
     proxy::complete(st, Endpoint::Chat, body).await
 }
 
@@ -531,14 +578,16 @@ async fn chat_completions(State(st): State<ApiState>, body: Bytes) -> Result<Res
         (status = 200, description = "The inference server's answer (JSON, or an SSE stream with stream: true)",
             content((Object = "application/json"), (String = "text/event-stream"))),
         (status = 401, description = "Invalid or missing API key", body = crate::openapi::HttpError),
-        (status = 413, description = "Body over 64 MiB (plain-text answer)", body = String,
-            content_type = "text/plain"),
+        (status = 413, description = "Body over the size limit (CLAAS_MAX_BODY_BYTES, 8 MiB)", body = crate::openapi::HttpError),
         (status = 422, description = "Body is not a JSON object", body = crate::openapi::HttpValidationError),
         (status = 502, description = "Inference server failed", body = crate::openapi::HttpError),
         (status = 503, description = "No inference server configured", body = crate::openapi::HttpError),
         (status = "default", description = "Any other status: the inference server's own answer, passed through"),
     ))]
-async fn completions(State(st): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+async fn completions(
+    State(st): State<ApiState>,
+    LimitedBody(body): LimitedBody,
+) -> Result<Response, ApiError> {
     proxy::complete(st, Endpoint::Completions, body).await
 }
 
@@ -561,15 +610,17 @@ async fn models(State(st): State<ApiState>) -> Result<Response, ApiError> {
         (status = 404, description = "Unknown adapter or model", body = crate::openapi::HttpError),
         (status = 409, description = "Lock timeout (an update of the adapter is running)",
             body = crate::openapi::HttpError),
-        (status = 413, description = "Body over 64 MiB (plain-text answer)", body = String,
-            content_type = "text/plain"),
+        (status = 413, description = "Body over the size limit (CLAAS_MAX_BODY_BYTES, 8 MiB)", body = crate::openapi::HttpError),
         (status = 422, description = "Validation Error, or an input the scorer cannot take",
             body = crate::openapi::Unprocessable),
         (status = 500, description = "Scoring failed", body = crate::openapi::HttpError),
         (status = 502, description = "Inference server failed", body = crate::openapi::HttpError),
         (status = 503, description = "No scorer available", body = crate::openapi::HttpError),
     ))]
-async fn score(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn score(
+    State(st): State<ApiState>,
+    LimitedBody(body): LimitedBody,
+) -> Result<Json<Value>, ApiError> {
     match parse_score(&parse_json(&body)?)? {
         ScoreInput::Text(req) => score_text(st, req).await,
         ScoreInput::Chat(req) => score_chat(st, req).await,
@@ -602,10 +653,11 @@ async fn score_chat(
     st: ApiState,
     req: crate::types::ChatScoreRequest,
 ) -> Result<Json<Value>, ApiError> {
-    let engine = st.engine().ok_or_else(|| {
-        ApiError::Unavailable(
+    let engine = st.engine().ok_or_else(|| match st.engine_error() {
+        Some(_) => lifecycle::no_engine(&st),
+        None => ApiError::Unavailable(
             "scoring chat messages needs the SDPO trainer, which is not loaded".into(),
-        )
+        ),
     })?;
     let target = lifecycle::resolve_model(&st, &req.model).await?;
     let _guard = match &target {
@@ -645,7 +697,7 @@ async fn score_text(
         Some(r) => Some(score_guard(&st, &r.id).await?),
         None => None,
     };
-    let (logprobs, tokens, prompt_tokens, source) = if let Some(engine) = st.engine() {
+    let (logprobs, tokens, token_ids, prompt_tokens, source) = if let Some(engine) = st.engine() {
         let dir = resolved.as_ref().map(|r| r.dir.clone());
         let (prompt, response) = (req.prompt.clone(), req.response.clone());
         let out =
@@ -653,7 +705,13 @@ async fn score_text(
                 .await
                 .map_err(|e| blocking_failed("Scoring failed", e))?
                 .map_err(scoring_failed)?;
-        (out.logprobs, out.tokens, Some(out.prompt_tokens), "trainer")
+        (
+            out.logprobs,
+            out.tokens,
+            Some(out.token_ids),
+            Some(out.prompt_tokens),
+            "trainer",
+        )
     } else if st.backend().serves_adapters() {
         let name = match &req.lora_id {
             Some(id) => normalize_adapter_name(id),
@@ -664,7 +722,7 @@ async fn score_text(
             .rollout_logprobs(&req.prompt, &req.response, &name)
             .await
             .map_err(|e| ApiError::BadGateway(format!("Scoring failed: {e}")))?;
-        (lp, Vec::new(), None, "inference_server")
+        (lp, Vec::new(), None, None, "inference_server")
     } else {
         return Err(ApiError::Unavailable(
             "scoring needs the SDPO trainer or an inference server; neither is available".into(),
@@ -676,6 +734,7 @@ async fn score_text(
         "resolved_lora_id": resolved.map(|r| r.id),
         "logprobs": logprobs,
         "tokens": tokens,
+        "token_ids": token_ids,
         "prompt_tokens": prompt_tokens,
         "completion_tokens": logprobs.len(),
         "logprob_sum": sum,

@@ -146,20 +146,24 @@ impl TrainingEngine for SdpoEngine {
         response: &str,
     ) -> Result<ScoreOutput, EngineError> {
         let adapter = adapter_dir.map(|d| self.load_adapter(d)).transpose()?;
+        // Tokenised as the trainer's `score` does (prompt with special tokens, response
+        // without), so the decoded pieces line up one to one with the log-probabilities.
+        let bad = |e: claas_chat::ChatError| EngineError::BadInput(e.to_string());
+        let prompt_ids = self.tokenizer.encode(prompt, true).map_err(bad)?;
+        let token_ids = self.tokenizer.encode(response, false).map_err(bad)?;
         let logprobs = self
             .trainer
-            .score(adapter.as_ref(), prompt, response)
+            .score_ids(adapter.as_ref(), &prompt_ids, &token_ids)
             .map_err(map_err)?;
-        let prompt_tokens = self
-            .tokenizer
-            .encode(prompt, true)
-            .map(|v| v.len())
-            .unwrap_or(0);
+        let tokens = token_ids
+            .iter()
+            .map(|&t| self.tokenizer.decode(&[t], false).map_err(bad))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ScoreOutput {
             logprobs,
-            tokens: Vec::new(),
-            token_ids: Vec::new(),
-            prompt_tokens,
+            tokens,
+            token_ids,
+            prompt_tokens: prompt_ids.len(),
         })
     }
 

@@ -17,6 +17,8 @@ struct Inner {
     store: LoraStore,
     backend: Arc<dyn Backend>,
     engine: RwLock<Option<Arc<dyn TrainingEngine>>>,
+    /// Why the trainer could not be loaded, if it could not.
+    engine_error: RwLock<Option<String>>,
     locks: AdapterLocks,
     metrics: Metrics,
     teacher: Option<RemoteTeacher>,
@@ -55,6 +57,7 @@ impl ApiState {
                 store,
                 backend,
                 engine: RwLock::new(engine),
+                engine_error: RwLock::new(None),
                 locks: AdapterLocks::new(),
                 metrics: Metrics::new(),
             }),
@@ -76,6 +79,26 @@ impl ApiState {
     pub fn set_engine(&self, engine: Arc<dyn TrainingEngine>) {
         let mut g = self.inner.engine.write().unwrap_or_else(|p| p.into_inner());
         *g = Some(engine);
+    }
+
+    /// Records why the trainer could not be loaded (e.g. the base model's download failed),
+    /// so requests that need it answer 503 naming the cause instead of "still loading".
+    pub fn set_engine_error(&self, error: impl Into<String>) {
+        let mut g = self
+            .inner
+            .engine_error
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        *g = Some(error.into());
+    }
+
+    /// Why the trainer could not be loaded, if [`ApiState::set_engine_error`] said.
+    pub fn engine_error(&self) -> Option<String> {
+        self.inner
+            .engine_error
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The trainer, if loaded.

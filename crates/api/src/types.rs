@@ -387,13 +387,26 @@ fn parse_item(c: &mut Checker, m: &Map<String, Value>, loc: &Loc) -> FeedbackIte
             None
         }
     };
+    let rollout_logprobs = c.opt_f32_list(m, "rollout_logprobs", loc);
+    // A log-probability is at most 0; a positive one would make the importance ratio lie.
+    for (i, x) in rollout_logprobs.iter().flatten().enumerate() {
+        if *x > 0.0 {
+            c.push_ctx(
+                at(&at(loc, "rollout_logprobs"), i),
+                "less_than_equal",
+                "Input should be less than or equal to 0".into(),
+                &json!(x),
+                json!({"le": 0.0}),
+            );
+        }
+    }
     FeedbackItem {
         completion_id,
         sample: claas_sdpo::FeedbackItem {
             prompt: c.req_str(m, "prompt", loc, 1).unwrap_or_default(),
             response: c.req_str(m, "response", loc, 1).unwrap_or_default(),
             feedback: c.req_str(m, "feedback", loc, 1).unwrap_or_default(),
-            rollout_logprobs: c.opt_f32_list(m, "rollout_logprobs", loc),
+            rollout_logprobs,
             messages,
             ..claas_sdpo::FeedbackItem::default()
         },
@@ -476,6 +489,10 @@ pub struct LoraInitRequest {
     /// only ones accepted.
     #[schema(min_items = 1)]
     pub target_modules: Option<Vec<String>>,
+    /// Replace an existing `{lora_id}-init` (its files are kept as a version, so
+    /// `/v1/lora/rollback` can bring them back). Without it an existing adapter is a 409.
+    #[schema(default = false, required = false)]
+    pub overwrite: bool,
 }
 
 /// Parses a `/v1/lora/init` body (422 on any problem, including unknown target modules).
@@ -495,6 +512,7 @@ pub fn parse_init(body: &Value) -> Result<LoraInitRequest, ApiError> {
         .int_in(m, "lora_alpha", &loc, 64, Some(8), Some(256))
         .clamp(8, 256) as u32;
     let target_modules = c.opt_str_list(m, "target_modules", &loc);
+    let overwrite = c.bool_or(m, "overwrite", &loc, false);
     if let Some(t) = &target_modules {
         let unsupported: Vec<&str> = t
             .iter()
@@ -530,6 +548,7 @@ pub fn parse_init(body: &Value) -> Result<LoraInitRequest, ApiError> {
         lora_r,
         lora_alpha,
         target_modules,
+        overwrite,
     })
 }
 

@@ -78,7 +78,8 @@ impl Checker {
         self.issues.push(i);
     }
 
-    fn push_ctx(&mut self, loc: Loc, kind: &str, msg: String, input: &Value, ctx: Value) {
+    /// Records an issue with its input and constraint values.
+    pub fn push_ctx(&mut self, loc: Loc, kind: &str, msg: String, input: &Value, ctx: Value) {
         let mut i = ValidationIssue::new(loc, kind, msg);
         i.input = Some(input.clone());
         i.ctx = Some(ctx);
@@ -163,6 +164,21 @@ impl Checker {
                     v,
                     json!({ "min_length": min_len }),
                 );
+                None
+            }
+            // Bounded before anything tokenizes it; the input is not echoed back.
+            Some(s)
+                if s.len() > crate::body::MAX_TEXT_CHARS
+                    && s.chars().count() > crate::body::MAX_TEXT_CHARS =>
+            {
+                let max = crate::body::MAX_TEXT_CHARS;
+                let mut i = ValidationIssue::new(
+                    l,
+                    "string_too_long",
+                    format!("String should have at most {max} characters"),
+                );
+                i.ctx = Some(json!({ "max_length": max }));
+                self.issues.push(i);
                 None
             }
             Some(s) => Some(s.to_string()),

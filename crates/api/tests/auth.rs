@@ -134,3 +134,44 @@ async fn init_adapter_with_key(api: &Api, id: &str) {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// The key is compared exactly: trailing (or leading) spaces, as a bearer token or in the
+/// dashboard's cookie, make another key.
+#[tokio::test]
+async fn a_key_with_extra_spaces_is_refused() {
+    let api = start_api(None, None, |c| {
+        c.api_key = Some(KEY.into());
+    })
+    .await;
+    let path = "/v1/lora/versions?lora_id=u/none";
+    for cookie in [
+        format!("claas_api_key={KEY} ; x=1"),
+        format!("claas_api_key={KEY}%20"),
+        format!("claas_api_key=%20{KEY}"),
+    ] {
+        let r = api
+            .http
+            .get(format!("{}{path}", api.url))
+            .header("Cookie", cookie.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{cookie}");
+    }
+    // (A trailing space after a bearer token never reaches the server: HTTP drops whitespace
+    // around header values, RFC 9110 section 5.5.)
+    for bearer in [format!("Bearer  {KEY}"), format!("Bearer {KEY}x")] {
+        let s = call(&api, &Method::GET, path, &None, Some(&bearer)).await;
+        assert_eq!(s, 401, "{bearer:?}");
+    }
+    // The exact key still works (404: no such adapter, past the key check).
+    let s = call(
+        &api,
+        &Method::GET,
+        path,
+        &None,
+        Some(&format!("Bearer {KEY}")),
+    )
+    .await;
+    assert_eq!(s, 404);
+}

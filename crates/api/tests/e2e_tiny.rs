@@ -20,6 +20,16 @@ async fn score(api: &Api, id: Option<&str>, body: &Value) -> Vec<f64> {
     let (s, b) = api.post("/v1/score", req).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["source"], "trainer");
+    // The scored tokens come back, one decoded piece and one id per log-probability, and
+    // together they spell the response.
+    let (tokens, ids) = (
+        b["tokens"].as_array().unwrap(),
+        b["token_ids"].as_array().unwrap(),
+    );
+    let n = b["logprobs"].as_array().unwrap().len();
+    assert!(n > 0 && tokens.len() == n && ids.len() == n, "{b}");
+    let text: String = tokens.iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(text, body["response"].as_str().unwrap(), "{b}");
     b["logprobs"]
         .as_array()
         .unwrap()
@@ -63,8 +73,13 @@ async fn feedback_trains_the_builtin_tiny_adapter() {
     bad["rollout_logprobs"] = json!(vec![-1.0; n + 1]);
     let (s, b) = api.post("/v1/feedback", bad).await;
     assert_eq!(s, 422, "{b}");
+    // Every 422 is the list form, the message at ["body"].
+    assert_eq!(b["detail"][0]["loc"], json!(["body"]), "{b}");
     assert!(
-        b["detail"].as_str().unwrap().contains("rollout_logprobs"),
+        b["detail"][0]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("rollout_logprobs"),
         "{b}"
     );
     assert_eq!(tree(&api.root()), tree_before);
@@ -426,7 +441,7 @@ async fn remote_teacher_on_a_claas_serve_matches_the_self_teacher() {
     let (s, b) = plain.post("/v1/feedback", body.clone()).await;
     assert_eq!(s, 422, "{b}");
     assert!(
-        b["detail"]
+        b["detail"][0]["msg"]
             .as_str()
             .unwrap()
             .contains("CLAAS_TEACHER_BASE_URL"),

@@ -208,8 +208,13 @@ async fn training_failure_wakes_the_server_and_logs_the_phase() {
     let before = tree(&api.root());
     let (s, b) = api.post("/v1/feedback", feedback_body(&id)).await;
     assert_eq!(s, 422, "{b}");
+    // Every 422 is the list form, the message at ["body"].
+    assert_eq!(b["detail"][0]["loc"], json!(["body"]), "{b}");
     assert!(
-        b["detail"].as_str().unwrap().contains("rollout_logprobs"),
+        b["detail"][0]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("rollout_logprobs"),
         "{b}"
     );
     let actions = fake.actions();

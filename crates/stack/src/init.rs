@@ -78,6 +78,7 @@ pub fn run_init(s: &InitSettings) -> Result<InitSummary, StackError> {
             lora_r: s.lora_r,
             lora_alpha: s.lora_alpha,
             target_modules: None,
+            overwrite: false,
         };
         let seed = seed_for(&init_id);
         let adapter =

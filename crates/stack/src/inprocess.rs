@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request};
-use claas_api::backend::{Backend, BackendError, BackendHealth, BoxFut, Upstream};
+use claas_api::backend::{Backend, BackendError, BackendHealth, BoxFut, HealthStatus, Upstream};
 use claas_chat::Tokenizer;
 use claas_engine::{Engine, Event, GenerateRequest, SamplingParams};
 use futures::StreamExt;
@@ -174,7 +174,8 @@ impl Backend for InProcessBackend {
         Box::pin(async move {
             let sleeping = self.engine.sleep_level() > 0;
             BackendHealth {
-                status: if sleeping { "sleeping" } else { "ok" }.into(),
+                // The reference's vocabulary; sleeping is its own field.
+                status: HealthStatus::Healthy,
                 kind: "in-process".into(),
                 url: None,
                 sleeping: Some(sleeping),

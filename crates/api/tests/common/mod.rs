@@ -54,6 +54,8 @@ pub struct FakeVllm {
     pub loaded: Arc<Mutex<HashSet<String>>>,
     pub sleeping: Arc<AtomicBool>,
     pub unauthorized: Arc<AtomicUsize>,
+    /// Answer `/sleep` as `claas serve` started without `--enable-sleep-mode` does.
+    pub no_sleep_mode: Arc<AtomicBool>,
 }
 
 impl FakeVllm {
@@ -154,8 +156,12 @@ pub async fn start_fake_vllm() -> (String, FakeVllm) {
             "/sleep",
             post(|State(f): State<FakeVllm>, h: HeaderMap, Query(q): Query<std::collections::HashMap<String, String>>| async move {
                 f.record(&h, format!("sleep level={}", q.get("level").cloned().unwrap_or_default()));
+                if f.no_sleep_mode.load(Ordering::SeqCst) {
+                    let msg = "sleep mode is not enabled; start the server with --enable-sleep-mode";
+                    return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": msg, "type": "BadRequestError", "code": 400}}))).into_response();
+                }
                 f.sleeping.store(true, Ordering::SeqCst);
-                StatusCode::OK
+                StatusCode::OK.into_response()
             }),
         )
         .route(
