@@ -278,3 +278,38 @@ async fn a_zero_connection_cap_is_refused() {
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_request_finish() {
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let router = {
+        let (started, release) = (started.clone(), release.clone());
+        Router::new().route(
+            "/",
+            get(move || async move {
+                started.notify_one();
+                release.notified().await;
+                "done"
+            }),
+        )
+    };
+    let (addr, stop, task) = start(router, Limits::default()).await;
+    let request = tokio::spawn(reqwest::get(format!("http://{addr}/")));
+    started.notified().await;
+    drop(stop);
+    tokio::time::sleep(SHORT).await;
+    assert!(!task.is_finished(), "returned before the request finished");
+    release.notify_one();
+    let response = tokio::time::timeout(WAIT_LIMIT, request)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "done");
+    tokio::time::timeout(WAIT_LIMIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
