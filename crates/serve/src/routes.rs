@@ -61,6 +61,17 @@ pub(crate) fn needs_key(path: &str) -> bool {
     path == "/v1" || path.starts_with("/v1/") || ADMIN_PATHS.contains(&path)
 }
 
+/// Compares keys in time independent of where they differ, so response timing does not
+/// reveal how much of a guess was right.
+fn same_key(given: &str, key: &str) -> bool {
+    let (a, b) = (given.as_bytes(), key.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for (i, &k) in b.iter().enumerate() {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ k);
+    }
+    diff == 0
+}
+
 async fn auth(State(st): State<S>, req: Request, next: Next) -> Response {
     if let Some(key) = &st.api_key {
         if needs_key(req.uri().path()) {
@@ -69,7 +80,7 @@ async fn auth(State(st): State<S>, req: Request, next: Next) -> Response {
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
-                .is_some_and(|k| k.trim() == key);
+                .is_some_and(|k| same_key(k.trim(), key));
             if !ok {
                 return ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
             }
@@ -475,6 +486,14 @@ async fn unload_lora(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_compare_exactly() {
+        assert!(same_key("sekret", "sekret"));
+        for other in ["", "s", "sekre", "sekrets", "Sekret", "sekreT"] {
+            assert!(!same_key(other, "sekret"), "{other}");
+        }
+    }
 
     #[test]
     fn key_covers_v1_and_admin_routes_only() {

@@ -551,8 +551,11 @@ pub(crate) async fn chat(
             .into())
         }
     };
-    let text_len = text_bytes(&Value::Array(messages.clone()))
-        .saturating_add(tools.iter().flatten().map(text_bytes).sum::<usize>());
+    let text_len = messages
+        .iter()
+        .chain(tools.iter().flatten())
+        .map(text_bytes)
+        .fold(0, usize::saturating_add);
     check_text_bytes(st, "messages", text_len)?;
     let (model, adapter) = pick_model(st, req.model.as_deref()).await?;
     let add_gen = req.add_generation_prompt.unwrap_or(true);
