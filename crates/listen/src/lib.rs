@@ -81,6 +81,7 @@ pub async fn serve(
             "max_connections must be at least 1",
         ));
     }
+    warn_if_files_run_out_first(limits.max_connections);
     let mut shutdown = pin!(shutdown);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
@@ -150,6 +151,31 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The cap only protects the process if the open-file limit is above it: with the common soft
+/// limit of 1024, accepts would fail with `EMFILE` before the cap is reached (and model files,
+/// the other listener and client sockets need descriptors too).
+fn warn_if_files_run_out_first(max_connections: usize) {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0
+            && (limit.rlim_cur as u128) < max_connections as u128 + 256
+        {
+            tracing::warn!(
+                "open-file limit {} is too low for a connection cap of {max_connections}; \
+                 raise it (ulimit -n) or lower the cap",
+                limit.rlim_cur
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = max_connections;
 }
 
 /// Errors of one half-open connection, not of the listener.
