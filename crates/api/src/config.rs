@@ -96,6 +96,20 @@ impl Default for ApiConfig {
     }
 }
 
+/// Refuses an API key with surrounding whitespace (it is compared exactly, and a stray space
+/// from a pasted value would lock every client out or, trimmed, accept a key nobody set). The
+/// error does not echo the key. For keys set outside the environment, e.g. `claas up --api-key`.
+pub fn check_api_key(key: &str) -> Result<&str, ConfigError> {
+    if key.trim() != key || key.is_empty() {
+        return Err(ConfigError {
+            name: "CLAAS_API_KEY".into(),
+            value: "<redacted>".into(),
+            message: "the key is empty or has leading or trailing whitespace; remove it (keys are compared exactly)".into(),
+        });
+    }
+    Ok(key)
+}
+
 fn count(name: &str, raw: &str, min: usize) -> Result<usize, ConfigError> {
     raw.trim()
         .parse::<usize>()
@@ -199,14 +213,8 @@ impl ApiConfig {
         }
         c.api_key = match get("CLAAS_API_KEY") {
             Some(v) if v.trim().is_empty() => None,
-            Some(v) if v.trim() != v => {
-                return Err(ConfigError {
-                    name: "CLAAS_API_KEY".into(),
-                    value: "<redacted>".into(),
-                    message: "the key has leading or trailing whitespace; remove it (keys are compared exactly)".into(),
-                })
-            }
-            other => other,
+            Some(v) => Some(check_api_key(&v)?.to_string()),
+            None => None,
         };
         if let Some(v) = nonempty("CLAAS_MAX_BODY_BYTES") {
             c.max_body_bytes = count("CLAAS_MAX_BODY_BYTES", &v, 1024)?;

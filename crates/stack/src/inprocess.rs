@@ -215,4 +215,10 @@ impl Backend for InProcessBackend {
         // Loading under an existing name replaces it atomically: no unload gap.
         Box::pin(self.blocking(move |e| e.load_adapter(&name, &path).map(drop)))
     }
+
+    fn unload_adapter<'a>(&'a self, name: &'a str) -> BoxFut<'a, Result<(), BackendError>> {
+        // Requests that pinned it finish on it; unknown names are already unloaded.
+        self.engine.unload_adapter(name);
+        Box::pin(async { Ok(()) })
+    }
 }
