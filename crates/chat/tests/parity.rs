@@ -103,14 +103,21 @@ fn tiny_vocab_size_parity() {
     let cfg = load_json("tiny-qwen3/config.json");
     let tok = Tokenizer::from_file(fixtures().join("tiny-qwen3/tokenizer.json")).unwrap();
     let rows = cfg["vocab_size"].as_u64().unwrap();
-    assert!(tok.vocab_size() as u64 <= rows, "{} > {rows}", tok.vocab_size());
+    assert!(
+        tok.vocab_size() as u64 <= rows,
+        "{} > {rows}",
+        tok.vocab_size()
+    );
     let max_id = tok
         .hf()
         .get_vocab(true)
         .into_values()
         .max()
         .expect("empty vocabulary");
-    assert!(u64::from(max_id) < rows, "token id {max_id} has no embedding row");
+    assert!(
+        u64::from(max_id) < rows,
+        "token id {max_id} has no embedding row"
+    );
 }
 
 #[test]

@@ -146,6 +146,15 @@ enum BenchWhat {
         #[arg(long)]
         quick: bool,
     },
+    /// Time to first token of short requests while a long prompt prefills, on the built-in model.
+    Fairness {
+        /// Prompt tokens of the long request.
+        #[arg(long, default_value_t = 16384)]
+        long_len: usize,
+        /// Per-step token budget (0 = the engine default).
+        #[arg(long, default_value_t = 0)]
+        max_num_batched_tokens: usize,
+    },
     /// One SDPO step (teacher, forward, backward, optimizer, save) on a Qwen3-0.6B-shaped model.
     Sdpo {
         /// JSON output of shared/bench/torch_anchor.py run on this machine, for ratios.
@@ -255,6 +264,17 @@ fn main() -> anyhow::Result<()> {
                     for line in claas_bench::serve::sleep_memory_report(opts.layers)? {
                         println!("{line}");
                     }
+                }
+                BenchWhat::Fairness {
+                    long_len,
+                    max_num_batched_tokens,
+                } => {
+                    let opts = claas_bench::fairness::FairnessOptions {
+                        long_len,
+                        max_num_batched_tokens,
+                        ..Default::default()
+                    };
+                    claas_bench::fairness::print_report(&claas_bench::fairness::run(&opts)?);
                 }
                 BenchWhat::Sdpo { torch_json, quick } => {
                     claas_bench::sdpo::run(anchor(torch_json)?.as_ref(), quick)?
