@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use claas_engine::{Canceller, Event, FinishReason, GenerateRequest, TokenLogprob};
+use claas_engine::{Canceller, Event, GenerateRequest, TokenLogprob};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc::Sender;
@@ -46,14 +46,6 @@ pub(crate) struct Run {
     pub prompt_lps: Vec<Option<Vec<Option<TokenLogprob>>>>,
     pub prompts: Vec<Vec<u32>>,
     open: usize,
-}
-
-fn finish_name(r: FinishReason) -> &'static str {
-    match r {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-        FinishReason::Abort => "abort",
-    }
 }
 
 impl Run {
@@ -163,7 +155,7 @@ impl Run {
                     }
                     let text = c.text.finish();
                     let f = (
-                        finish_name(reason).to_string(),
+                        reason.as_str().to_string(),
                         stop_token.map(StopReason::Token),
                     );
                     c.finish = Some(f.clone());
