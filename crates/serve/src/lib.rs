@@ -116,8 +116,9 @@ pub struct ServeConfig {
     /// `<tool_call>` parser is the one used.
     #[arg(long)]
     pub tool_call_parser: Option<String>,
-    /// Accepted for `vllm serve` compatibility (`qwen3`); no-op: replies keep the model's
-    /// thinking text in `content` (`reasoning_content` stays null).
+    /// `qwen3`: chat replies carry the text of a `<think>...</think>` block in
+    /// `reasoning_content` (streamed as `delta.reasoning_content`) and the rest in `content`,
+    /// as vLLM's parser. Without it the thinking text stays in `content`.
     #[arg(long)]
     pub reasoning_parser: Option<String>,
     /// Accepted for `vllm serve` compatibility; no-op (no prefix cache on CPU yet).
@@ -183,13 +184,6 @@ impl ServeConfig {
         }
         if let Some(p) = &self.tool_call_parser {
             tracing::info!("--tool-call-parser {p}: the Qwen3 <tool_call> parser is used");
-        }
-        match self.reasoning_parser.as_deref() {
-            None => {}
-            Some("qwen3") => {
-                tracing::info!("--reasoning-parser qwen3: accepted; thinking text stays in content")
-            }
-            Some(p) => tracing::warn!("--reasoning-parser {p}: unknown parser; ignored"),
         }
         if self.enable_prefix_caching || self.no_enable_prefix_caching {
             tracing::info!("--[no-]enable-prefix-caching: no prefix cache on CPU; ignored");
@@ -263,6 +257,8 @@ pub struct AppState {
     pub max_prompt_bytes: usize,
     /// Loads adapters named by requests from `lora_root`.
     resolver: Option<resolve::Resolver>,
+    /// `--reasoning-parser qwen3` is on.
+    pub reasoning_parser: bool,
 }
 
 /// Served model name of an alias (`openclaw/assistant-latest` -> `openclaw-assistant-latest`),
@@ -349,6 +345,17 @@ impl AppState {
         served_names: Vec<String>,
         cfg: &ServeConfig,
     ) -> Result<AppState, ServeError> {
+        // vLLM refuses a parser it does not know at start; so do we, rather than serve replies
+        // the client expects to be split.
+        let reasoning_parser = match cfg.reasoning_parser.as_deref() {
+            None => false,
+            Some("qwen3") => true,
+            Some(p) => {
+                return Err(ServeError::Config(format!(
+                    "--reasoning-parser {p}: unknown parser (supported: qwen3)"
+                )))
+            }
+        };
         // Handlers name the first served name in responses, so there is always one.
         let served_names = if served_names.is_empty() {
             vec![cfg.model.clone()]
@@ -419,6 +426,7 @@ impl AppState {
             max_request_bytes: cfg.max_request_bytes,
             max_prompt_bytes,
             resolver,
+            reasoning_parser,
         })
     }
 

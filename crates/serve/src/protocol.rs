@@ -81,6 +81,8 @@ pub(crate) struct ChatRequest {
     pub chat_template_kwargs: Option<Map<String, Value>>,
     pub add_generation_prompt: Option<bool>,
     pub continue_final_message: Option<bool>,
+    /// vLLM: with a reasoning parser, `false` drops the reasoning from the reply.
+    pub include_reasoning: Option<bool>,
     #[serde(flatten)]
     pub sampling: Sampling,
     /// Everything else: logged as ignored, as vLLM does.
@@ -288,6 +290,8 @@ pub(crate) struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
 }

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use claas_chat::{parse_tool_calls, ToolCallStreamParser, ToolStreamEvent};
+use claas_chat::{
+    parse_tool_calls, split_reasoning, ReasoningStreamParser, ToolCallStreamParser, ToolStreamEvent,
+};
 use claas_engine::TokenLogprob;
 
 use crate::protocol::{
@@ -14,7 +16,7 @@ use crate::protocol::{
     ToolCallDelta, TopLogprob, Usage,
 };
 use crate::stream::{ChunkRenderer, Delta, Run};
-use crate::validate::{ChatOptions, CompletionOptions, ValidRequest};
+use crate::validate::{ChatOptions, CompletionOptions, Reasoning, ValidRequest};
 use crate::AppState;
 
 pub(crate) fn now() -> i64 {
@@ -192,17 +194,35 @@ pub(crate) fn stream_tool_delta(
 }
 
 /// The assistant message of a finished choice and its finish reason (`tool_calls` when the
-/// output held tool calls and stopped normally), as vLLM's auto tool choice.
-pub(crate) fn chat_message(text: &str, parse_tools: bool, finish: String) -> (ChatMessage, String) {
+/// output held tool calls and stopped normally), as vLLM's auto tool choice. With a reasoning
+/// parser the `<think>` block is split off first and tool calls are parsed from the rest, in
+/// vLLM's order.
+pub(crate) fn chat_message(
+    text: &str,
+    parse_tools: bool,
+    reasoning: Option<Reasoning>,
+    finish: String,
+) -> (ChatMessage, String) {
+    let (thinking, text) = match reasoning {
+        Some(r) => {
+            let (thinking, content) = split_reasoning(text);
+            (
+                thinking.filter(|_| r == Reasoning::Include),
+                content.unwrap_or_default(),
+            )
+        }
+        None => (None, text.to_string()),
+    };
     let mut message = ChatMessage {
         role: "assistant",
-        content: Some(text.to_string()),
+        // vLLM: a reply that was all reasoning has null content.
+        content: (reasoning.is_none() || !text.is_empty()).then(|| text.clone()),
         tool_calls: Vec::new(),
-        reasoning_content: None,
+        reasoning_content: thinking,
     };
     let mut fr = finish;
     if parse_tools {
-        let (content, calls) = parse_tool_calls(text);
+        let (content, calls) = parse_tool_calls(&text);
         if !calls.is_empty() {
             message.content = (!content.is_empty()).then_some(content);
             message.tool_calls = calls.into_iter().map(tool_call).collect();
@@ -238,7 +258,7 @@ pub(crate) fn chat_response(
                 Some(p) => format!("{p}{}", c.text.text),
                 None => c.text.text.clone(),
             };
-            let (message, fr) = chat_message(&text, o.parse_tools, fr);
+            let (message, fr) = chat_message(&text, o.parse_tools, o.reasoning, fr);
             ChatChoice {
                 index: i,
                 message,
@@ -332,6 +352,9 @@ pub(crate) struct ChatRenderer {
     echo_prefix: Option<String>,
     /// Per choice: tool-call parser (when parsing tools) and calls sent so far.
     tools: Vec<(Option<ToolCallStreamParser>, usize)>,
+    /// Per choice: the `<think>` splitter (with a reasoning parser), ahead of the tool parser.
+    thinking: Vec<Option<ReasoningStreamParser>>,
+    include_reasoning: bool,
 }
 
 impl ChatRenderer {
@@ -354,6 +377,10 @@ impl ChatRenderer {
             tools: (0..run.choices.len())
                 .map(|_| (o.parse_tools.then(ToolCallStreamParser::new), 0))
                 .collect(),
+            thinking: (0..run.choices.len())
+                .map(|_| o.reasoning.map(|_| ReasoningStreamParser::new()))
+                .collect(),
+            include_reasoning: o.reasoning == Some(Reasoning::Include),
         }
     }
 
@@ -382,7 +409,7 @@ impl ChunkRenderer for ChatRenderer {
                     delta: ChatDelta {
                         role: Some("assistant"),
                         content: Some(String::new()),
-                        tool_calls: None,
+                        ..ChatDelta::default()
                     },
                     logprobs: None,
                     finish_reason: None,
@@ -417,9 +444,23 @@ impl ChunkRenderer for ChatRenderer {
     }
 
     fn delta(&mut self, _run: &Run, d: Delta, usage: Option<Usage>) -> Option<ChatChunk> {
+        let (thinking, text) = match &mut self.thinking[d.index] {
+            Some(p) => {
+                let mut out = p.push(&d.text);
+                if d.finish.is_some() {
+                    let rest = p.finish();
+                    out.reasoning = concat(out.reasoning, rest.reasoning);
+                    out.content = concat(out.content, rest.content);
+                }
+                (
+                    out.reasoning.filter(|_| self.include_reasoning),
+                    out.content.unwrap_or_default(),
+                )
+            }
+            None => (None, d.text),
+        };
         let (parser, count) = &mut self.tools[d.index];
-        let (content, calls) =
-            stream_tool_delta(parser.as_mut(), count, &d.text, d.finish.is_some());
+        let (content, calls) = stream_tool_delta(parser.as_mut(), count, &text, d.finish.is_some());
         let logprobs = match (&d.lp, self.want_logprobs) {
             (Some(l), true) => Some(ChatLogprobs {
                 content: vec![self.names.chat_entry(l)],
@@ -430,6 +471,7 @@ impl ChunkRenderer for ChatRenderer {
             .token_ids
             .then(|| d.token.into_iter().collect::<Vec<u32>>());
         if content.is_empty()
+            && thinking.is_none()
             && calls.is_empty()
             && d.finish.is_none()
             && logprobs.is_none()
@@ -454,6 +496,7 @@ impl ChunkRenderer for ChatRenderer {
                 delta: ChatDelta {
                     role: None,
                     content: (!content.is_empty()).then_some(content),
+                    reasoning_content: thinking,
                     tool_calls: (!calls.is_empty()).then_some(calls),
                 },
                 logprobs,
@@ -613,6 +656,13 @@ impl ChunkRenderer for CompletionRenderer {
     }
 }
 
+fn concat(a: Option<String>, b: Option<String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + &b),
+        (a, b) => a.or(b),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,7 +672,7 @@ mod tests {
 
     #[test]
     fn tool_calls_in_a_finished_message() {
-        let (m, fr) = chat_message(OUT, true, "stop".into());
+        let (m, fr) = chat_message(OUT, true, None, "stop".into());
         assert_eq!(fr, "tool_calls");
         let m = serde_json::to_value(&m).unwrap();
         assert_eq!(m["content"], "Let me check.");
@@ -634,11 +684,36 @@ mod tests {
         assert_eq!(args, json!({"city": "Paris"}));
         assert!(call["id"].as_str().unwrap().starts_with("chatcmpl-tool-"));
         // without tools (or tool_choice none) the text stays content
-        let (m, fr) = chat_message(OUT, false, "stop".into());
+        let (m, fr) = chat_message(OUT, false, None, "stop".into());
         assert_eq!(fr, "stop");
         let m = serde_json::to_value(&m).unwrap();
         assert_eq!(m["content"], OUT);
         assert_eq!(m["tool_calls"], json!([]));
+    }
+
+    #[test]
+    fn reasoning_is_split_before_tool_calls() {
+        let text = format!("<think>weather first</think>{OUT}");
+        let (m, fr) = chat_message(&text, true, Some(Reasoning::Include), "stop".into());
+        assert_eq!(fr, "tool_calls");
+        assert_eq!(m.reasoning_content.as_deref(), Some("weather first"));
+        assert_eq!(m.content.as_deref(), Some("Let me check."));
+        assert_eq!(m.tool_calls.len(), 1);
+        let (m, _) = chat_message(&text, true, Some(Reasoning::Drop), "stop".into());
+        assert_eq!(m.reasoning_content, None);
+        assert_eq!(m.tool_calls.len(), 1);
+        // All reasoning: null content, as vLLM.
+        let (m, fr) = chat_message(
+            "<think>hm</think>",
+            false,
+            Some(Reasoning::Include),
+            "length".into(),
+        );
+        assert_eq!((m.content, fr.as_str()), (None, "length"));
+        // No parser: the tags stay in the content.
+        let (m, _) = chat_message("<think>hm</think>ok", false, None, "stop".into());
+        assert_eq!(m.content.as_deref(), Some("<think>hm</think>ok"));
+        assert_eq!(m.reasoning_content, None);
     }
 
     #[test]

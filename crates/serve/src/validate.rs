@@ -190,6 +190,17 @@ pub(crate) struct ChatOptions {
     pub parse_tools: bool,
     /// `echo`: the last message's content, prepended to the reply (vLLM).
     pub echo_prefix: Option<String>,
+    /// `--reasoning-parser qwen3`: split `<think>` text into `reasoning_content`.
+    pub reasoning: Option<Reasoning>,
+}
+
+/// What the reasoning parser does with the thinking text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reasoning {
+    /// Returned as `reasoning_content`.
+    Include,
+    /// Dropped (`include_reasoning: false`).
+    Drop,
 }
 
 /// What completions add on top of the common request.
@@ -582,6 +593,7 @@ pub(crate) async fn chat(
     };
     let st2 = st.clone();
     let kwargs = req.chat_template_kwargs;
+    let include_reasoning = req.include_reasoning.unwrap_or(true);
     let prompt = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, ApiError> {
         let text = render_chat(
             &st2,
@@ -621,6 +633,11 @@ pub(crate) async fn chat(
         ChatOptions {
             parse_tools,
             echo_prefix,
+            reasoning: st.reasoning_parser.then_some(if include_reasoning {
+                Reasoning::Include
+            } else {
+                Reasoning::Drop
+            }),
         },
     ))
 }

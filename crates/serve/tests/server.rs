@@ -1906,3 +1906,81 @@ async fn chunked_body_past_the_limit_gets_413_json() {
     .await;
     assert_eq!(c, 200, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasoning_parser_splits_think_blocks() {
+    // vLLM refuses a parser it does not know at start.
+    let bad = ServeConfig {
+        reasoning_parser: Some("nonsense".into()),
+        ..ServeConfig::default()
+    };
+    let e = tokio::task::spawn_blocking(move || AppState::from_config(&bad).err())
+        .await
+        .unwrap()
+        .expect("an unknown reasoning parser must be refused");
+    assert!(e.to_string().contains("nonsense"), "{e}");
+
+    let plain = start(ServeConfig::default()).await;
+    let parsed = start(ServeConfig {
+        reasoning_parser: Some("qwen3".into()),
+        ..ServeConfig::default()
+    })
+    .await;
+    let think = |s: &Server, t: &str| s.state.tokenizer.token_to_id(t).unwrap();
+    let (open, close) = (think(&parsed, "<think>"), think(&parsed, "</think>"));
+    let mut split_seen = 0;
+    for seed in 0..8 {
+        // The random model is nudged towards the tags (its logits are large, hence the bias) so
+        // that outputs mix them with other text.
+        let body = json!({"model": "builtin:tiny", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 24, "temperature": 1.0, "seed": seed, "ignore_eos": true,
+            "logit_bias": {open.to_string(): 48, close.to_string(): 48}});
+        let (c, raw) = post(&plain, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(c, 200, "{raw}");
+        let raw = raw["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (want_r, want_c) = claas_chat::split_reasoning(&raw);
+        split_seen += usize::from(want_r.is_some());
+
+        let (c, v) = post(&parsed, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(c, 200, "{v}");
+        let m = &v["choices"][0]["message"];
+        assert_eq!(m["reasoning_content"], json!(want_r), "{raw:?}");
+        assert_eq!(m["content"], json!(want_c), "{raw:?}");
+
+        let mut sb = body.clone();
+        sb["stream"] = json!(true);
+        let ev = post_stream(&parsed, "/v1/chat/completions", sb).await;
+        let join = |field: &str| -> String {
+            ev.iter()
+                .filter_map(|e| e["choices"][0]["delta"][field].as_str())
+                .collect()
+        };
+        // Streaming follows vLLM's streaming rules, which keep text before `<think>` as content
+        // where the whole-reply rules drop it.
+        let mut p = claas_chat::ReasoningStreamParser::new();
+        let (a, b) = (p.push(&raw), p.finish());
+        let cat =
+            |x: Option<String>, y: Option<String>| x.unwrap_or_default() + &y.unwrap_or_default();
+        assert_eq!(
+            join("reasoning_content"),
+            cat(a.reasoning, b.reasoning),
+            "{raw:?}"
+        );
+        assert_eq!(join("content"), cat(a.content, b.content), "{raw:?}");
+
+        // include_reasoning: false drops the thinking and keeps the answer.
+        let mut nb = body.clone();
+        nb["include_reasoning"] = json!(false);
+        let (c, v) = post(&parsed, "/v1/chat/completions", nb).await;
+        assert_eq!(c, 200, "{v}");
+        assert!(v["choices"][0]["message"]["reasoning_content"].is_null());
+        assert_eq!(v["choices"][0]["message"]["content"], json!(want_c));
+    }
+    assert!(
+        split_seen >= 2,
+        "only {split_seen} of 8 outputs held a think block"
+    );
+}
