@@ -493,10 +493,15 @@ async fn api(a: ApiArgs) -> anyhow::Result<()> {
             st.set_engine(engine);
             tracing::info!("SDPO trainer ready on {spec}");
         }
-        Err(e) => tracing::error!("cannot load base model {spec} for training: {e:#}"),
+        Err(e) => {
+            tracing::error!("cannot load base model {spec} for training: {e:#}");
+            // Feedback then answers 503 naming the cause, and /v1/health shows it.
+            st.set_engine_error(format!("cannot load base model {spec}: {e:#}"));
+        }
     });
     let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port)).await?;
     tracing::info!("claas api on http://{}", listener.local_addr()?);
+    claas_api::auth::warn_if_open(listener.local_addr()?, &cfg);
     claas_listen::serve(
         listener,
         claas_api::router(state),

@@ -130,12 +130,14 @@ impl ApiClient {
         Ok(base)
     }
 
-    /// `POST /v1/lora/init`: a fresh adapter; returns the id the API created.
+    /// `POST /v1/lora/init`: a fresh adapter; returns the id the API created. A run starts
+    /// fresh, so an adapter of an earlier run under the same name is replaced (`overwrite`;
+    /// the API keeps the old one as a version).
     pub async fn init_lora(&self, lora_id: &str, base_model: &str) -> Result<String> {
         let v = self
             .post(
                 "/v1/lora/init",
-                &json!({"lora_id": lora_id, "base_model": base_model}),
+                &json!({"lora_id": lora_id, "base_model": base_model, "overwrite": true}),
             )
             .await?;
         v["lora_id"]

@@ -179,6 +179,7 @@ where
 
     let serve_l = TcpListener::bind((cfg.host.as_str(), cfg.serve_port)).await?;
     let api_l = TcpListener::bind((cfg.host.as_str(), cfg.api_port)).await?;
+    claas_api::auth::warn_if_open(api_l.local_addr()?, &cfg.api);
     let addrs = UpAddrs {
         serve: serve_l.local_addr()?,
         api: api_l.local_addr()?,
