@@ -22,3 +22,5 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --all-targets
+# The API against its own OpenAPI document: no 5xx, and every answer as documented (~1 min).
+bash scripts/schemathesis.sh
