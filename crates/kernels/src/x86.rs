@@ -71,6 +71,17 @@ macro_rules! gemv_kernel {
                     while c < body2 {
                         let x0 = $loadx(xp.add(c));
                         let x1 = $loadx(xp.add(c + $w));
+                        // The hardware prefetchers follow each row but cannot guess the jump to
+                        // the next group of rows; fetching it a group ahead measured 1.2-1.4× on
+                        // DRAM-bound bf16 shapes. Prefetches never fault, so past the last row
+                        // they are harmless (the address is formed with `wrapping_add`).
+                        for pi in p {
+                            let ahead = pi.wrapping_add(4 * row_bytes + c * elem_bytes(FMT));
+                            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                            if 2 * $w * elem_bytes(FMT) > 64 {
+                                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64).cast());
+                            }
+                        }
                         for i in 0..4 {
                             a[2 * i] = $fma($ld::<FMT>(p[i], c), x0, a[2 * i]);
                             a[2 * i + 1] = $fma($ld::<FMT>(p[i], c + $w), x1, a[2 * i + 1]);
