@@ -27,7 +27,7 @@ impl Default for FairnessOptions {
     fn default() -> Self {
         FairnessOptions {
             long_len: 16384,
-            arrivals: [0.0, 5.0, 20.0, 45.0]
+            arrivals: [0.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0]
                 .into_iter()
                 .map(Duration::from_secs_f64)
                 .collect(),

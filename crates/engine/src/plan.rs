@@ -9,17 +9,40 @@
 //!    shorter than its share takes just that, and what it leaves is shared again among the
 //!    others; the few tokens an equal split leaves over go one each in batch order.
 //!
+//! 3. **Long contexts take smaller chunks.** A chunk's attention work grows with the context
+//!    it attends to, so a full-budget chunk deep into a 16k prompt made one step last seconds,
+//!    and a request arriving meanwhile waited for it. Past [`FULL_CHUNK_CONTEXT`] tokens a
+//!    chunk is cut so that chunk × context stays within what a full chunk costs at that
+//!    context (at least [`MIN_CHUNK`] tokens, so the prompt still moves). Prompts up to 2k
+//!    tokens, most chats, are unaffected.
+//!
 //! So a short prompt admitted behind a 40k-token prompt is prefilled whole in its first step
 //! instead of after the long one (the first-come-takes-all budget made it wait 245 s), while a
-//! prompt alone in the batch still gets the whole budget. With `d` decodes and `m` prefills
-//! every prefill gets at least `⌊(budget − d) / m⌋` tokens a step; the engine keeps the budget
-//! at least `max_num_seqs`, so `d + m ≤ budget` and every sequence progresses every step.
+//! prompt alone in the batch still gets the whole budget until its context is long. With `d`
+//! decodes and `m` prefills every prefill gets at least `min(⌊(budget − d) / m⌋, its cap)`
+//! tokens a step; the engine keeps the budget at least `max_num_seqs`, so `d + m ≤ budget` and
+//! every sequence progresses every step.
+
+/// Context up to which a prefill chunk may take the whole budget.
+pub(crate) const FULL_CHUNK_CONTEXT: usize = 2048;
+/// The smallest chunk the context cap cuts a prefill to.
+pub(crate) const MIN_CHUNK: usize = 16;
+
+/// Most tokens a prefill that has `fed` tokens in its cache may feed in one step: the whole
+/// budget while the context stays within [`FULL_CHUNK_CONTEXT`], then less, keeping
+/// chunk × context near `budget × FULL_CHUNK_CONTEXT`.
+pub(crate) fn chunk_cap(fed: usize, budget: usize) -> usize {
+    let context = fed.saturating_add(budget).max(FULL_CHUNK_CONTEXT);
+    (budget.saturating_mul(FULL_CHUNK_CONTEXT) / context).clamp(MIN_CHUNK.min(budget), budget)
+}
 
 /// What a running sequence still has to feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Work {
     /// Tokens not yet fed to the model (the rest of the prompt, or the last sampled token).
     pub left: usize,
+    /// Tokens already in its KV cache (the context a new chunk attends to).
+    pub fed: usize,
     /// Still in its prompt.
     pub prefilling: bool,
 }
@@ -28,6 +51,14 @@ pub(crate) struct Work {
 /// exceeds `budget`.
 pub(crate) fn plan(work: &[Work], budget: usize) -> Vec<usize> {
     let mut takes = vec![0; work.len()];
+    // What each sequence may feed this step: a prefill at most its context cap.
+    let want: Vec<usize> = work
+        .iter()
+        .map(|w| match w.prefilling {
+            true => w.left.min(chunk_cap(w.fed, budget)),
+            false => w.left,
+        })
+        .collect();
     let mut budget = budget;
     for (take, w) in takes.iter_mut().zip(work) {
         if !w.prefilling {
@@ -36,7 +67,7 @@ pub(crate) fn plan(work: &[Work], budget: usize) -> Vec<usize> {
         }
     }
     let mut open: Vec<usize> = (0..work.len())
-        .filter(|&i| work[i].prefilling && work[i].left > 0)
+        .filter(|&i| work[i].prefilling && want[i] > 0)
         .collect();
     while budget > 0 && !open.is_empty() {
         let share = budget / open.len();
@@ -50,10 +81,10 @@ pub(crate) fn plan(work: &[Work], budget: usize) -> Vec<usize> {
         // Each round either satisfies a sequence (which leaves the round) or hands out all but
         // fewer than `open.len()` tokens, so this ends after at most `open.len() + 1` rounds.
         open.retain(|&i| {
-            let give = (work[i].left - takes[i]).min(share);
+            let give = (want[i] - takes[i]).min(share);
             takes[i] += give;
             budget -= give;
-            takes[i] < work[i].left
+            takes[i] < want[i]
         });
     }
     takes
@@ -66,6 +97,7 @@ mod tests {
     fn decode() -> Work {
         Work {
             left: 1,
+            fed: 0,
             prefilling: false,
         }
     }
@@ -73,8 +105,50 @@ mod tests {
     fn prefill(left: usize) -> Work {
         Work {
             left,
+            fed: 0,
             prefilling: true,
         }
+    }
+
+    #[test]
+    fn deep_into_a_long_prompt_chunks_shrink_so_steps_stay_short() {
+        let budget = 512;
+        let mut w = prefill(40_000);
+        let mut steps = 0;
+        while w.prefilling {
+            let take = plan(&[w], budget)[0];
+            // Attention work of the step (chunk × context) stays near a full chunk at 2k.
+            let work = take * (w.fed + take);
+            assert!(
+                take == MIN_CHUNK || work <= budget * (FULL_CHUNK_CONTEXT + budget),
+                "{take} tokens at context {}",
+                w.fed
+            );
+            if w.fed + budget <= FULL_CHUNK_CONTEXT {
+                assert_eq!(
+                    take,
+                    budget.min(w.left),
+                    "short contexts keep the whole budget"
+                );
+            }
+            assert!(
+                take >= MIN_CHUNK.min(w.left),
+                "the prompt stalls at {}",
+                w.fed
+            );
+            advance(std::slice::from_mut(&mut w), &[take]);
+            steps += 1;
+        }
+        assert!(steps > 40_000 / budget, "no chunk was cut");
+        // A short prompt next to the deep one still gets its whole prompt in one step.
+        let deep = Work {
+            left: 20_000,
+            fed: 20_000,
+            prefilling: true,
+        };
+        let takes = plan(&[deep, prefill(300)], budget);
+        assert_eq!(takes[1], 300);
+        assert!(takes[0] < budget - 300, "{takes:?}");
     }
 
     #[test]
@@ -136,6 +210,7 @@ mod tests {
             // A decode feeds its token and samples the next one: its work is unchanged.
             if w.prefilling {
                 w.left -= t;
+                w.fed += t;
                 if w.left == 0 {
                     // Prompt done: the first generated token is next.
                     *w = decode();

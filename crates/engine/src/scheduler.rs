@@ -525,6 +525,7 @@ impl Loop {
             .iter()
             .map(|s| Work {
                 left: s.tokens.len() - s.fed,
+                fed: s.fed,
                 prefilling: s.prefilling(),
             })
             .collect();
