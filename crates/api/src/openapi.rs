@@ -502,7 +502,56 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// [`openapi`] as JSON.
+/// The adapter id grammar of `claas_store::validate_id`: up to 16 `/`-separated components
+/// of `[A-Za-z0-9._-]`, none starting with `.` or longer than 128 bytes, trailing slashes
+/// allowed. utoipa's `pattern` takes only a literal, so the document gets it here, once.
+const LORA_ID_PATTERN: &str =
+    r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}){0,15}/*$";
+
+/// Request schemas whose `lora_id` must be an adapter id (or an alias, which has the same
+/// grammar); the query parameters named `lora_id` get the same pattern.
+const LORA_ID_SCHEMAS: &[&str] = &["FeedbackItem", "LoraInitRequest", "RollbackRequest"];
+
+/// [`openapi`] as JSON, with the adapter id grammar on every `lora_id` a request sends.
 pub fn document() -> Value {
-    serde_json::to_value(openapi()).unwrap_or(Value::Null)
+    let mut doc = serde_json::to_value(openapi()).unwrap_or(Value::Null);
+    let constrain = |schema: &mut Value| {
+        if let Some(o) = schema.as_object_mut() {
+            o.insert("pattern".into(), LORA_ID_PATTERN.into());
+            o.insert("maxLength".into(), 512.into());
+        }
+    };
+    for name in LORA_ID_SCHEMAS {
+        let Some(schema) = doc.pointer_mut(&format!("/components/schemas/{name}")) else {
+            continue;
+        };
+        // A struct with flattened parts is an `allOf`; the field sits in one of them.
+        if let Some(parts) = schema.get_mut("allOf").and_then(Value::as_array_mut) {
+            for part in parts {
+                if let Some(p) = part.pointer_mut("/properties/lora_id") {
+                    constrain(p);
+                }
+            }
+        } else if let Some(p) = schema.pointer_mut("/properties/lora_id") {
+            constrain(p);
+        }
+    }
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for op in paths.values_mut().filter_map(Value::as_object_mut) {
+            for params in op
+                .values_mut()
+                .filter_map(|o| o.get_mut("parameters"))
+                .filter_map(Value::as_array_mut)
+            {
+                for param in params.iter_mut() {
+                    if param["name"] == "lora_id" && param["in"] == "query" {
+                        if let Some(schema) = param.get_mut("schema") {
+                            constrain(schema);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    doc
 }

@@ -561,6 +561,75 @@ async fn no_trainer_gives_503_without_touching_the_server() {
     assert_eq!(s, 503);
 }
 
+/// The `lora_id` pattern the document gives matches exactly the ids the store accepts.
+#[tokio::test]
+async fn openapi_lora_id_pattern_is_the_store_grammar() {
+    let api = start_api(None, None, |_| {}).await;
+    let (_, doc) = api.get("/openapi.json").await;
+    // The field of a schema, or of the `allOf` part that has it.
+    let field = |name: &str| -> Value {
+        let s = &doc["components"]["schemas"][name];
+        std::iter::once(s)
+            .chain(s["allOf"].as_array().into_iter().flatten())
+            .map(|p| p["properties"]["lora_id"].clone())
+            .find(|f| !f.is_null())
+            .unwrap_or_else(|| panic!("{name} has no lora_id"))
+    };
+    let schema = &field("FeedbackItem");
+    let pattern = regex::Regex::new(schema["pattern"].as_str().unwrap()).unwrap();
+    let max_len = schema["maxLength"].as_u64().unwrap() as usize;
+    let c128 = "c".repeat(128);
+    let deep16 = vec!["d"; 16].join("/");
+    let deep17 = vec!["d"; 17].join("/");
+    let long = format!("{c128}/{c128}/{c128}/{c128}/x");
+    let ids = [
+        "a",
+        "user123/coder-v1",
+        "a.b/_c/-d",
+        "a/",
+        "a//",
+        &c128,
+        &deep16,
+        "",
+        ".a",
+        "a/.b",
+        "a/../b",
+        "..",
+        "a//b",
+        "/a",
+        "a b",
+        "a\\b",
+        "a@v1",
+        "é",
+        "a\0b",
+        &deep17,
+        &long,
+    ];
+    let ids: Vec<String> = ids
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("{c128}c")])
+        .collect();
+    for id in &ids {
+        let documented = pattern.is_match(id) && id.len() <= max_len;
+        let accepted = claas_store::validate_id(id).is_ok();
+        assert_eq!(documented, accepted, "{id:?}");
+    }
+    // Every lora_id a request sends carries it: the bodies and the query parameters.
+    for name in ["LoraInitRequest", "RollbackRequest"] {
+        assert_eq!(field(name)["pattern"], schema["pattern"], "{name}");
+    }
+    for path in ["/v1/lora", "/v1/lora/export", "/v1/lora/versions"] {
+        let op = doc["paths"][path].as_object().unwrap();
+        let param = op
+            .values()
+            .flat_map(|o| o["parameters"].as_array().cloned().unwrap_or_default())
+            .find(|p| p["name"] == "lora_id")
+            .unwrap();
+        assert_eq!(param["schema"]["pattern"], schema["pattern"], "{path}");
+    }
+}
+
 /// Every `(method, path)` the router serves is documented with a 200 and the error answers
 /// it really gives; every documented operation is served (a probe does not reach the router's
 /// 404/405 fallbacks, and its status is one the document lists, with the body shape it names).
