@@ -60,21 +60,23 @@ pub(crate) fn gemm(
     n: usize,
 ) {
     isa.check();
+    // Checked products: a wrapped product could match a short slice and let the unsafe
+    // kernels read and write past it.
     assert_eq!(
-        x.len(),
-        m * k,
+        Some(x.len()),
+        m.checked_mul(k),
         "gemm: x has {} elements, expected m {m} × k {k}",
         x.len()
     );
     assert_eq!(
-        w.len(),
-        n * k,
+        Some(w.len()),
+        n.checked_mul(k),
         "gemm: w has {} elements, expected n {n} × k {k}",
         w.len()
     );
     assert_eq!(
-        y.len(),
-        m * n,
+        Some(y.len()),
+        m.checked_mul(n),
         "gemm: y has {} elements, expected m {m} × n {n}",
         y.len()
     );

@@ -16,8 +16,8 @@ pub(crate) fn gemv(isa: Isa, w: Weights<'_>, x: &[f32], y: &mut [f32]) {
     isa.check();
     let (rows, cols) = (y.len(), x.len());
     assert_eq!(
-        w.len(),
-        rows * cols,
+        Some(w.len()),
+        rows.checked_mul(cols),
         "gemv: weights have {} elements, expected rows {rows} × cols {cols}",
         w.len()
     );

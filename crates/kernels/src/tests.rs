@@ -230,3 +230,12 @@ fn gemm_matches_reference_on_every_path() {
         }
     }
 }
+
+#[test]
+#[should_panic(expected = "gemm: x has")]
+fn gemm_shapes_whose_product_wraps_are_refused() {
+    // m·k wraps to 0 in usize arithmetic; the check must not take that for the empty x.
+    let (m, k) = (1usize << 63, 2);
+    assert_eq!(m.wrapping_mul(k), 0);
+    crate::gemm_bf16(&[0; 4], &[], &mut [], m, k, 2);
+}

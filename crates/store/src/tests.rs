@@ -1188,6 +1188,25 @@ fn list_and_writes_never_follow_links_out_of_the_root() {
 }
 
 #[test]
+fn rollback_never_writes_through_a_link_out_of_the_root() {
+    let (t, s) = store();
+    s.create_versioned("w/x", serde_json::json!({}), false, |d| {
+        write_version(d, "v0")
+    })
+    .unwrap();
+    commit(&s, "w/x", "v1").unwrap();
+    // The operator moves the adapter's parent out of the root and links it back in.
+    let outside = t.path().join("outside");
+    fs::rename(s.root().join("w"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, s.root().join("w")).unwrap();
+    let before = entry_names(&outside.join("x"));
+    let r = s.rollback("w/x", 0);
+    assert!(matches!(r, Err(StoreError::InvalidId { .. })), "{r:?}");
+    assert_eq!(entry_names(&outside.join("x")), before);
+    assert_eq!(entry_names(&outside), vec!["x"]);
+}
+
+#[test]
 fn recovery_never_follows_links_out_of_the_root() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");

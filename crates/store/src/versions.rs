@@ -581,6 +581,8 @@ impl LoraStore {
     /// changes nothing.
     pub fn rollback(&self, id: &str, n: u64) -> Result<VersionInfo> {
         let id = self.resolve(id)?.id;
+        // Making a version live renames folders: never through a link out of the root.
+        self.check_inside_root(&id)?;
         let _h = self.lock_history();
         let vdir = self.version_dir(&id, n);
         if !Self::is_version(&vdir) {
