@@ -9,12 +9,14 @@
 //!    shorter than its share takes just that, and what it leaves is shared again among the
 //!    others; the few tokens an equal split leaves over go one each in batch order.
 //!
-//! 3. **Long contexts take smaller chunks.** A chunk's attention work grows with the context
-//!    it attends to, so a full-budget chunk deep into a 16k prompt made one step last seconds,
-//!    and a request arriving meanwhile waited for it. Past [`FULL_CHUNK_CONTEXT`] tokens a
-//!    chunk is cut so that chunk × context stays within what a full chunk costs at that
-//!    context (at least [`MIN_CHUNK`] tokens, so the prompt still moves). Prompts up to 2k
-//!    tokens, most chats, are unaffected.
+//! 3. **Long contexts take smaller chunks while others wait on the step.** A chunk's attention
+//!    work grows with the context it attends to, so a full-budget chunk deep into a 16k prompt
+//!    made one step last seconds, and every other sequence waited for it. When the step is
+//!    shared (other sequences running or queued), a prefill past [`FULL_CHUNK_CONTEXT`] tokens
+//!    is cut so that chunk × context stays within what a full chunk costs at that context (at
+//!    least [`MIN_CHUNK`] tokens, so the prompt still moves). A prompt alone keeps full chunks:
+//!    on a large model every extra step re-reads all the weights, and nobody is waiting.
+//!    Prompts up to 2k tokens, most chats, are unaffected either way.
 //!
 //! So a short prompt admitted behind a 40k-token prompt is prefilled whole in its first step
 //! instead of after the long one (the first-come-takes-all budget made it wait 245 s), while a
@@ -48,13 +50,15 @@ pub(crate) struct Work {
 }
 
 /// Tokens to feed per sequence (same order as `work`; 0 = sits this step out). The sum never
-/// exceeds `budget`.
-pub(crate) fn plan(work: &[Work], budget: usize) -> Vec<usize> {
+/// exceeds `budget`. `queued`: requests are waiting to be admitted, so the step is shared even
+/// when `work` holds one sequence.
+pub(crate) fn plan(work: &[Work], budget: usize, queued: bool) -> Vec<usize> {
     let mut takes = vec![0; work.len()];
-    // What each sequence may feed this step: a prefill at most its context cap.
+    let shared = queued || work.len() > 1;
+    // What each sequence may feed this step: in a shared step, a prefill at most its cap.
     let want: Vec<usize> = work
         .iter()
-        .map(|w| match w.prefilling {
+        .map(|w| match w.prefilling && shared {
             true => w.left.min(chunk_cap(w.fed, budget)),
             false => w.left,
         })
@@ -111,12 +115,20 @@ mod tests {
     }
 
     #[test]
-    fn deep_into_a_long_prompt_chunks_shrink_so_steps_stay_short() {
+    fn deep_into_a_long_prompt_shared_steps_stay_short() {
         let budget = 512;
         let mut w = prefill(40_000);
         let mut steps = 0;
         while w.prefilling {
-            let take = plan(&[w], budget)[0];
+            // Alone, the prompt keeps full chunks; with requests queued, its chunk is cut.
+            let alone = plan(&[w], budget, false)[0];
+            assert_eq!(
+                alone,
+                budget.min(w.left),
+                "a lone prompt was cut at {}",
+                w.fed
+            );
+            let take = plan(&[w], budget, true)[0];
             // Attention work of the step (chunk × context) stays near a full chunk at 2k.
             let work = take * (w.fed + take);
             assert!(
@@ -146,7 +158,7 @@ mod tests {
             fed: 20_000,
             prefilling: true,
         };
-        let takes = plan(&[deep, prefill(300)], budget);
+        let takes = plan(&[deep, prefill(300)], budget, false);
         assert_eq!(takes[1], 300);
         assert!(takes[0] < budget - 300, "{takes:?}");
     }
@@ -154,28 +166,36 @@ mod tests {
     #[test]
     fn a_short_prompt_behind_a_long_one_is_prefilled_in_one_step() {
         // The case: a 40,800-token prompt arrived first, then a 2-token one.
-        assert_eq!(plan(&[prefill(40_800), prefill(2)], 512), [510, 2]);
+        assert_eq!(plan(&[prefill(40_800), prefill(2)], 512, false), [510, 2]);
     }
 
     #[test]
     fn a_lone_prompt_takes_the_whole_budget() {
-        assert_eq!(plan(&[prefill(40_800)], 512), [512]);
-        assert_eq!(plan(&[prefill(100)], 512), [100]);
+        assert_eq!(plan(&[prefill(40_800)], 512, false), [512]);
+        assert_eq!(plan(&[prefill(100)], 512, false), [100]);
     }
 
     #[test]
     fn decodes_go_first_and_prefills_share_the_rest() {
-        let takes = plan(&[prefill(1000), decode(), prefill(1000), decode()], 100);
+        let takes = plan(
+            &[prefill(1000), decode(), prefill(1000), decode()],
+            100,
+            false,
+        );
         assert_eq!(takes, [49, 1, 49, 1]);
         // The leftover of an uneven split goes in batch order.
-        let takes = plan(&[decode(), prefill(1000), prefill(1000), prefill(1000)], 12);
+        let takes = plan(
+            &[decode(), prefill(1000), prefill(1000), prefill(1000)],
+            12,
+            false,
+        );
         assert_eq!(takes, [1, 4, 4, 3]);
     }
 
     #[test]
     fn what_a_short_prefill_leaves_goes_to_the_others() {
         // Shares of 30: the 5-token prompt leaves 25, split between the two long ones.
-        let takes = plan(&[prefill(1000), prefill(5), prefill(1000)], 90);
+        let takes = plan(&[prefill(1000), prefill(5), prefill(1000)], 90, false);
         assert_eq!(takes, [43, 5, 42]);
     }
 
@@ -186,7 +206,7 @@ mod tests {
             for n in 1..=lens.len() {
                 let mut work: Vec<Work> = lens[..n].iter().map(|&l| prefill(l)).collect();
                 work.insert(0, decode());
-                let takes = plan(&work, budget);
+                let takes = plan(&work, budget, false);
                 let total: usize = takes.iter().sum();
                 let demand: usize = work.iter().map(|w| w.left).sum();
                 assert_eq!(total, demand.min(budget), "budget {budget}, {n} prompts");
@@ -201,7 +221,7 @@ mod tests {
     fn decodes_that_do_not_fit_sit_out_rather_than_overspend() {
         // The engine keeps the budget at least max_num_seqs so this does not happen; the plan
         // still never spends more than it has.
-        assert_eq!(plan(&[decode(), decode(), prefill(5)], 1), [1, 0, 0]);
+        assert_eq!(plan(&[decode(), decode(), prefill(5)], 1, false), [1, 0, 0]);
     }
 
     /// Feeds a plan back into the work, as the scheduler does after a step.
@@ -239,7 +259,7 @@ mod tests {
         let bound = 50usize.div_ceil((budget - 3) / 5);
         let mut steps = 0;
         while work[short].prefilling {
-            let takes = plan(&work, budget);
+            let takes = plan(&work, budget, false);
             assert!(takes.iter().sum::<usize>() <= budget);
             for (i, w) in work.iter().enumerate() {
                 assert!(takes[i] > 0, "sequence {i} ({w:?}) starved in step {steps}");

@@ -529,7 +529,11 @@ impl Loop {
                 prefilling: s.prefilling(),
             })
             .collect();
-        plan(&work, self.p.max_num_batched_tokens)
+        plan(
+            &work,
+            self.p.max_num_batched_tokens,
+            !self.waiting.is_empty(),
+        )
     }
 
     /// Phase 4: one packed forward; the output rows (f32) of each sequence with `takes[i] > 0`,
