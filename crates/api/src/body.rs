@@ -1,12 +1,11 @@
 //! Request bodies with a size limit checked before anything is read or parsed: a declared
 //! `Content-Length` over the limit is refused at once, and a chunked body is cut off as soon as
-//! it passes the limit. Either way the answer is a 413 with the FastAPI-style JSON body
+//! it passes the limit, and the rest is drained so a client still sending sees the answer
+//! ([`claas_listen::body`]). Either way the answer is a 413 with the FastAPI-style JSON body
 //! (axum's own limit answers in plain text, which no client of this API expects).
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::header;
-use futures::StreamExt;
 
 use crate::error::ApiError;
 use crate::state::ApiState;
@@ -33,26 +32,15 @@ impl FromRequest<ApiState> for LimitedBody {
 
     async fn from_request(req: Request, state: &ApiState) -> Result<Self, Self::Rejection> {
         let limit = state.config().max_body_bytes;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large(limit));
-        }
-        // Read chunk by chunk so a body without a declared length stops at the limit.
-        let mut stream = req.into_body().into_data_stream();
-        let mut out = bytes::BytesMut::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                ApiError::BadRequest(format!("Failed to read the request body: {e}"))
+        let declared = claas_listen::body::declared_length(req.headers());
+        let body = claas_listen::body::read_limited(req.into_body(), declared, limit)
+            .await
+            .map_err(|e| match e {
+                claas_listen::body::BodyError::TooLarge { limit } => too_large(limit),
+                claas_listen::body::BodyError::Read(e) => {
+                    ApiError::BadRequest(format!("Failed to read the request body: {e}"))
+                }
             })?;
-            if out.len() + chunk.len() > limit {
-                return Err(too_large(limit));
-            }
-            out.extend_from_slice(&chunk);
-        }
-        Ok(LimitedBody(out.freeze()))
+        Ok(LimitedBody(body))
     }
 }

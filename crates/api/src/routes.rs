@@ -54,7 +54,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/eval/plot"),
 ];
 
-/// The CLaaS API router. The binary only binds it: `axum::serve(listener, router(state))`.
+/// The CLaaS API router. The binary only binds it: `claas_listen::serve(listener, router(state), ..)`.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/", get(root))

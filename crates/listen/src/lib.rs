@@ -19,6 +19,7 @@
 //! - **graceful shutdown**: when `shutdown` resolves, accepting stops, idle connections close,
 //!   and [`serve`] returns once in-flight requests have finished.
 
+pub mod body;
 mod conn;
 
 use std::future::Future;

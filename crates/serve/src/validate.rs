@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{FromRequest, Request};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use claas_engine::SamplingParams;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -40,6 +40,8 @@ pub enum ValidationError {
     TopLogprobsWithoutLogprobs,
     #[error("When using `tool_choice`, `tools` must be set.")]
     ToolChoiceWithoutTools,
+    #[error("Stream options can only be defined when `stream=True`.")]
+    StreamOptionsWithoutStream,
     #[error("`{param}` is not supported by this server: {reason}")]
     Unsupported {
         param: &'static str,
@@ -103,6 +105,7 @@ impl ValidationError {
             V::ToolChoiceWithoutTools => "tool_choice",
             V::LogitBias(_) => "logit_bias",
             V::ZeroN => "n",
+            V::StreamOptionsWithoutStream => "stream_options",
             V::TopK(_) => "top_k",
             V::LoraName { .. } => "lora_name",
         })
@@ -123,24 +126,9 @@ type VResult<T> = Result<T, ValidationError>;
 
 /// A JSON body read under the server's byte limit: 413 (OpenAI error JSON) past it, decided
 /// from `Content-Length` before reading when the client declares one. Only the limit is ever
-/// held in memory; the rest of an oversized body is read and dropped (up to [`DRAIN_CAP`]) so
-/// the client, still sending, gets the 413 instead of a reset connection.
+/// held in memory; the rest of an oversized body is drained so the client, still sending, gets
+/// the 413 instead of a reset connection ([`claas_listen::body`]).
 pub(crate) struct JsonBody<T>(pub T);
-
-/// Most bytes of an oversized body read and dropped before giving up on the connection.
-const DRAIN_CAP: usize = 64 << 20;
-
-/// Reads and drops up to `cap` more bytes of `body`.
-async fn drain(body: &mut axum::body::BodyDataStream, cap: usize) {
-    use futures::StreamExt;
-    let mut seen = 0usize;
-    while let Some(Ok(chunk)) = body.next().await {
-        seen = seen.saturating_add(chunk.len());
-        if seen > cap {
-            break;
-        }
-    }
-}
 
 impl<T: DeserializeOwned> FromRequest<std::sync::Arc<AppState>> for JsonBody<T> {
     type Rejection = ApiError;
@@ -149,29 +137,16 @@ impl<T: DeserializeOwned> FromRequest<std::sync::Arc<AppState>> for JsonBody<T> 
         req: Request,
         st: &std::sync::Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        use futures::StreamExt;
         let limit = st.max_request_bytes;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let mut body = req.into_body().into_data_stream();
-        if let Some(n) = declared.filter(|&n| n > limit as u64) {
-            if n <= DRAIN_CAP as u64 {
-                drain(&mut body, DRAIN_CAP).await;
-            }
-            return Err(ValidationError::BodyTooLarge { limit }.into());
-        }
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| ValidationError::Body(e.to_string()))?;
-            if buf.len().saturating_add(chunk.len()) > limit {
-                drain(&mut body, DRAIN_CAP).await;
-                return Err(ValidationError::BodyTooLarge { limit }.into());
-            }
-            buf.extend_from_slice(&chunk);
-        }
+        let declared = claas_listen::body::declared_length(req.headers());
+        let buf = claas_listen::body::read_limited(req.into_body(), declared, limit)
+            .await
+            .map_err(|e| match e {
+                claas_listen::body::BodyError::TooLarge { limit } => {
+                    ValidationError::BodyTooLarge { limit }
+                }
+                claas_listen::body::BodyError::Read(e) => ValidationError::Body(e),
+            })?;
         let v = serde_json::from_slice(&buf).map_err(|e| ValidationError::Body(e.to_string()))?;
         Ok(JsonBody(v))
     }
@@ -406,6 +381,10 @@ fn sampling_params(
     let n = s.n.unwrap_or(1);
     if n == 0 {
         return Err(ValidationError::ZeroN);
+    }
+    // vLLM refuses them rather than ignore them.
+    if s.stream_options.is_some() && !s.stream.unwrap_or(false) {
+        return Err(ValidationError::StreamOptionsWithoutStream);
     }
     let stops = match &s.stop {
         None => Vec::new(),
