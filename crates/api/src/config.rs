@@ -212,7 +212,9 @@ impl ApiConfig {
             c.keep_versions = count("CLAAS_KEEP_VERSIONS", &v, 1)?;
         }
         c.api_key = match get("CLAAS_API_KEY") {
-            Some(v) if v.trim().is_empty() => None,
+            // Empty is the usual way to leave it unset; only-whitespace is a mistake and refused
+            // below, rather than silently turning auth off.
+            Some(v) if v.is_empty() => None,
             Some(v) => Some(check_api_key(&v)?.to_string()),
             None => None,
         };
@@ -318,7 +320,9 @@ mod tests {
         );
         assert!(cfg(&[("CLAAS_MAX_BODY_BYTES", "10")]).is_err());
         assert_eq!(c.eval_dir, PathBuf::from("/e"));
-        assert_eq!(cfg(&[("CLAAS_API_KEY", "  ")]).unwrap().api_key, None);
+        // Empty leaves it unset; only whitespace is refused rather than turning auth off.
+        assert_eq!(cfg(&[("CLAAS_API_KEY", "")]).unwrap().api_key, None);
+        assert!(cfg(&[("CLAAS_API_KEY", "  ")]).is_err());
         let c = cfg(&[("CLAAS_GUARDRAIL_MAX_KL", "0.5")]).unwrap();
         assert_eq!(c.guardrail.max_kl_to_base, Some(0.5));
         assert_eq!(c.guardrail.min_entropy, None);

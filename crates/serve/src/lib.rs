@@ -345,6 +345,15 @@ impl AppState {
         served_names: Vec<String>,
         cfg: &ServeConfig,
     ) -> Result<AppState, ServeError> {
+        // Presented keys are trimmed by HTTP, so a configured key with surrounding whitespace
+        // would lock every client out.
+        if let Some(k) = cfg.api_key.as_deref().filter(|k| !k.is_empty()) {
+            if k.trim() != k {
+                return Err(ServeError::Config(
+                    "--api-key has leading or trailing whitespace; remove it (keys are compared exactly)".into(),
+                ));
+            }
+        }
         // vLLM refuses a parser it does not know at start; so do we, rather than serve replies
         // the client expects to be split.
         let reasoning_parser = match cfg.reasoning_parser.as_deref() {
@@ -546,6 +555,18 @@ mod tests {
             panic!("--max-loras 0 must be a configuration error");
         };
         assert!(msg.contains("--max-loras"), "{msg}");
+    }
+
+    #[test]
+    fn a_key_with_surrounding_whitespace_is_refused_at_start() {
+        let cfg = ServeConfig {
+            api_key: Some("sk-local ".into()),
+            ..ServeConfig::default()
+        };
+        let Err(ServeError::Config(msg)) = AppState::from_config(&cfg) else {
+            panic!("a key clients can never match must be refused");
+        };
+        assert!(msg.contains("--api-key"), "{msg}");
     }
 
     #[test]

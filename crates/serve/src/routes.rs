@@ -420,13 +420,39 @@ async fn load_lora(
             "lora_path must not contain NUL",
         ));
     }
-    let canon = std::fs::canonicalize(&path).map_err(|e| {
+    // Canonicalizing touches the file system: off the async threads, with the load.
+    let engine = st.engine.clone();
+    let root = st.lora_root.clone();
+    let n2 = name.clone();
+    tokio::task::spawn_blocking(move || -> ApiResult<()> {
+        let canon = lora_path_under_root(&n2, &path, root.as_deref())?;
+        engine
+            .load_adapter(&n2, &canon)
+            .map(drop)
+            .map_err(|e| ApiError::bad_request(format!("Loading lora {n2} failed: {e}")))
+    })
+    .await
+    .map_err(join_failed)??;
+    Ok((
+        StatusCode::OK,
+        format!("Success: LoRA adapter '{name}' added successfully."),
+    )
+        .into_response())
+}
+
+/// `path` resolved through every link, and refused (403) unless it lies under `root`.
+fn lora_path_under_root(
+    name: &str,
+    path: &str,
+    root: Option<&std::path::Path>,
+) -> ApiResult<std::path::PathBuf> {
+    let canon = std::fs::canonicalize(path).map_err(|e| {
         ApiError::bad_param(
             "lora_path",
             format!("Loading lora {name} failed: {path}: {e}"),
         )
     })?;
-    if let Some(root) = &st.lora_root {
+    if let Some(root) = root {
         let root = std::fs::canonicalize(root).map_err(|e| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -443,17 +469,7 @@ async fn load_lora(
             ));
         }
     }
-    let engine = st.engine.clone();
-    let n2 = name.clone();
-    tokio::task::spawn_blocking(move || engine.load_adapter(&n2, &canon))
-        .await
-        .map_err(join_failed)?
-        .map_err(|e| ApiError::bad_request(format!("Loading lora {name} failed: {e}")))?;
-    Ok((
-        StatusCode::OK,
-        format!("Success: LoRA adapter '{name}' added successfully."),
-    )
-        .into_response())
+    Ok(canon)
 }
 
 async fn unload_lora(

@@ -460,6 +460,8 @@ async fn errors_auth_and_not_found() {
         json!({"model": "tiny", "messages": "not a list"}),
         json!({"model": "tiny", "messages": msgs, "top_logprobs": 2}),
         json!({"model": "tiny"}),
+        // vLLM refuses stream options on a request that does not stream.
+        json!({"model": "tiny", "messages": msgs, "stream_options": {"include_usage": true}}),
     ];
     for b in bad {
         let r = authed("/v1/chat/completions", b.clone()).await.unwrap();

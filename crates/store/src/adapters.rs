@@ -263,7 +263,8 @@ impl LoraStore {
 
     /// Retention for [`LoraStore::save_versioned`]'s time-stamped saves of `base` (what
     /// `/v1/distill` makes): deletes all but the newest `keep` (at least 1), never one an alias
-    /// points at. Returns the deleted ids, so their served names can be unloaded.
+    /// points at, nor one whose update lock someone holds (it is being trained on). Returns the
+    /// deleted ids, so their served names can be unloaded.
     pub fn prune_stamped_saves(&self, base: &str, keep: usize) -> Result<Vec<String>> {
         let saves = self.stamped_saves(base)?;
         let keep = keep.max(1);
@@ -276,6 +277,10 @@ impl LoraStore {
             if targets.contains(id) {
                 continue;
             }
+            // One being trained on (here or in another process) stays; the next call retries.
+            let Some(_update) = self.try_lock_adapter(id)? else {
+                continue;
+            };
             if self.delete(id)? {
                 deleted.push(id.clone());
             }
