@@ -1,10 +1,12 @@
-//! Sampling parameters, logits processing (penalties, temperature, top-k/p, min-p) and
-//! log-probabilities, on CPU `f32` rows.
+//! Sampling parameters, logits processing (penalties, temperature, top-k/p, min-p, grammar
+//! masks) and log-probabilities, on CPU `f32` rows.
 
 use std::collections::HashMap;
 
 use rand::rngs::StdRng;
 use rand::Rng;
+
+use claas_constrain::{Grammar, Mask, Matcher};
 
 use crate::EngineError;
 
@@ -34,6 +36,9 @@ pub struct SamplingParams {
     /// `(token id, bias)` added to the logits before penalties and sampling (OpenAI
     /// `logit_bias`); ids outside the vocabulary are skipped.
     pub logit_bias: Vec<(u32, f32)>,
+    /// Structured output: every sequence's tokens follow this grammar (its own matcher each),
+    /// and the sequence stops with `Stop` once the grammar is complete.
+    pub constraint: Option<Grammar>,
 }
 
 impl Default for SamplingParams {
@@ -54,6 +59,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             logprobs: None,
             logit_bias: Vec::new(),
+            constraint: None,
         }
     }
 }
@@ -265,6 +271,99 @@ fn argmax(row: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+/// One sequence's grammar state next to its sampling state: the matcher, and the mask for
+/// the next token once computed (ahead of time by [`overlap_masks`], or on demand).
+pub(crate) struct SeqConstraint {
+    matcher: Matcher,
+    mask: Option<Mask>,
+    /// Why the matcher failed; the sequence ends with this error.
+    pub failed: Option<String>,
+}
+
+impl SeqConstraint {
+    pub fn new(g: &Grammar) -> Self {
+        SeqConstraint {
+            matcher: g.matcher(),
+            mask: None,
+            failed: None,
+        }
+    }
+
+    /// Computes the next token's mask unless already there.
+    fn prepare(&mut self) {
+        if self.mask.is_none() && self.failed.is_none() {
+            match self.matcher.compute_mask() {
+                Ok(m) => self.mask = Some(m),
+                Err(e) => self.failed = Some(e.to_string()),
+            }
+        }
+    }
+
+    /// Masks `row` (after biases and penalties, before temperature and top-k/p, as vLLM).
+    /// EOS stays allowed where the grammar may end, even before `min_tokens` (the grammar
+    /// leaves nothing else to sample there).
+    pub fn apply(&mut self, row: &mut [f32], eos_ids: &[u32]) {
+        self.prepare();
+        let Some(mask) = &self.mask else {
+            return;
+        };
+        let before: Vec<f32> = if mask.allows_eos() {
+            eos_ids
+                .iter()
+                .map(|&t| row.get(t as usize).copied().unwrap_or(0.0))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        mask.apply(row, eos_ids);
+        if !before.is_empty() && !row.iter().any(|x| x.is_finite()) {
+            for (&t, &l) in eos_ids.iter().zip(&before) {
+                if let Some(x) = row.get_mut(t as usize) {
+                    *x = if l.is_finite() { l } else { 0.0 };
+                }
+            }
+        }
+    }
+
+    /// Advances past the sampled token (an EOS id ends the sequence and is not committed).
+    pub fn commit(&mut self, tok: u32, eos_ids: &[u32]) {
+        let Some(mask) = self.mask.take() else {
+            return;
+        };
+        if eos_ids.contains(&tok) && mask.allows_eos() {
+            return;
+        }
+        if let Err(e) = self.matcher.commit(tok) {
+            self.failed = Some(e.to_string());
+        }
+    }
+
+    /// The grammar is complete: nothing may follow.
+    pub fn done(&self) -> bool {
+        self.matcher.is_done()
+    }
+}
+
+/// Runs `forward` on this thread while another computes the next-token masks of `masks` (the
+/// constrained sequences that sample this step), so the grammar's CPU work hides behind the
+/// model's instead of adding to the step.
+pub(crate) fn overlap_masks<R>(
+    masks: &mut [(usize, SeqConstraint)],
+    forward: impl FnOnce() -> R,
+) -> R {
+    if masks.is_empty() {
+        return forward();
+    }
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| masks.iter_mut().for_each(|(_, c)| c.prepare()));
+        let out = forward();
+        // A panicking matcher leaves its mask unset; `apply` computes it again (and records
+        // the failure) on this thread.
+        let _ = worker.join();
+        out
+    })
 }
 
 #[cfg(test)]

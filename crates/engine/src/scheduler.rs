@@ -32,7 +32,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::admission::{AdapterKey, Limits, Queue, Queued};
 use crate::engine::{rss_bytes, ModelLoader, Msg, PauseMode, Pending, SleepReport};
 use crate::plan::{plan, Work};
-use crate::sampling::{apply_penalties, log_softmax, sample, token_logprob};
+use crate::sampling::{
+    apply_penalties, log_softmax, overlap_masks, sample, token_logprob, SeqConstraint,
+};
 use crate::{EngineError, Event, FinishReason, Metrics, SamplingParams, TokenLogprob};
 
 pub(crate) struct SchedulerParams {
@@ -78,6 +80,8 @@ struct Seq {
     /// `(top n, collected so far)` when prompt logprobs were asked for (sequence 0 only).
     prompt_lp: Option<(usize, Vec<Option<TokenLogprob>>)>,
     counts: HashMap<u32, u32>,
+    /// Structured output state, when the request has a grammar.
+    constraint: Option<SeqConstraint>,
     req: Rc<RefCell<ReqState>>,
 }
 
@@ -137,11 +141,18 @@ impl Seq {
             logprob,
         });
         let p = &self.params;
+        if let Some(e) = self.constraint.as_ref().and_then(|c| c.failed.as_ref()) {
+            tracing::error!("constrained decoding failed: {e}");
+            let _ = self.tx.send(Event::Error(e.clone()));
+            return Some((FinishReason::Abort, None));
+        }
         if sent.is_err() {
             Some((FinishReason::Abort, None))
         } else if p.stop_token_ids.contains(&tok) {
             Some((FinishReason::Stop, Some(tok)))
         } else if !p.ignore_eos && p.eos_token_ids.contains(&tok) {
+            Some((FinishReason::Stop, None))
+        } else if self.constraint.as_ref().is_some_and(SeqConstraint::done) {
             Some((FinishReason::Stop, None))
         } else if self.generated() >= p.max_tokens || self.tokens.len() >= max_model_len {
             Some((FinishReason::Length, None))
@@ -181,7 +192,13 @@ impl Seq {
                 }
             }
         }
+        if let Some(c) = &mut self.constraint {
+            c.apply(&mut row, &p.eos_token_ids);
+        }
         let tok = sample(&row, &p, &mut self.rng);
+        if let Some(c) = &mut self.constraint {
+            c.commit(tok, &p.eos_token_ids);
+        }
         let logprob = raw_lp.map(|(k, lp)| token_logprob(&lp, tok, k));
         self.tokens.push(tok);
         *self.counts.entry(tok).or_insert(0) += 1;
@@ -420,6 +437,7 @@ impl Loop {
                     None
                 },
                 counts: HashMap::new(),
+                constraint: params.constraint.as_ref().map(SeqConstraint::new),
                 req: state.clone(),
             });
         }
@@ -460,7 +478,21 @@ impl Loop {
             return;
         };
         let takes = self.plan();
-        let outs = match self.forward(&model, &takes) {
+        // The constrained sequences that sample this step get their masks computed while the
+        // forward runs.
+        let mut masks: Vec<(usize, SeqConstraint)> = self
+            .running
+            .iter_mut()
+            .zip(&takes)
+            .enumerate()
+            .filter(|(_, (s, &t))| t > 0 && s.fed + t == s.tokens.len())
+            .filter_map(|(i, (s, _))| s.constraint.take().map(|c| (i, c)))
+            .collect();
+        let outs = overlap_masks(&mut masks, || self.forward(&model, &takes));
+        for (i, c) in masks {
+            self.running[i].constraint = Some(c);
+        }
+        let outs = match outs {
             Ok(outs) => outs,
             Err(e) => {
                 tracing::error!("forward failed: {e}");

@@ -259,6 +259,8 @@ pub struct AppState {
     resolver: Option<resolve::Resolver>,
     /// `--reasoning-parser qwen3` is on.
     pub reasoning_parser: bool,
+    /// Structured output's token trie, built on the first constrained request.
+    pub(crate) constrainer: std::sync::OnceLock<Result<claas_constrain::Constrainer, String>>,
 }
 
 /// Served model name of an alias (`openclaw/assistant-latest` -> `openclaw-assistant-latest`),
@@ -436,6 +438,7 @@ impl AppState {
             max_prompt_bytes,
             resolver,
             reasoning_parser,
+            constrainer: std::sync::OnceLock::new(),
         })
     }
 

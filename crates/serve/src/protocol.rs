@@ -53,13 +53,17 @@ pub(crate) struct Sampling {
     pub prompt_logprobs: Option<usize>,
     pub echo: Option<bool>,
     pub add_special_tokens: Option<bool>,
-    // Fields we recognise but do not implement: any value but their no-op one is refused.
+    // Structured output, read as JSON and parsed by `validate` into the types below, so a
+    // malformed value is a 400 naming its field rather than a generic body error.
     pub response_format: Option<Value>,
     pub structured_outputs: Option<Value>,
     pub guided_json: Option<Value>,
     pub guided_regex: Option<Value>,
     pub guided_choice: Option<Value>,
     pub guided_grammar: Option<Value>,
+    pub guided_whitespace_pattern: Option<Value>,
+    pub structural_tag: Option<Value>,
+    // Fields we recognise but do not implement: any value but their no-op one is refused.
     pub use_beam_search: Option<bool>,
     pub best_of: Option<usize>,
     pub allowed_token_ids: Option<Value>,
@@ -67,6 +71,64 @@ pub(crate) struct Sampling {
     pub truncate_prompt_tokens: Option<Value>,
     pub logits_processors: Option<Value>,
     pub prompt_embeds: Option<Value>,
+}
+
+/// OpenAI's `response_format`.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+/// `response_format.json_schema` (vLLM also reads the schema from `schema`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JsonSchemaFormat {
+    // Read for their shape only: they name the format and change no output.
+    #[allow(dead_code)]
+    pub name: Option<String>,
+    #[allow(dead_code)]
+    pub description: Option<String>,
+    #[serde(alias = "schema")]
+    pub json_schema: Option<Value>,
+    /// Accepted either way: the schema is always enforced exactly.
+    #[allow(dead_code)]
+    pub strict: Option<bool>,
+}
+
+/// vLLM's `structured_outputs` (`StructuredOutputsParams`): one constraint kind at a time.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StructuredOutputs {
+    /// A schema, or a schema as a JSON string.
+    pub json: Option<Value>,
+    pub regex: Option<String>,
+    pub choice: Option<Vec<String>>,
+    pub grammar: Option<String>,
+    pub json_object: Option<bool>,
+    /// Output JSON never has free whitespace here; `false` asks for what is not offered.
+    pub disable_any_whitespace: Option<bool>,
+    /// Nothing falls back here (there is one backend); accepted either way.
+    #[allow(dead_code)]
+    pub disable_fallback: Option<bool>,
+    pub disable_additional_properties: Option<bool>,
+    pub whitespace_pattern: Option<Value>,
+    pub structural_tag: Option<Value>,
+}
+
+/// `tool_choice` naming a function.
+#[derive(Deserialize)]
+pub(crate) struct NamedToolChoice {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: NamedFunction,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NamedFunction {
+    pub name: String,
 }
 
 /// `POST /v1/chat/completions`.
@@ -78,6 +140,8 @@ pub(crate) struct ChatRequest {
     pub top_logprobs: Option<usize>,
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
+    /// With `tool_choice: "required"`: one call (`false`) or one or more (default).
+    pub parallel_tool_calls: Option<bool>,
     pub chat_template_kwargs: Option<Map<String, Value>>,
     pub add_generation_prompt: Option<bool>,
     pub continue_final_message: Option<bool>,
@@ -115,7 +179,6 @@ pub(crate) struct CompletionRequest {
 /// Fields OpenAI clients send that change nothing here; not worth a warning.
 pub(crate) const HARMLESS_FIELDS: &[&str] = &[
     "user",
-    "parallel_tool_calls",
     "request_id",
     "priority",
     "cache_salt",
@@ -216,6 +279,25 @@ pub(crate) struct ToolCall {
     pub function: FunctionCall,
 }
 
+/// A streamed piece of a tool call: the first carries id, type and name, later ones only
+/// more of the arguments (vLLM's named tool choice streams this way).
+#[derive(Serialize, Clone, Debug)]
+pub(crate) struct ToolCallPiece {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionPiece,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub(crate) struct FunctionPiece {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
 /// A tool call in a stream chunk (carries its position).
 #[derive(Serialize, Clone, Debug)]
 pub(crate) struct ToolCallDelta {
@@ -293,7 +375,15 @@ pub(crate) struct ChatDelta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Vec<ToolCallDelta>>,
+    pub tool_calls: Option<Vec<ToolCallChunk>>,
+}
+
+/// A tool call in a stream chunk: whole (parsed from text) or piece by piece (forced).
+#[derive(Serialize, Clone, Debug)]
+#[serde(untagged)]
+pub(crate) enum ToolCallChunk {
+    Whole(ToolCallDelta),
+    Piece(ToolCallPiece),
 }
 
 #[derive(Serialize)]

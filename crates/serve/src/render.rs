@@ -12,11 +12,11 @@ use claas_engine::TokenLogprob;
 use crate::protocol::{
     ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, ChatDelta, ChatLogprob, ChatLogprobs,
     ChatMessage, Completion, CompletionChoice, CompletionChunk, CompletionChunkChoice,
-    CompletionLogprobs, FunctionCall, PromptLogprob, PromptLogprobs, StopReason, ToolCall,
-    ToolCallDelta, TopLogprob, Usage,
+    CompletionLogprobs, FunctionCall, FunctionPiece, PromptLogprob, PromptLogprobs, StopReason,
+    ToolCall, ToolCallChunk, ToolCallDelta, ToolCallPiece, TopLogprob, Usage,
 };
 use crate::stream::{ChunkRenderer, Delta, Run};
-use crate::validate::{ChatOptions, CompletionOptions, Reasoning, ValidRequest};
+use crate::validate::{ChatOptions, CompletionOptions, ForcedTool, Reasoning, ValidRequest};
 use crate::AppState;
 
 pub(crate) fn now() -> i64 {
@@ -234,6 +234,56 @@ pub(crate) fn chat_message(
     (message, fr)
 }
 
+/// The calls of a `tool_choice: "required"` output (a JSON array of `{"name", "parameters"}`),
+/// or `None` when it does not parse (cut short by `max_tokens` or a stop string).
+fn required_calls(text: &str) -> Option<Vec<ToolCall>> {
+    let items: Vec<serde_json::Value> = serde_json::from_str(text).ok()?;
+    items
+        .into_iter()
+        .map(|it| {
+            let name = it.get("name")?.as_str()?.to_string();
+            let arguments = serde_json::to_string(it.get("parameters")?).ok()?;
+            Some(tool_call(claas_chat::ToolCall { name, arguments }))
+        })
+        .collect()
+}
+
+/// The message of a forced tool call, as vLLM: a named tool's output is its arguments (even
+/// when cut short); a required call's output is parsed into calls and the finish reason
+/// becomes `tool_calls` when it stopped normally. Unparseable output stays content.
+fn forced_message(text: &str, forced: &ForcedTool, finish: String) -> (ChatMessage, String) {
+    let mut message = ChatMessage {
+        role: "assistant",
+        content: Some(String::new()),
+        tool_calls: Vec::new(),
+        reasoning_content: None,
+    };
+    match forced {
+        ForcedTool::Named(name) => {
+            message.tool_calls.push(tool_call(claas_chat::ToolCall {
+                name: name.clone(),
+                arguments: text.to_string(),
+            }));
+            (message, finish)
+        }
+        ForcedTool::Required => match required_calls(text) {
+            Some(calls) => {
+                message.tool_calls = calls;
+                let fr = if finish == "stop" {
+                    "tool_calls".to_string()
+                } else {
+                    finish
+                };
+                (message, fr)
+            }
+            None => {
+                message.content = Some(text.to_string());
+                (message, finish)
+            }
+        },
+    }
+}
+
 fn finish_of(f: &Option<(String, Option<StopReason>)>) -> (String, Option<StopReason>) {
     f.clone().unwrap_or(("stop".into(), None))
 }
@@ -258,7 +308,13 @@ pub(crate) fn chat_response(
                 Some(p) => format!("{p}{}", c.text.text),
                 None => c.text.text.clone(),
             };
-            let (message, fr) = chat_message(&text, o.parse_tools, o.reasoning, fr);
+            let (mut message, fr) = match &o.forced_tool {
+                Some(f) => forced_message(&text, f, fr),
+                None => chat_message(&text, o.parse_tools, o.reasoning, fr),
+            };
+            if !o.parallel_tool_calls {
+                message.tool_calls.truncate(1);
+            }
             ChatChoice {
                 index: i,
                 message,
@@ -355,6 +411,11 @@ pub(crate) struct ChatRenderer {
     /// Per choice: the `<think>` splitter (with a reasoning parser), ahead of the tool parser.
     thinking: Vec<Option<ReasoningStreamParser>>,
     include_reasoning: bool,
+    forced_tool: Option<ForcedTool>,
+    parallel_tool_calls: bool,
+    /// Per choice: the forced call's id once its head (id, type, name) went out (named), or
+    /// the output so far (required, parsed at the end).
+    forced_state: Vec<(Option<String>, String)>,
 }
 
 impl ChatRenderer {
@@ -381,6 +442,60 @@ impl ChatRenderer {
                 .map(|_| o.reasoning.map(|_| ReasoningStreamParser::new()))
                 .collect(),
             include_reasoning: o.reasoning == Some(Reasoning::Include),
+            forced_tool: o.forced_tool,
+            parallel_tool_calls: o.parallel_tool_calls,
+            forced_state: vec![(None, String::new()); run.choices.len()],
+        }
+    }
+
+    /// Tool-call pieces of a forced call for one text delta: a named call streams its
+    /// arguments as they come (the first piece carries id, type and name, as vLLM); required
+    /// calls go out whole once the output is complete.
+    fn forced_pieces(
+        &mut self,
+        index: usize,
+        text: &str,
+        finishing: bool,
+    ) -> (String, Vec<ToolCallChunk>) {
+        let (sent_id, buf) = &mut self.forced_state[index];
+        match &self.forced_tool {
+            Some(ForcedTool::Named(name)) => {
+                if text.is_empty() {
+                    return (String::new(), Vec::new());
+                }
+                let head = sent_id.is_none();
+                let id = sent_id
+                    .get_or_insert_with(|| format!("chatcmpl-tool-{}", rand_id()))
+                    .clone();
+                let piece = ToolCallPiece {
+                    index: 0,
+                    id: head.then_some(id),
+                    kind: head.then_some("function"),
+                    function: FunctionPiece {
+                        name: head.then(|| name.clone()),
+                        arguments: text.to_string(),
+                    },
+                };
+                (String::new(), vec![ToolCallChunk::Piece(piece)])
+            }
+            Some(ForcedTool::Required) => {
+                buf.push_str(text);
+                if !finishing {
+                    return (String::new(), Vec::new());
+                }
+                match required_calls(buf) {
+                    Some(calls) => (
+                        String::new(),
+                        calls
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, call)| ToolCallChunk::Whole(ToolCallDelta { index: i, call }))
+                            .collect(),
+                    ),
+                    None => (std::mem::take(buf), Vec::new()),
+                }
+            }
+            None => (text.to_string(), Vec::new()),
         }
     }
 
@@ -459,8 +574,25 @@ impl ChunkRenderer for ChatRenderer {
             }
             None => (None, d.text),
         };
-        let (parser, count) = &mut self.tools[d.index];
-        let (content, calls) = stream_tool_delta(parser.as_mut(), count, &text, d.finish.is_some());
+        let (content, calls) = if self.forced_tool.is_some() {
+            let (content, calls) = self.forced_pieces(d.index, &text, d.finish.is_some());
+            if self.forced_tool == Some(ForcedTool::Required) {
+                self.tools[d.index].1 += calls.len();
+            }
+            (content, calls)
+        } else {
+            let (parser, count) = &mut self.tools[d.index];
+            let (content, mut calls) =
+                stream_tool_delta(parser.as_mut(), count, &text, d.finish.is_some());
+            if !self.parallel_tool_calls {
+                calls.retain(|c| c.index == 0);
+            }
+            (
+                content,
+                calls.into_iter().map(ToolCallChunk::Whole).collect(),
+            )
+        };
+        let count = &self.tools[d.index].1;
         let logprobs = match (&d.lp, self.want_logprobs) {
             (Some(l), true) => Some(ChatLogprobs {
                 content: vec![self.names.chat_entry(l)],

@@ -7,13 +7,15 @@ use std::collections::BTreeMap;
 
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
+use claas_constrain::{Constraint, Grammar};
 use claas_engine::SamplingParams;
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
 use crate::protocol::{
-    ChatRequest, CompletionRequest, PromptSpec, Sampling, StopSpec, StreamOptions, HARMLESS_FIELDS,
+    ChatRequest, CompletionRequest, JsonSchemaFormat, NamedToolChoice, PromptSpec, ResponseFormat,
+    Sampling, StopSpec, StreamOptions, StructuredOutputs, HARMLESS_FIELDS,
 };
 use crate::AppState;
 
@@ -76,6 +78,20 @@ pub enum ValidationError {
     Sampling(String),
     #[error("invalid lora_name {name:?}: {reason}")]
     LoraName { name: String, reason: &'static str },
+    /// A structured-output field whose value is malformed, or a schema, regex or grammar
+    /// that does not compile.
+    #[error("invalid {param}: {message}")]
+    BadField {
+        param: &'static str,
+        message: String,
+    },
+    #[error("`{second}` cannot be combined with `{first}`: only one structured output constraint per request")]
+    TwoConstraints {
+        first: &'static str,
+        second: &'static str,
+    },
+    #[error("Tool '{0}' named by tool_choice has not been passed in `tools`.")]
+    UnknownTool(String),
 }
 
 impl ValidationError {
@@ -98,7 +114,10 @@ impl ValidationError {
             | V::Unsupported { param, .. }
             | V::PromptTooLong { param, .. }
             | V::PromptTooManyBytes { param, .. }
-            | V::ContextOverflow { param, .. } => param,
+            | V::ContextOverflow { param, .. }
+            | V::BadField { param, .. } => param,
+            V::TwoConstraints { second, .. } => second,
+            V::UnknownTool(_) => "tool_choice",
             V::EmptyPrompt => "prompt",
             V::EmptyMessages => "messages",
             V::TopLogprobsWithoutLogprobs => "top_logprobs",
@@ -167,6 +186,19 @@ pub(crate) struct ChatOptions {
     pub echo_prefix: Option<String>,
     /// `--reasoning-parser qwen3`: split `<think>` text into `reasoning_content`.
     pub reasoning: Option<Reasoning>,
+    /// `tool_choice` required or named: the whole output is the tool call(s).
+    pub forced_tool: Option<ForcedTool>,
+    /// `parallel_tool_calls: false` keeps the first parsed tool call only.
+    pub parallel_tool_calls: bool,
+}
+
+/// A tool call the grammar forces (vLLM's shapes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ForcedTool {
+    /// The output is this function's arguments object.
+    Named(String),
+    /// The output is a JSON array of `{"name", "parameters"}` calls.
+    Required,
 }
 
 /// What the reasoning parser does with the thinking text.
@@ -220,28 +252,6 @@ fn cap_logprobs(st: &AppState, param: &'static str, k: Option<usize>) -> VResult
 /// they asked for constrained text; warns about fields we do not know (vLLM does the same).
 fn check_fields(s: &Sampling, extra: &BTreeMap<String, Value>) -> VResult<()> {
     let unsupported = |param, reason| Err(ValidationError::Unsupported { param, reason });
-    match &s.response_format {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) if m.get("type").and_then(Value::as_str) == Some("text") => {}
-        Some(_) => {
-            return unsupported(
-                "response_format",
-                "only {\"type\": \"text\"} (structured output is not implemented)",
-            )
-        }
-    }
-    let constrained = [
-        ("structured_outputs", &s.structured_outputs),
-        ("guided_json", &s.guided_json),
-        ("guided_regex", &s.guided_regex),
-        ("guided_choice", &s.guided_choice),
-        ("guided_grammar", &s.guided_grammar),
-    ];
-    for (param, v) in constrained {
-        if v.as_ref().is_some_and(|v| !v.is_null()) {
-            return unsupported(param, "structured output is not implemented");
-        }
-    }
     if s.use_beam_search == Some(true) {
         return unsupported("use_beam_search", "beam search is not implemented");
     }
@@ -280,6 +290,267 @@ fn check_fields(s: &Sampling, extra: &BTreeMap<String, Value>) -> VResult<()> {
         tracing::warn!("The following fields were present in the request but ignored: {unknown:?}");
     }
     Ok(())
+}
+
+fn bad(param: &'static str, message: impl std::fmt::Display) -> ValidationError {
+    ValidationError::BadField {
+        param,
+        message: message.to_string(),
+    }
+}
+
+fn present(v: &Option<Value>) -> Option<&Value> {
+    v.as_ref().filter(|v| !v.is_null())
+}
+
+/// A typed view of a structured-output field; a wrong shape is a 400 naming the field.
+fn parse_field<T: DeserializeOwned>(param: &'static str, v: &Value) -> VResult<T> {
+    serde_json::from_value(v.clone()).map_err(|e| bad(param, e))
+}
+
+/// A JSON schema sent as an object or as a JSON string (vLLM takes both).
+fn schema_value(param: &'static str, v: &Value) -> VResult<Value> {
+    match v {
+        Value::String(s) => serde_json::from_str(s).map_err(|e| bad(param, e)),
+        Value::Object(_) | Value::Bool(_) => Ok(v.clone()),
+        _ => Err(bad(
+            param,
+            "expected a JSON schema (an object or a JSON string)",
+        )),
+    }
+}
+
+/// The structured output a request asks for through `response_format`, `structured_outputs`
+/// or the legacy `guided_*` fields, with the field that asked; two at once are refused.
+fn requested_constraint(s: &Sampling) -> VResult<Option<(&'static str, Constraint)>> {
+    let mut found: Option<(&'static str, Constraint)> = None;
+    let mut add = |param: &'static str, c: Constraint| match &found {
+        Some((first, _)) => Err(ValidationError::TwoConstraints {
+            first,
+            second: param,
+        }),
+        None => {
+            found = Some((param, c));
+            Ok(())
+        }
+    };
+    if let Some(v) = present(&s.response_format) {
+        match parse_field::<ResponseFormat>("response_format", v)? {
+            ResponseFormat::Text => {}
+            ResponseFormat::JsonObject => add("response_format", Constraint::JsonObject)?,
+            ResponseFormat::JsonSchema {
+                json_schema:
+                    JsonSchemaFormat {
+                        json_schema: schema,
+                        ..
+                    },
+            } => {
+                let schema = schema
+                    .ok_or_else(|| bad("response_format", "json_schema.schema is required"))?;
+                let schema = schema_value("response_format", &schema)?;
+                add("response_format", Constraint::JsonSchema(schema))?
+            }
+        }
+    }
+    if let Some(v) = present(&s.structured_outputs) {
+        let so: StructuredOutputs = parse_field("structured_outputs", v)?;
+        let p = "structured_outputs";
+        if so.disable_any_whitespace == Some(false) {
+            return Err(bad(p, "disable_any_whitespace: false is not supported (JSON output never has free whitespace here)"));
+        }
+        if so.disable_additional_properties == Some(true) {
+            return Err(bad(p, "disable_additional_properties is not supported; set additionalProperties: false in the schema"));
+        }
+        if so.whitespace_pattern.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(bad(p, "whitespace_pattern is not supported"));
+        }
+        if so.structural_tag.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(bad(p, "structural_tag is not supported"));
+        }
+        let mut kinds = Vec::new();
+        if let Some(j) = so.json.as_ref().filter(|v| !v.is_null()) {
+            kinds.push(Constraint::JsonSchema(schema_value(p, j)?));
+        }
+        if let Some(r) = so.regex {
+            kinds.push(Constraint::Regex(r));
+        }
+        if let Some(c) = so.choice {
+            kinds.push(Constraint::Choice(c));
+        }
+        if let Some(g) = so.grammar {
+            kinds.push(Constraint::Lark(g));
+        }
+        if so.json_object == Some(true) {
+            kinds.push(Constraint::JsonObject);
+        }
+        match kinds.len() {
+            1 => add(p, kinds.remove(0))?,
+            0 => return Err(bad(p, "one of json, regex, choice, grammar or json_object is required")),
+            _ => return Err(bad(p, "You can only use one kind of structured outputs constraint but multiple are specified")),
+        }
+    }
+    if let Some(v) = present(&s.guided_json) {
+        add(
+            "guided_json",
+            Constraint::JsonSchema(schema_value("guided_json", v)?),
+        )?;
+    }
+    if let Some(v) = present(&s.guided_regex) {
+        add(
+            "guided_regex",
+            Constraint::Regex(parse_field("guided_regex", v)?),
+        )?;
+    }
+    if let Some(v) = present(&s.guided_choice) {
+        add(
+            "guided_choice",
+            Constraint::Choice(parse_field("guided_choice", v)?),
+        )?;
+    }
+    if let Some(v) = present(&s.guided_grammar) {
+        add(
+            "guided_grammar",
+            Constraint::Lark(parse_field("guided_grammar", v)?),
+        )?;
+    }
+    for (param, v) in [
+        ("guided_whitespace_pattern", &s.guided_whitespace_pattern),
+        ("structural_tag", &s.structural_tag),
+    ] {
+        if present(v).is_some() {
+            return Err(ValidationError::Unsupported {
+                param,
+                reason: "not implemented",
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// The function object of each tool (`{"type": "function", "function": {...}}`).
+fn tool_function<'a>(tool: &'a Value) -> VResult<&'a Map<String, Value>> {
+    tool.get("function")
+        .and_then(Value::as_object)
+        .filter(|f| f.get("name").is_some_and(Value::is_string))
+        .ok_or_else(|| bad("tools", "each tool needs a function with a name"))
+}
+
+/// The arguments schema of a function (an empty object when it declares none, as vLLM).
+fn parameters(f: &Map<String, Value>) -> Value {
+    match f.get("parameters") {
+        Some(p) if !p.is_null() => p.clone(),
+        _ => json!({"type": "object", "properties": {}}),
+    }
+}
+
+/// The grammar of a forced tool call, vLLM's `_get_json_schema_from_tool`: a named tool's
+/// arguments object, or for `required` an array of `{"name", "parameters"}` items, one per
+/// call (at most one without `parallel_tool_calls`), their `$defs` hoisted to the root where
+/// their `$ref`s point. The items refuse keys beyond the two (vLLM's leave them open), so
+/// output is valid under vLLM's schema too and a model cannot wander off into extra keys.
+fn forced_tool_constraint(
+    tools: &[Value],
+    forced: &ForcedTool,
+    parallel: bool,
+) -> VResult<Constraint> {
+    match forced {
+        ForcedTool::Named(name) => {
+            for t in tools {
+                let f = tool_function(t)?;
+                if f.get("name").and_then(Value::as_str) == Some(name) {
+                    let schema = schema_value("tools", &parameters(f))?;
+                    return Ok(Constraint::JsonSchema(schema));
+                }
+            }
+            Err(ValidationError::UnknownTool(name.clone()))
+        }
+        ForcedTool::Required => {
+            let mut defs = Map::new();
+            let mut items = Vec::new();
+            for t in tools {
+                let f = tool_function(t)?;
+                let mut params = schema_value("tools", &parameters(f))?;
+                if let Some(d) = params.as_object_mut().and_then(|p| p.remove("$defs")) {
+                    for (k, v) in d.as_object().into_iter().flatten() {
+                        match defs.get(k) {
+                            Some(old) if old != v => {
+                                return Err(bad(
+                                    "tools",
+                                    format!("Tool definition '{k}' has multiple schemas, which is not supported."),
+                                ))
+                            }
+                            _ => {
+                                defs.insert(k.clone(), v.clone());
+                            }
+                        }
+                    }
+                }
+                items.push(json!({
+                    "properties": {
+                        "name": {"type": "string", "enum": [f["name"]]},
+                        "parameters": params,
+                    },
+                    "required": ["name", "parameters"],
+                    "additionalProperties": false,
+                }));
+            }
+            let mut schema = json!({
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "object", "anyOf": items},
+            });
+            if !parallel {
+                schema["maxItems"] = json!(1);
+            }
+            if !defs.is_empty() {
+                schema["$defs"] = Value::Object(defs);
+            }
+            Ok(Constraint::JsonSchema(schema))
+        }
+    }
+}
+
+/// Compiles a constraint off the async threads (a large schema takes a while); a schema,
+/// regex or grammar that does not compile is a 400 naming the field it came from. The token
+/// trie is built on first use.
+async fn compile(
+    st: &std::sync::Arc<AppState>,
+    c: Option<(&'static str, Constraint)>,
+) -> Result<Option<Grammar>, ApiError> {
+    let Some((param, c)) = c else {
+        return Ok(None);
+    };
+    let st2 = st.clone();
+    tokio::task::spawn_blocking(move || {
+        let constrainer = st2
+            .constrainer
+            .get_or_init(|| {
+                let eos = st2
+                    .eos_token_ids
+                    .first()
+                    .copied()
+                    .ok_or_else(|| "the model has no EOS token".to_string())?;
+                claas_constrain::Constrainer::new(
+                    st2.tokenizer.hf(),
+                    st2.engine.model_config().vocab_size,
+                    eos,
+                )
+                .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("structured output is unavailable for this model: {e}"),
+                )
+            })?;
+        constrainer
+            .compile(&c)
+            .map(Some)
+            .map_err(|e| bad(param, e).into())
+    })
+    .await
+    .map_err(blocking_failed)?
 }
 
 fn logit_bias(st: &AppState, s: &Sampling) -> VResult<Vec<(u32, f32)>> {
@@ -407,6 +678,7 @@ fn sampling_params(
         ignore_eos: s.ignore_eos.unwrap_or(false),
         logprobs,
         logit_bias: logit_bias(st, s)?,
+        constraint: None,
     };
     if params.top_k < -1 {
         return Err(ValidationError::TopK(params.top_k));
@@ -521,32 +793,49 @@ pub(crate) async fn chat(
     cap_logprobs(st, "top_logprobs", req.top_logprobs)?;
     cap_logprobs(st, "prompt_logprobs", s.prompt_logprobs)?;
     let tools = req.tools.filter(|t| !t.is_empty());
-    let parse_tools = match &req.tool_choice {
-        None | Some(Value::Null) => tools.is_some(),
-        Some(Value::String(c)) if c == "none" => false,
+    let (parse_tools, forced_tool) = match &req.tool_choice {
+        None | Some(Value::Null) => (tools.is_some(), None),
+        Some(Value::String(c)) if c == "none" => (false, None),
         Some(_) if tools.is_none() => return Err(ValidationError::ToolChoiceWithoutTools.into()),
-        Some(Value::String(c)) if c == "auto" => true,
-        Some(Value::String(c)) if c == "required" => {
-            return Err(ValidationError::Unsupported {
-                param: "tool_choice",
-                reason: "\"required\" is not implemented; use \"auto\" or \"none\"",
+        Some(Value::String(c)) if c == "auto" => (true, None),
+        Some(Value::String(c)) if c == "required" => (false, Some(ForcedTool::Required)),
+        Some(v @ Value::Object(_)) => {
+            let named: NamedToolChoice = parse_field("tool_choice", v)?;
+            if named.kind != "function" {
+                return Err(bad("tool_choice", "type must be \"function\"").into());
             }
-            .into())
+            (false, Some(ForcedTool::Named(named.function.name)))
         }
         Some(_) => {
-            return Err(ValidationError::Unsupported {
-                param: "tool_choice",
-                reason: "naming a function is not implemented; use \"auto\" or \"none\"",
-            }
+            return Err(bad(
+                "tool_choice",
+                "expected \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+            )
             .into())
         }
     };
+    let parallel_tool_calls = req.parallel_tool_calls.unwrap_or(true);
+    let mut constraint = requested_constraint(s)?;
+    if let (Some(f), Some(t)) = (&forced_tool, &tools) {
+        if let Some((first, _)) = &constraint {
+            return Err(ValidationError::TwoConstraints {
+                first,
+                second: "tool_choice",
+            }
+            .into());
+        }
+        constraint = Some((
+            "tool_choice",
+            forced_tool_constraint(t, f, parallel_tool_calls)?,
+        ));
+    }
     let text_len = messages
         .iter()
         .chain(tools.iter().flatten())
         .map(text_bytes)
         .fold(0, usize::saturating_add);
     check_text_bytes(st, "messages", text_len)?;
+    let grammar = compile(st, constraint).await?;
     let (model, adapter) = pick_model(st, req.model.as_deref()).await?;
     let add_gen = req.add_generation_prompt.unwrap_or(true);
     let cont = req.continue_final_message.unwrap_or(false);
@@ -590,7 +879,18 @@ pub(crate) async fn chat(
         .logprobs
         .unwrap_or(false)
         .then(|| req.top_logprobs.unwrap_or(0));
-    let (params, n, stops) = sampling_params(st, s, "messages", prompt.len(), None, logprobs)?;
+    let (mut params, n, stops) = sampling_params(st, s, "messages", prompt.len(), None, logprobs)?;
+    // The grammar starts at the reply's first token: nothing is left to reason in.
+    let reasoning = if grammar.is_some() {
+        None
+    } else {
+        st.reasoning_parser.then_some(if include_reasoning {
+            Reasoning::Include
+        } else {
+            Reasoning::Drop
+        })
+    };
+    params.constraint = grammar;
     let valid = ValidRequest {
         model,
         adapter,
@@ -612,11 +912,9 @@ pub(crate) async fn chat(
         ChatOptions {
             parse_tools,
             echo_prefix,
-            reasoning: st.reasoning_parser.then_some(if include_reasoning {
-                Reasoning::Include
-            } else {
-                Reasoning::Drop
-            }),
+            reasoning,
+            forced_tool,
+            parallel_tool_calls,
         },
     ))
 }
@@ -636,6 +934,7 @@ pub(crate) async fn completion(
         .into());
     }
     let prompt = req.prompt.ok_or(ValidationError::Missing("prompt"))?;
+    let constraint = requested_constraint(s)?;
     cap_logprobs(st, "logprobs", req.logprobs)?;
     cap_logprobs(st, "prompt_logprobs", s.prompt_logprobs)?;
     let max_len = st.engine.max_model_len();
@@ -667,6 +966,7 @@ pub(crate) async fn completion(
         }
         PromptSpec::Ids(_) => {}
     }
+    let grammar = compile(st, constraint).await?;
     let (model, adapter) = pick_model(st, req.model.as_deref()).await?;
     let vocab = st.engine.model_config().vocab_size;
     let add_special = s.add_special_tokens.unwrap_or(true);
@@ -692,7 +992,8 @@ pub(crate) async fn completion(
     }
     let echo = s.echo.unwrap_or(false);
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let (params, n, stops) = sampling_params(st, s, "prompt", longest, Some(16), req.logprobs)?;
+    let (mut params, n, stops) = sampling_params(st, s, "prompt", longest, Some(16), req.logprobs)?;
+    params.constraint = grammar;
     // Echo with logprobs needs the prompt's logprobs too.
     let engine_plp = match (s.prompt_logprobs, echo && req.logprobs.is_some()) {
         (Some(a), true) => Some(a.max(req.logprobs.unwrap_or(0))),

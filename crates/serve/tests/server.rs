@@ -1525,37 +1525,45 @@ async fn unsupported_fields_are_refused_by_name() {
         }
         b
     };
+    // Structured output fields with bad values (their good values are tested in structured.rs).
     let cases = [
         (
             "/v1/chat/completions",
-            chat(json!({"response_format": {"type": "json_object"}})),
+            chat(json!({"response_format": {"type": "yaml"}})),
             "response_format",
         ),
         (
             "/v1/chat/completions",
             chat(
-                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frobnicate"}}}}),
             ),
             "response_format",
         ),
         (
             "/v1/chat/completions",
-            chat(json!({"structured_outputs": {"json": {}}})),
+            chat(json!({"structured_outputs": {"json": {}, "regex": "a"}})),
             "structured_outputs",
         ),
         (
             "/v1/chat/completions",
-            chat(json!({"guided_json": {"type": "object"}})),
+            chat(json!({"structured_outputs": {"regex": "a", "structural_tag": {}}})),
+            "structured_outputs",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(
+                json!({"guided_json": {"type": "object", "properties": {"a": {"$ref": "#/$defs/none"}}}}),
+            ),
             "guided_json",
         ),
         (
             "/v1/completions",
-            cmpl(json!({"guided_regex": "a+"})),
+            cmpl(json!({"guided_regex": "a(+"})),
             "guided_regex",
         ),
         (
             "/v1/completions",
-            cmpl(json!({"guided_choice": ["a", "b"]})),
+            cmpl(json!({"guided_choice": "a"})),
             "guided_choice",
         ),
         (
@@ -1564,14 +1572,24 @@ async fn unsupported_fields_are_refused_by_name() {
             "guided_grammar",
         ),
         (
+            "/v1/completions",
+            cmpl(json!({"guided_regex": "a", "guided_choice": ["a"]})),
+            "guided_choice",
+        ),
+        (
             "/v1/chat/completions",
-            chat(json!({"tools": tools, "tool_choice": "required"})),
+            chat(json!({"tools": tools, "tool_choice": "required", "guided_regex": "a"})),
+            "tool_choice",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"tools": tools, "tool_choice": "sometimes"})),
             "tool_choice",
         ),
         (
             "/v1/chat/completions",
             chat(
-                json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "f"}}}),
+                json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "g"}}}),
             ),
             "tool_choice",
         ),
