@@ -481,3 +481,54 @@ fn short_request_finishes_while_a_long_prompt_is_still_prefilling() {
     assert!(rest[0].is_empty());
     assert_eq!(fin[0], "length");
 }
+
+#[test]
+fn constrained_sequences_share_a_batch_with_free_ones() {
+    // Constrained and unconstrained sequences decode in the same steps (the masks are computed
+    // while the forward runs): each constrained one is a choice and stops there; the free one
+    // is untouched by them and runs to max_tokens.
+    let tok =
+        claas_chat::Tokenizer::from_file(fixtures().join("tiny-qwen3/tokenizer.json")).unwrap();
+    let e = engine(EngineConfig::default());
+    let vocab = e.model_config().vocab_size;
+    let eos = e.model_config().eos_token_ids[0];
+    let c = claas_constrain::Constrainer::new(tok.hf(), vocab, eos).unwrap();
+    let choices = ["alpha beta", "gamma", "delta epsilon zeta"];
+    let grammar = c
+        .compile(&claas_constrain::Constraint::Choice(
+            choices.iter().map(|s| s.to_string()).collect(),
+        ))
+        .unwrap();
+    let prompt = tok.encode("Pick one:", false).unwrap();
+    let free = e.submit(req(prompt.clone(), None, greedy(12))).unwrap();
+    let mut p = greedy(40);
+    p.temperature = 1.0;
+    p.seed = Some(5);
+    p.eos_token_ids = vec![eos];
+    p.ignore_eos = false;
+    p.constraint = Some(grammar.clone());
+    let mut r = req(prompt.clone(), Some("r4"), p.clone());
+    r.n = 4;
+    let constrained = e.submit(r).unwrap();
+    let (_, toks, fin) = drain(constrained, 4);
+    for (t, f) in toks.iter().zip(&fin) {
+        let text = tok.decode(t, false).unwrap();
+        assert!(choices.contains(&text.as_str()), "{text:?}");
+        assert_eq!(f, "stop");
+    }
+    let (_, free_toks, free_fin) = drain(free, 1);
+    assert_eq!((free_toks[0].len(), free_fin[0].as_str()), (12, "length"));
+    // Alone, the free request gives the same tokens: the batch's masks never touched it.
+    let (_, alone, _) = drain(e.submit(req(prompt.clone(), None, greedy(12))).unwrap(), 1);
+    assert_eq!(alone, free_toks);
+    // A grammar longer than max_tokens ends with "length".
+    let long = c
+        .compile(&claas_constrain::Constraint::Regex("[0-9]{40}".into()))
+        .unwrap();
+    p.constraint = Some(long);
+    p.max_tokens = 5;
+    let (_, t, f) = drain(e.submit(req(prompt, None, p)).unwrap(), 1);
+    assert_eq!((t[0].len(), f[0].as_str()), (5, "length"));
+    let text = tok.decode(&t[0], false).unwrap();
+    assert!(text.chars().all(|c| c.is_ascii_digit()), "{text:?}");
+}
