@@ -1,6 +1,7 @@
 //! Benchmarks printed by `claas bench`: figures are ratios against baselines measured in the
 //! same process (memory bandwidth) or supplied from the PyTorch anchor run on the same machine.
 
+pub mod constrain;
 pub mod fairness;
 pub mod model;
 pub mod sdpo;

@@ -155,6 +155,25 @@ enum BenchWhat {
         #[arg(long, default_value_t = 0)]
         max_num_batched_tokens: usize,
     },
+    /// Batch decode throughput under a JSON schema vs unconstrained, on a Qwen3-0.6B-shaped
+    /// random model with a real tokenizer's vocabulary.
+    Constrain {
+        /// tokenizer.json whose vocabulary the masks cover (Qwen3's, ~151k tokens).
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// Concurrent streams.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Output tokens per stream.
+        #[arg(long, default_value_t = 32)]
+        max_tokens: usize,
+        /// Alternating unconstrained / constrained rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// 4 layers instead of 28 (smoke run).
+        #[arg(long)]
+        quick: bool,
+    },
     /// One SDPO step (teacher, forward, backward, optimizer, save) on a Qwen3-0.6B-shaped model.
     Sdpo {
         /// JSON output of shared/bench/torch_anchor.py run on this machine, for ratios.
@@ -275,6 +294,23 @@ fn main() -> anyhow::Result<()> {
                         ..Default::default()
                     };
                     claas_bench::fairness::print_report(&claas_bench::fairness::run(&opts)?);
+                }
+                BenchWhat::Constrain {
+                    tokenizer,
+                    concurrency,
+                    max_tokens,
+                    rounds,
+                    quick,
+                } => {
+                    let opts = claas_bench::constrain::ConstrainOptions {
+                        tokenizer,
+                        concurrency,
+                        max_tokens,
+                        prompt_len: 32,
+                        layers: quick.then_some(4),
+                        rounds,
+                    };
+                    claas_bench::constrain::print_report(&claas_bench::constrain::run(&opts)?);
                 }
                 BenchWhat::Sdpo { torch_json, quick } => {
                     claas_bench::sdpo::run(anchor(torch_json)?.as_ref(), quick)?

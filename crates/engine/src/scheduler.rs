@@ -150,9 +150,10 @@ impl Seq {
             Some((FinishReason::Abort, None))
         } else if p.stop_token_ids.contains(&tok) {
             Some((FinishReason::Stop, Some(tok)))
-        } else if !p.ignore_eos && p.eos_token_ids.contains(&tok) {
-            Some((FinishReason::Stop, None))
-        } else if self.constraint.as_ref().is_some_and(SeqConstraint::done) {
+        } else if (!p.ignore_eos && p.eos_token_ids.contains(&tok))
+            || self.constraint.as_ref().is_some_and(SeqConstraint::done)
+        {
+            // EOS, or a grammar that is complete (nothing but EOS could follow).
             Some((FinishReason::Stop, None))
         } else if self.generated() >= p.max_tokens || self.tokens.len() >= max_model_len {
             Some((FinishReason::Length, None))

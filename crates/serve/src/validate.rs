@@ -428,7 +428,7 @@ fn requested_constraint(s: &Sampling) -> VResult<Option<(&'static str, Constrain
 }
 
 /// The function object of each tool (`{"type": "function", "function": {...}}`).
-fn tool_function<'a>(tool: &'a Value) -> VResult<&'a Map<String, Value>> {
+fn tool_function(tool: &Value) -> VResult<&Map<String, Value>> {
     tool.get("function")
         .and_then(Value::as_object)
         .filter(|f| f.get("name").is_some_and(Value::is_string))
