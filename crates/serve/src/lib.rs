@@ -6,13 +6,15 @@
 //!
 //! A request flows one way: `routes` (thin handlers) -> `protocol` (serde types) -> `validate`
 //! (one `ValidRequest` or one `ValidationError`) -> engine -> `stream` / `render` (wire format).
-//! `resolve` loads adapters named by requests from the LoRA root; `metrics` is `/metrics`.
+//! `resolve` loads adapters named by requests from the LoRA root; `metrics` is `/metrics`;
+//! `responses` is the Responses API, converted to the chat path at its `validate`.
 
 mod error;
 mod metrics;
 mod protocol;
 mod render;
 mod resolve;
+mod responses;
 mod routes;
 mod stream;
 mod text;
@@ -127,6 +129,18 @@ pub struct ServeConfig {
     /// Accepted for `vllm serve` compatibility; no-op.
     #[arg(long)]
     pub no_enable_prefix_caching: bool,
+    /// Keep finished `/v1/responses` results (`store`, default true in requests) for
+    /// `GET /v1/responses/{id}` and `previous_response_id`. Off by default, as vLLM's
+    /// `VLLM_ENABLE_RESPONSES_API_STORE`: then nothing is kept. Bounded by
+    /// `--responses-store-max-entries`, `--responses-store-ttl` and 256 MiB.
+    #[arg(long, env = "VLLM_ENABLE_RESPONSES_API_STORE")]
+    pub enable_responses_store: bool,
+    /// Most stored responses; the oldest go first.
+    #[arg(long, default_value_t = 1000)]
+    pub responses_store_max_entries: usize,
+    /// Seconds a stored response is kept.
+    #[arg(long, default_value_t = 3600)]
+    pub responses_store_ttl: u64,
 }
 
 impl Default for ServeConfig {
@@ -158,6 +172,9 @@ impl Default for ServeConfig {
             reasoning_parser: None,
             enable_prefix_caching: false,
             no_enable_prefix_caching: false,
+            enable_responses_store: false,
+            responses_store_max_entries: 1000,
+            responses_store_ttl: 3600,
         }
     }
 }
@@ -259,6 +276,8 @@ pub struct AppState {
     resolver: Option<resolve::Resolver>,
     /// `--reasoning-parser qwen3` is on.
     pub reasoning_parser: bool,
+    /// Stored `/v1/responses` results (`--enable-responses-store`).
+    pub(crate) responses: Option<responses::ResponseStore>,
 }
 
 /// Served model name of an alias (`openclaw/assistant-latest` -> `openclaw-assistant-latest`),
@@ -354,6 +373,11 @@ impl AppState {
                 ));
             }
         }
+        if cfg.enable_responses_store && cfg.api_key.as_deref().is_none_or(str::is_empty) {
+            tracing::warn!(
+                "--enable-responses-store without --api-key: anyone who can reach this port can read stored responses by id"
+            );
+        }
         // vLLM refuses a parser it does not know at start; so do we, rather than serve replies
         // the client expects to be split.
         let reasoning_parser = match cfg.reasoning_parser.as_deref() {
@@ -436,6 +460,13 @@ impl AppState {
             max_prompt_bytes,
             resolver,
             reasoning_parser,
+            responses: cfg.enable_responses_store.then(|| {
+                responses::ResponseStore::new(
+                    cfg.responses_store_max_entries,
+                    responses::store::MAX_STORE_BYTES,
+                    std::time::Duration::from_secs(cfg.responses_store_ttl),
+                )
+            }),
         })
     }
 
