@@ -871,6 +871,22 @@ mod stream_tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reasoning_tokens_are_the_ones_inside_the_think_block() {
+        let st = state().await;
+        let think = st.tokenizer.encode("<think>", false).unwrap();
+        let inner = st.tokenizer.encode("let me see", false).unwrap();
+        let close = st.tokenizer.encode("</think>", false).unwrap();
+        let after = st.tokenizer.encode("Sunny.", false).unwrap();
+        assert_eq!((think.len(), close.len()), (1, 1), "single special tokens");
+        let all = [think.clone(), inner.clone(), close.clone(), after.clone()].concat();
+        assert_eq!(reasoning_tokens(&st, true, &all), inner.len());
+        // parser off, or an unfinished block: none
+        assert_eq!(reasoning_tokens(&st, false, &all), 0);
+        let open = [think, inner, after].concat();
+        assert_eq!(reasoning_tokens(&st, true, &open), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_empty_output_is_one_empty_message_and_length_is_incomplete() {
         let st = state().await;
         let p = super::super::validate::prepare(
