@@ -133,7 +133,8 @@ pub struct ServeConfig {
     /// `GET /v1/responses/{id}` and `previous_response_id`. Off by default, as vLLM's
     /// `VLLM_ENABLE_RESPONSES_API_STORE`: then nothing is kept. Bounded by
     /// `--responses-store-max-entries`, `--responses-store-ttl` and 256 MiB.
-    #[arg(long, env = "VLLM_ENABLE_RESPONSES_API_STORE")]
+    #[arg(long, env = "VLLM_ENABLE_RESPONSES_API_STORE",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub enable_responses_store: bool,
     /// Most stored responses; the oldest go first.
     #[arg(long, default_value_t = 1000)]
@@ -574,6 +575,36 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_store_flag_and_vllm_env() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        let parse = |args: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from(args)
+                .unwrap()
+                .serve
+                .enable_responses_store
+        };
+        // The only test touching this variable; vLLM's spelling is `=1`.
+        std::env::set_var("VLLM_ENABLE_RESPONSES_API_STORE", "1");
+        assert!(parse(&["serve"]));
+        std::env::set_var("VLLM_ENABLE_RESPONSES_API_STORE", "0");
+        assert!(!parse(&["serve"]));
+        std::env::remove_var("VLLM_ENABLE_RESPONSES_API_STORE");
+        assert!(!parse(&["serve"]));
+        assert!(parse(&["serve", "--enable-responses-store"]));
+        let c = <Cli as clap::Parser>::try_parse_from(["serve"])
+            .unwrap()
+            .serve;
+        assert_eq!(
+            (c.responses_store_max_entries, c.responses_store_ttl),
+            (1000, 3600)
+        );
+    }
 
     #[test]
     fn zero_max_loras_is_refused_before_loading() {
