@@ -131,8 +131,8 @@ pub(crate) struct NamedFunction {
     pub name: String,
 }
 
-/// `POST /v1/chat/completions`.
-#[derive(Deserialize)]
+/// `POST /v1/chat/completions` (also built by the Responses API from its input).
+#[derive(Deserialize, Default)]
 pub(crate) struct ChatRequest {
     pub model: Option<String>,
     pub messages: Option<Vec<Value>>,
