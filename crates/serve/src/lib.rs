@@ -259,6 +259,8 @@ pub struct AppState {
     resolver: Option<resolve::Resolver>,
     /// `--reasoning-parser qwen3` is on.
     pub reasoning_parser: bool,
+    /// What `/metrics` exposes.
+    pub(crate) metrics: metrics::Exporter,
 }
 
 /// Served model name of an alias (`openclaw/assistant-latest` -> `openclaw-assistant-latest`),
@@ -419,7 +421,9 @@ impl AppState {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
+        let metrics = metrics::Exporter::new(&engine, &served_names[0]);
         Ok(AppState {
+            metrics,
             engine,
             tokenizer,
             template,
