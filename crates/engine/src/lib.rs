@@ -19,7 +19,7 @@ pub use engine::{
     ModelLoader, PauseMode, RequestHandle, SleepReport,
 };
 pub use error::EngineError;
-pub use metrics::{Histogram, Metrics};
+pub use metrics::{FinishedLabels, FinishedReason, LoraActivity, Metrics};
 pub use sampling::{SamplingParams, TokenLogprob};
 
 /// Why a sequence stopped.

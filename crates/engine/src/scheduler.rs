@@ -64,6 +64,8 @@ struct ReqState {
     arrived: Instant,
     first_token_seen: bool,
     waiting_counted: bool,
+    /// Registered adapter name, for the metrics' adapter lists.
+    adapter: Option<String>,
 }
 
 struct Seq {
@@ -83,6 +85,8 @@ struct Seq {
     /// Structured output state, when the request has a grammar.
     constraint: Option<SeqConstraint>,
     req: Rc<RefCell<ReqState>>,
+    /// When this sequence's previous token was sampled (inter-token latency).
+    last_token_at: Option<Instant>,
 }
 
 impl Queued for Seq {
@@ -127,12 +131,16 @@ impl Seq {
         }
         let row = rows.pop()?;
         let (tok, logprob) = self.sample(row);
-        metrics.generation_tokens.fetch_add(1, Ordering::Relaxed);
+        metrics.generation_tokens.inc();
+        let now = Instant::now();
+        if let Some(prev) = self.last_token_at.replace(now) {
+            metrics.tpot.observe((now - prev).as_secs_f64());
+        }
         {
             let mut r = self.req.borrow_mut();
             if !r.first_token_seen {
                 r.first_token_seen = true;
-                metrics.ttft.observe(r.arrived.elapsed().as_secs_f64());
+                metrics.ttft.observe((now - r.arrived).as_secs_f64());
             }
         }
         let sent = self.tx.send(Event::Token {
@@ -276,29 +284,30 @@ pub(crate) fn run(
             l.handle(m);
         }
         l.step();
+        l.publish_lora_activity();
     }
 }
 
+/// Ends one sequence. The counters move before the final event goes out, so a client that has
+/// its reply never then reads metrics that miss its request.
 fn finish(seq: &Seq, reason: FinishReason, stop_token: Option<u32>, metrics: &Metrics) {
+    {
+        let mut r = seq.req.borrow_mut();
+        if r.waiting_counted {
+            r.waiting_counted = false;
+            metrics.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        r.remaining -= 1;
+        if r.remaining == 0 {
+            metrics.request_finished(reason);
+            metrics.e2e.observe(r.arrived.elapsed().as_secs_f64());
+        }
+    }
     let _ = seq.tx.send(Event::Finished {
         index: seq.index,
         reason,
         stop_token,
     });
-    let mut r = seq.req.borrow_mut();
-    if r.waiting_counted {
-        r.waiting_counted = false;
-        metrics.waiting.fetch_sub(1, Ordering::SeqCst);
-    }
-    r.remaining -= 1;
-    if r.remaining == 0 {
-        // Aborted before finished: a reader that sees the request finished sees how.
-        if reason == FinishReason::Abort {
-            metrics.requests_aborted.fetch_add(1, Ordering::SeqCst);
-        }
-        metrics.requests_finished.fetch_add(1, Ordering::SeqCst);
-        metrics.e2e.observe(r.arrived.elapsed().as_secs_f64());
-    }
 }
 
 impl Loop {
@@ -416,6 +425,7 @@ impl Loop {
             arrived,
             first_token_seen: false,
             waiting_counted: true,
+            adapter: req.adapter.clone(),
         }));
         let params = Arc::new(req.params);
         let base_seed = params.seed.unwrap_or_else(|| self.rng.next_u64());
@@ -440,8 +450,21 @@ impl Loop {
                 counts: HashMap::new(),
                 constraint: params.constraint.as_ref().map(SeqConstraint::new),
                 req: state.clone(),
+                last_token_at: None,
             });
         }
+    }
+
+    /// Tells the metrics which adapters are running and waiting.
+    fn publish_lora_activity(&self) {
+        let names = |seqs: &mut dyn Iterator<Item = &Seq>| -> Vec<String> {
+            seqs.filter_map(|s| s.req.borrow().adapter.clone())
+                .collect()
+        };
+        self.metrics.set_lora_activity(
+            names(&mut self.running.iter()),
+            names(&mut self.waiting.iter()),
+        );
     }
 
     /// Phase 1: drops cancelled or disconnected sequences before compute is spent on them.
@@ -539,9 +562,7 @@ impl Loop {
             if r.waiting_counted {
                 r.waiting_counted = false;
                 self.metrics.waiting.fetch_sub(1, Ordering::SeqCst);
-                self.metrics
-                    .prompt_tokens
-                    .fetch_add(prompt_len as u64, Ordering::Relaxed);
+                self.metrics.prompt_tokens.inc_by(prompt_len as u64);
             }
         }
     }

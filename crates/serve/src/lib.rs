@@ -279,6 +279,8 @@ pub struct AppState {
     pub reasoning_parser: bool,
     /// Structured output's token trie, built on the first constrained request.
     pub(crate) constrainer: std::sync::OnceLock<Result<claas_constrain::Constrainer, String>>,
+    /// What `/metrics` exposes.
+    pub(crate) metrics: metrics::Exporter,
     /// Stored `/v1/responses` results (`--enable-responses-store`).
     pub(crate) responses: Option<responses::ResponseStore>,
 }
@@ -446,7 +448,9 @@ impl AppState {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
+        let metrics = metrics::Exporter::new(&engine, &served_names[0]);
         Ok(AppState {
+            metrics,
             engine,
             tokenizer,
             template,
