@@ -71,6 +71,15 @@ pub struct Metrics {
     pub requests_aborted: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub generation_tokens: AtomicU64,
+    /// Prompt tokens looked up in the prefix cache (vLLM's `prefix_cache_queries`: every
+    /// prompt token of a request that reads the cache; prompt-logprobs requests do not).
+    pub prefix_cache_queries: AtomicU64,
+    /// Of those, tokens whose keys and values came from the cache (`prefix_cache_hits`).
+    pub prefix_cache_hits: AtomicU64,
+    /// Bytes of keys and values the prefix cache holds.
+    pub kv_cache_bytes: AtomicU64,
+    /// The prefix cache's budget in bytes (0 when prefix caching is off).
+    pub kv_cache_budget_bytes: AtomicU64,
     /// Time to first token.
     pub ttft: Histogram,
     /// End-to-end request latency.
@@ -86,9 +95,25 @@ impl Default for Metrics {
             requests_aborted: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
             generation_tokens: AtomicU64::new(0),
+            prefix_cache_queries: AtomicU64::new(0),
+            prefix_cache_hits: AtomicU64::new(0),
+            kv_cache_bytes: AtomicU64::new(0),
+            kv_cache_budget_bytes: AtomicU64::new(0),
             ttft: Histogram::new(LATENCY_BUCKETS),
             e2e: Histogram::new(LATENCY_BUCKETS),
         }
+    }
+}
+
+impl Metrics {
+    /// Fraction of the prefix cache's budget in use, 0 to 1 (vLLM's `kv_cache_usage_perc`);
+    /// 0 when prefix caching is off.
+    pub fn kv_cache_usage(&self) -> f64 {
+        let budget = self.kv_cache_budget_bytes.load(Ordering::Relaxed);
+        if budget == 0 {
+            return 0.0;
+        }
+        (self.kv_cache_bytes.load(Ordering::Relaxed) as f64 / budget as f64).min(1.0)
     }
 }
 

@@ -82,6 +82,16 @@ pub(crate) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
             "Count of aborted requests.",
             m.requests_aborted.load(Relaxed),
         ),
+        (
+            "vllm:prefix_cache_queries_total",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            m.prefix_cache_queries.load(Relaxed),
+        ),
+        (
+            "vllm:prefix_cache_hits_total",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            m.prefix_cache_hits.load(Relaxed),
+        ),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(
@@ -89,6 +99,8 @@ pub(crate) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{model_name=\"{model}\"}} {v}"
         );
     }
+    let usage = m.kv_cache_usage();
+    let _ = writeln!(out, "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage (here: the prefix cache's blocks against --kv-cache-memory-bytes).\n# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{{model_name=\"{model}\"}} {usage}");
     let sleeping = st.engine.sleep_level();
     let _ = writeln!(out, "# HELP vllm:engine_sleep_state Sleep level (0 awake).\n# TYPE vllm:engine_sleep_state gauge\nvllm:engine_sleep_state{{model_name=\"{model}\"}} {sleeping}");
     prom_histogram(
