@@ -113,6 +113,24 @@ async fn the_second_turn_of_a_chat_hits_and_metrics_say_so() {
     let usage = metric(&m, "vllm:kv_cache_usage_perc");
     assert!(usage > 0.0 && usage <= 1.0, "{usage}");
 
+    // vLLM's /pause keeps the cache with clear_cache=false and empties it by default.
+    for (query, emptied) in [("?clear_cache=false", false), ("", true)] {
+        let r = reqwest::Client::new()
+            .post(format!("{}/pause{query}", cached.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let usage = metric(&metrics(&cached).await, "vllm:kv_cache_usage_perc");
+        assert_eq!(usage == 0.0, emptied, "pause{query}: usage {usage}");
+        let r = reqwest::Client::new()
+            .post(format!("{}/resume", cached.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+
     // The same chat without the cache: same replies, same logprobs up to f32 rounding.
     let (want, _) = two_turns(&plain).await;
     let m = metrics(&plain).await;
