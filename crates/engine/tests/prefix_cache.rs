@@ -146,14 +146,24 @@ fn a_growing_chat_reads_its_history_from_the_cache_and_gets_the_same_logprobs() 
                 // Every full block of the previous prompt and of its reply.
                 assert!(hit >= (p.len() as u64 - 40) / BLOCK as u64 * BLOCK as u64);
             }
-            assert!(hit < p.len() as u64, "the last prompt token is always computed");
-            worst = worst.max(assert_same(&got, &want, &format!("{adapter:?} turn {turn}")));
+            assert!(
+                hit < p.len() as u64,
+                "the last prompt token is always computed"
+            );
+            worst = worst.max(assert_same(
+                &got,
+                &want,
+                &format!("{adapter:?} turn {turn}"),
+            ));
             p.extend_from_slice(&got.tokens);
             p.extend(prompt(34, turn + 7));
         }
         eprintln!("{adapter:?}: largest logprob difference with the cache: {worst:e}");
     }
-    assert_eq!(plain.metrics().prefix_cache_queries.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        plain.metrics().prefix_cache_queries.load(Ordering::Relaxed),
+        0
+    );
     assert_eq!(plain.metrics().kv_cache_bytes.load(Ordering::Relaxed), 0);
 }
 
@@ -177,7 +187,11 @@ fn a_reloaded_adapter_never_reads_its_old_versions_blocks() {
         .unwrap();
     let before = hits(&e);
     let got = run(&e, &p, Some("me"), false);
-    assert_eq!(hits(&e) - before, 0, "a new version read the old one's blocks");
+    assert_eq!(
+        hits(&e) - before,
+        0,
+        "a new version read the old one's blocks"
+    );
     let want = run(&plain, &p, Some("me"), false);
     assert_same(&got, &want, "reloaded adapter");
     // The old version's logits really differ, so reading its blocks would have shown.

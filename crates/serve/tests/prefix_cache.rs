@@ -77,13 +77,10 @@ async fn two_turns(s: &Server) -> (Vec<Value>, Vec<u64>) {
     ]);
     let first = chat(s, &messages).await;
     let reply = first["choices"][0]["message"]["content"].clone();
-    messages
-        .as_array_mut()
-        .unwrap()
-        .extend([
-            json!({"role": "assistant", "content": reply}),
-            json!({"role": "user", "content": "And of Italy?"}),
-        ]);
+    messages.as_array_mut().unwrap().extend([
+        json!({"role": "assistant", "content": reply}),
+        json!({"role": "user", "content": "And of Italy?"}),
+    ]);
     let second = chat(s, &messages).await;
     let prompts = [&first, &second]
         .iter()
