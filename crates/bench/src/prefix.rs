@@ -86,6 +86,9 @@ fn turn(e: &Engine, prompt: &[u32], reply_len: usize) -> Result<(f64, Vec<u32>),
     Ok((ttft, reply))
 }
 
+/// One turn as played: prompt tokens, cached tokens, TTFT, the reply.
+type Played = (usize, u64, f64, Vec<u32>);
+
 /// Plays the chat on `e`: per turn (prompt tokens, cached tokens, TTFT). The user messages are
 /// fixed by the seed, the replies are the model's, so both engines see the same prompts as
 /// long as their greedy replies agree (checked by the caller).
@@ -93,7 +96,7 @@ fn chat(
     e: &Engine,
     opts: &PrefixOptions,
     vocab: u32,
-) -> Result<Vec<(usize, u64, f64, Vec<u32>)>, BenchError> {
+) -> Result<Vec<Played>, BenchError> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let mut words = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.gen_range(1..vocab)).collect() };
     // Warm-up: thread pools and first-touch allocations, on tokens no turn starts with.
