@@ -4,7 +4,6 @@
 //! the time to first token of each turn is measured with the prefix cache and without. The
 //! target of issue 10: turn 10's TTFT at most 1.2× turn 1's with the cache.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -92,11 +91,7 @@ type Played = (usize, u64, f64, Vec<u32>);
 /// Plays the chat on `e`: per turn (prompt tokens, cached tokens, TTFT). The user messages are
 /// fixed by the seed, the replies are the model's, so both engines see the same prompts as
 /// long as their greedy replies agree (checked by the caller).
-fn chat(
-    e: &Engine,
-    opts: &PrefixOptions,
-    vocab: u32,
-) -> Result<Vec<Played>, BenchError> {
+fn chat(e: &Engine, opts: &PrefixOptions, vocab: u32) -> Result<Vec<Played>, BenchError> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let mut words = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.gen_range(1..vocab)).collect() };
     // Warm-up: thread pools and first-touch allocations, on tokens no turn starts with.
@@ -105,9 +100,9 @@ fn chat(
     let mut rows = Vec::new();
     for _ in 0..opts.turns {
         history.extend(words(opts.user_len));
-        let hits = e.metrics().prefix_cache_hits.load(Ordering::Relaxed);
+        let hits = e.metrics().prefix_cache_hits.get();
         let (ttft, reply) = turn(e, &history, opts.reply_len)?;
-        let cached = e.metrics().prefix_cache_hits.load(Ordering::Relaxed) - hits;
+        let cached = e.metrics().prefix_cache_hits.get() - hits;
         rows.push((history.len(), cached, ttft, reply.clone()));
         history.extend(reply);
     }

@@ -191,7 +191,7 @@ pub(crate) struct Shared {
     versions: AtomicU64,
     load_lock: Mutex<()>,
     /// 0 awake, else the sleep level.
-    pub sleeping: AtomicU8,
+    pub sleeping: Arc<AtomicU8>,
     /// Serialises sleep/wake transitions.
     sleep_lock: Mutex<()>,
     /// Set by the engine thread while generation is paused.
@@ -292,7 +292,7 @@ impl Engine {
             adapters: RwLock::new(HashMap::new()),
             versions: AtomicU64::new(0),
             load_lock: Mutex::new(()),
-            sleeping: AtomicU8::new(0),
+            sleeping: Arc::new(AtomicU8::new(0)),
             sleep_lock: Mutex::new(()),
             paused: Arc::new(AtomicBool::new(false)),
             tx,
@@ -321,6 +321,11 @@ impl Engine {
     /// The model's configuration.
     pub fn model_config(&self) -> &Qwen3Config {
         &self.shared.model_config
+    }
+
+    /// The scheduler limits the engine was started with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.cfg
     }
 
     /// Effective context length.
@@ -525,6 +530,12 @@ impl Engine {
     /// 0 when awake, else the sleep level.
     pub fn sleep_level(&self) -> u8 {
         self.shared.sleeping.load(Ordering::SeqCst)
+    }
+
+    /// The sleep level as a shared cell, for readers that outlive a borrow of the engine (the
+    /// metrics collector).
+    pub fn sleep_level_handle(&self) -> Arc<AtomicU8> {
+        self.shared.sleeping.clone()
     }
 
     /// Refuses new requests, lets running ones finish (requests a pause holds stay held, their

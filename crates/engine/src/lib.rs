@@ -22,7 +22,7 @@ pub use engine::{
     ModelLoader, PauseMode, RequestHandle, SleepReport, DEFAULT_KV_CACHE_MEMORY_BYTES,
 };
 pub use error::EngineError;
-pub use metrics::{Histogram, Metrics};
+pub use metrics::{FinishedLabels, FinishedReason, LoraActivity, Metrics};
 pub use sampling::{SamplingParams, TokenLogprob};
 
 /// Why a sequence stopped.

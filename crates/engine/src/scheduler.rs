@@ -68,6 +68,8 @@ struct ReqState {
     arrived: Instant,
     first_token_seen: bool,
     waiting_counted: bool,
+    /// Registered adapter name, for the metrics' adapter lists.
+    adapter: Option<String>,
 }
 
 struct Seq {
@@ -87,6 +89,8 @@ struct Seq {
     prompt_lp: Option<(usize, Vec<Option<TokenLogprob>>)>,
     counts: HashMap<u32, u32>,
     req: Rc<RefCell<ReqState>>,
+    /// When this sequence's previous token was sampled (inter-token latency).
+    last_token_at: Option<Instant>,
 }
 
 impl Queued for Seq {
@@ -131,12 +135,16 @@ impl Seq {
         }
         let row = rows.pop()?;
         let (tok, logprob) = self.sample(row);
-        metrics.generation_tokens.fetch_add(1, Ordering::Relaxed);
+        metrics.generation_tokens.inc();
+        let now = Instant::now();
+        if let Some(prev) = self.last_token_at.replace(now) {
+            metrics.tpot.observe((now - prev).as_secs_f64());
+        }
         {
             let mut r = self.req.borrow_mut();
             if !r.first_token_seen {
                 r.first_token_seen = true;
-                metrics.ttft.observe(r.arrived.elapsed().as_secs_f64());
+                metrics.ttft.observe((now - r.arrived).as_secs_f64());
             }
         }
         let sent = self.tx.send(Event::Token {
@@ -274,29 +282,30 @@ pub(crate) fn run(
             l.handle(m);
         }
         l.step();
+        l.publish_lora_activity();
     }
 }
 
+/// Ends one sequence. The counters move before the final event goes out, so a client that has
+/// its reply never then reads metrics that miss its request.
 fn finish(seq: &Seq, reason: FinishReason, stop_token: Option<u32>, metrics: &Metrics) {
+    {
+        let mut r = seq.req.borrow_mut();
+        if r.waiting_counted {
+            r.waiting_counted = false;
+            metrics.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        r.remaining -= 1;
+        if r.remaining == 0 {
+            metrics.request_finished(reason);
+            metrics.e2e.observe(r.arrived.elapsed().as_secs_f64());
+        }
+    }
     let _ = seq.tx.send(Event::Finished {
         index: seq.index,
         reason,
         stop_token,
     });
-    let mut r = seq.req.borrow_mut();
-    if r.waiting_counted {
-        r.waiting_counted = false;
-        metrics.waiting.fetch_sub(1, Ordering::SeqCst);
-    }
-    r.remaining -= 1;
-    if r.remaining == 0 {
-        // Aborted before finished: a reader that sees the request finished sees how.
-        if reason == FinishReason::Abort {
-            metrics.requests_aborted.fetch_add(1, Ordering::SeqCst);
-        }
-        metrics.requests_finished.fetch_add(1, Ordering::SeqCst);
-        metrics.e2e.observe(r.arrived.elapsed().as_secs_f64());
-    }
 }
 
 impl Loop {
@@ -422,6 +431,7 @@ impl Loop {
             arrived,
             first_token_seen: false,
             waiting_counted: true,
+            adapter: req.adapter.clone(),
         }));
         let params = Arc::new(req.params);
         let base_seed = params.seed.unwrap_or_else(|| self.rng.next_u64());
@@ -446,8 +456,21 @@ impl Loop {
                 },
                 counts: HashMap::new(),
                 req: state.clone(),
+                last_token_at: None,
             });
         }
+    }
+
+    /// Tells the metrics which adapters are running and waiting.
+    fn publish_lora_activity(&self) {
+        let names = |seqs: &mut dyn Iterator<Item = &Seq>| -> Vec<String> {
+            seqs.filter_map(|s| s.req.borrow().adapter.clone())
+                .collect()
+        };
+        self.metrics.set_lora_activity(
+            names(&mut self.running.iter()),
+            names(&mut self.waiting.iter()),
+        );
     }
 
     /// Phase 1: drops cancelled or disconnected sequences before compute is spent on them.
@@ -532,9 +555,7 @@ impl Loop {
             if r.waiting_counted {
                 r.waiting_counted = false;
                 self.metrics.waiting.fetch_sub(1, Ordering::SeqCst);
-                self.metrics
-                    .prompt_tokens
-                    .fetch_add(prompt_len as u64, Ordering::Relaxed);
+                self.metrics.prompt_tokens.inc_by(prompt_len as u64);
             }
         }
     }
@@ -660,7 +681,7 @@ impl Loop {
         let chain = pc.lookup(s.identity, &s.tokens[..s.prompt_len - 1]);
         self.metrics
             .prefix_cache_queries
-            .fetch_add(s.prompt_len as u64, Ordering::Relaxed);
+            .inc_by(s.prompt_len as u64);
         if chain.is_empty() {
             return;
         }
@@ -669,9 +690,7 @@ impl Loop {
             Ok(cache) => {
                 s.cache = cache;
                 s.fed = hit;
-                self.metrics
-                    .prefix_cache_hits
-                    .fetch_add(hit as u64, Ordering::Relaxed);
+                self.metrics.prefix_cache_hits.inc_by(hit as u64);
             }
             // The prompt is then computed from scratch, as without the cache.
             Err(e) => tracing::warn!("prefix cache: seeding failed: {e}"),

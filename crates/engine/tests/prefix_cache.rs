@@ -120,11 +120,11 @@ fn assert_same(got: &Out, want: &Out, what: &str) -> f32 {
 }
 
 fn hits(e: &Engine) -> u64 {
-    e.metrics().prefix_cache_hits.load(Ordering::Relaxed)
+    e.metrics().prefix_cache_hits.get()
 }
 
 fn queries(e: &Engine) -> u64 {
-    e.metrics().prefix_cache_queries.load(Ordering::Relaxed)
+    e.metrics().prefix_cache_queries.get()
 }
 
 #[test]
@@ -160,10 +160,7 @@ fn a_growing_chat_reads_its_history_from_the_cache_and_gets_the_same_logprobs() 
         }
         eprintln!("{adapter:?}: largest logprob difference with the cache: {worst:e}");
     }
-    assert_eq!(
-        plain.metrics().prefix_cache_queries.load(Ordering::Relaxed),
-        0
-    );
+    assert_eq!(plain.metrics().prefix_cache_queries.get(), 0);
     assert_eq!(plain.metrics().kv_cache_bytes.load(Ordering::Relaxed), 0);
 }
 

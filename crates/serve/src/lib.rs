@@ -6,13 +6,15 @@
 //!
 //! A request flows one way: `routes` (thin handlers) -> `protocol` (serde types) -> `validate`
 //! (one `ValidRequest` or one `ValidationError`) -> engine -> `stream` / `render` (wire format).
-//! `resolve` loads adapters named by requests from the LoRA root; `metrics` is `/metrics`.
+//! `resolve` loads adapters named by requests from the LoRA root; `metrics` is `/metrics`;
+//! `responses` is the Responses API, converted to the chat path at its `validate`.
 
 mod error;
 mod metrics;
 mod protocol;
 mod render;
 mod resolve;
+mod responses;
 mod routes;
 mod stream;
 mod text;
@@ -133,6 +135,19 @@ pub struct ServeConfig {
     /// human-readable sizes). Running requests' own caches come on top.
     #[arg(long, value_parser = parse_byte_size)]
     pub kv_cache_memory_bytes: Option<usize>,
+    /// Keep finished `/v1/responses` results (`store`, default true in requests) for
+    /// `GET /v1/responses/{id}` and `previous_response_id`. Off by default, as vLLM's
+    /// `VLLM_ENABLE_RESPONSES_API_STORE`: then nothing is kept. Bounded by
+    /// `--responses-store-max-entries`, `--responses-store-ttl` and 256 MiB.
+    #[arg(long, env = "VLLM_ENABLE_RESPONSES_API_STORE",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub enable_responses_store: bool,
+    /// Most stored responses; the oldest go first.
+    #[arg(long, default_value_t = 1000)]
+    pub responses_store_max_entries: usize,
+    /// Seconds a stored response is kept.
+    #[arg(long, default_value_t = 3600)]
+    pub responses_store_ttl: u64,
 }
 
 /// A byte count, plain or with a `k`/`m`/`g` (×1000ⁿ) or `K`/`M`/`G` (×1024ⁿ) suffix.
@@ -190,6 +205,9 @@ impl Default for ServeConfig {
             enable_prefix_caching: false,
             no_enable_prefix_caching: false,
             kv_cache_memory_bytes: None,
+            enable_responses_store: false,
+            responses_store_max_entries: 1000,
+            responses_store_ttl: 3600,
         }
     }
 }
@@ -288,6 +306,10 @@ pub struct AppState {
     resolver: Option<resolve::Resolver>,
     /// `--reasoning-parser qwen3` is on.
     pub reasoning_parser: bool,
+    /// What `/metrics` exposes.
+    pub(crate) metrics: metrics::Exporter,
+    /// Stored `/v1/responses` results (`--enable-responses-store`).
+    pub(crate) responses: Option<responses::ResponseStore>,
 }
 
 /// Served model name of an alias (`openclaw/assistant-latest` -> `openclaw-assistant-latest`),
@@ -383,6 +405,11 @@ impl AppState {
                 ));
             }
         }
+        if cfg.enable_responses_store && cfg.api_key.as_deref().is_none_or(str::is_empty) {
+            tracing::warn!(
+                "--enable-responses-store without --api-key: anyone who can reach this port can read stored responses by id"
+            );
+        }
         // vLLM refuses a parser it does not know at start; so do we, rather than serve replies
         // the client expects to be split.
         let reasoning_parser = match cfg.reasoning_parser.as_deref() {
@@ -448,7 +475,9 @@ impl AppState {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
+        let metrics = metrics::Exporter::new(&engine, &served_names[0]);
         Ok(AppState {
+            metrics,
             engine,
             tokenizer,
             template,
@@ -465,6 +494,13 @@ impl AppState {
             max_prompt_bytes,
             resolver,
             reasoning_parser,
+            responses: cfg.enable_responses_store.then(|| {
+                responses::ResponseStore::new(
+                    cfg.responses_store_max_entries,
+                    responses::store::MAX_STORE_BYTES,
+                    std::time::Duration::from_secs(cfg.responses_store_ttl),
+                )
+            }),
         })
     }
 
@@ -576,6 +612,36 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_store_flag_and_vllm_env() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        let parse = |args: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from(args)
+                .unwrap()
+                .serve
+                .enable_responses_store
+        };
+        // The only test touching this variable; vLLM's spelling is `=1`.
+        std::env::set_var("VLLM_ENABLE_RESPONSES_API_STORE", "1");
+        assert!(parse(&["serve"]));
+        std::env::set_var("VLLM_ENABLE_RESPONSES_API_STORE", "0");
+        assert!(!parse(&["serve"]));
+        std::env::remove_var("VLLM_ENABLE_RESPONSES_API_STORE");
+        assert!(!parse(&["serve"]));
+        assert!(parse(&["serve", "--enable-responses-store"]));
+        let c = <Cli as clap::Parser>::try_parse_from(["serve"])
+            .unwrap()
+            .serve;
+        assert_eq!(
+            (c.responses_store_max_entries, c.responses_store_ttl),
+            (1000, 3600)
+        );
+    }
 
     #[test]
     fn zero_max_loras_is_refused_before_loading() {
