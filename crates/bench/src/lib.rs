@@ -4,6 +4,7 @@
 pub mod constrain;
 pub mod fairness;
 pub mod model;
+pub mod prefix;
 pub mod sdpo;
 pub mod serve;
 

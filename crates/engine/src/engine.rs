@@ -38,7 +38,16 @@ pub struct EngineConfig {
     pub max_loras: Option<usize>,
     /// Seeds the RNG of requests that send no seed (vLLM `--seed`).
     pub seed: u64,
+    /// Keep the keys and values of full prompt blocks for later requests that start with the
+    /// same tokens on the same adapter version (vLLM `--enable-prefix-caching`, on by default).
+    pub enable_prefix_caching: bool,
+    /// Bytes the prefix cache may hold (vLLM `--kv-cache-memory-bytes`); the least recently
+    /// used blocks go first beyond it. Running sequences' own caches are not counted.
+    pub kv_cache_memory_bytes: usize,
 }
+
+/// Default prefix-cache budget: 2 GiB, about 9k tokens of Qwen3-0.6B keys and values in f32.
+pub const DEFAULT_KV_CACHE_MEMORY_BYTES: usize = 2 << 30;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -50,6 +59,8 @@ impl Default for EngineConfig {
             max_lora_rank: None,
             max_loras: None,
             seed: 0,
+            enable_prefix_caching: true,
+            kv_cache_memory_bytes: DEFAULT_KV_CACHE_MEMORY_BYTES,
         }
     }
 }
@@ -105,7 +116,8 @@ impl Canceller {
 #[derive(Debug, Clone)]
 pub struct AdapterInfo {
     pub name: String,
-    /// Bumped on every (re)load, engine-wide unique.
+    /// Bumped on every (re)load, engine-wide unique, never 0 (the base model's prefix-cache
+    /// identity). Prefix-cache blocks are keyed by it, so a reload never reuses old blocks.
     pub version: u64,
     /// Folder it was loaded from, if any.
     pub path: Option<PathBuf>,
@@ -128,6 +140,9 @@ pub(crate) struct AdapterEntry {
 pub(crate) struct Pending {
     pub req: GenerateRequest,
     pub adapter: Option<Arc<LoraAdapter>>,
+    /// The pinned adapter's load generation (0 = base model): what prefix-cache blocks are
+    /// keyed by besides tokens.
+    pub adapter_version: u64,
     pub tx: UnboundedSender<Event>,
     pub cancel: Arc<Vec<AtomicBool>>,
     pub arrived: Instant,
@@ -159,6 +174,9 @@ pub(crate) enum Msg {
     },
     Wake {
         reply: mpsc::Sender<Result<SleepReport, EngineError>>,
+    },
+    ResetPrefixCache {
+        reply: mpsc::Sender<()>,
     },
 }
 
@@ -288,6 +306,10 @@ impl Engine {
             max_model_len,
             max_loras: shared.cfg.max_loras,
             seed: shared.cfg.seed,
+            prefix_cache_bytes: shared
+                .cfg
+                .enable_prefix_caching
+                .then_some(shared.cfg.kv_cache_memory_bytes),
         };
         std::thread::Builder::new()
             .name("claas-engine".into())
@@ -348,14 +370,14 @@ impl Engine {
                 completion: req.params.max_tokens,
             });
         }
-        let adapter = match &req.adapter {
-            None => None,
+        let (adapter, adapter_version) = match &req.adapter {
+            None => (None, 0),
             Some(name) => {
                 let map = s.adapters.read();
                 let e = map
                     .get(name)
                     .ok_or_else(|| EngineError::UnknownAdapter(name.clone()))?;
-                Some(e.adapter.clone())
+                (Some(e.adapter.clone()), e.info.version)
             }
         };
         let waiting = s.metrics.waiting.fetch_add(1, Ordering::SeqCst);
@@ -369,6 +391,7 @@ impl Engine {
         let pending = Pending {
             req,
             adapter,
+            adapter_version,
             tx,
             cancel: cancel.clone(),
             arrived: Instant::now(),
@@ -484,6 +507,17 @@ impl Engine {
         self.shared
             .tx
             .send(Msg::Resume { reply })
+            .map_err(|_| EngineError::Stopped)?;
+        rx.recv().map_err(|_| EngineError::Stopped)
+    }
+
+    /// Empties the prefix cache (vLLM's `reset_prefix_cache`); sequences already running keep
+    /// their own caches. Blocks until done.
+    pub fn reset_prefix_cache(&self) -> Result<(), EngineError> {
+        let (reply, rx) = mpsc::channel();
+        self.shared
+            .tx
+            .send(Msg::ResetPrefixCache { reply })
             .map_err(|_| EngineError::Stopped)?;
         rx.recv().map_err(|_| EngineError::Stopped)
     }

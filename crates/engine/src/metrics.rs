@@ -84,6 +84,15 @@ pub struct Metrics {
     pub request_success: Family<FinishedLabels, Counter>,
     pub prompt_tokens: Counter,
     pub generation_tokens: Counter,
+    /// Prompt tokens looked up in the prefix cache (vLLM's `prefix_cache_queries`: every
+    /// prompt token of a request that reads the cache; prompt-logprobs requests do not).
+    pub prefix_cache_queries: Counter,
+    /// Of those, tokens whose keys and values came from the cache (`prefix_cache_hits`).
+    pub prefix_cache_hits: Counter,
+    /// Bytes of keys and values the prefix cache holds.
+    pub kv_cache_bytes: AtomicU64,
+    /// The prefix cache's budget in bytes (0 when prefix caching is off).
+    pub kv_cache_budget_bytes: AtomicU64,
     /// Time to first token.
     pub ttft: Histogram,
     /// Time between consecutive tokens of a sequence (vLLM's `time_per_output_token`).
@@ -104,6 +113,10 @@ impl Default for Metrics {
             request_success: Family::default(),
             prompt_tokens: Counter::default(),
             generation_tokens: Counter::default(),
+            prefix_cache_queries: Counter::default(),
+            prefix_cache_hits: Counter::default(),
+            kv_cache_bytes: AtomicU64::new(0),
+            kv_cache_budget_bytes: AtomicU64::new(0),
             ttft: Histogram::new(TTFT_BUCKETS.iter().copied()),
             tpot: Histogram::new(TPOT_BUCKETS.iter().copied()),
             e2e: Histogram::new(E2E_BUCKETS.iter().copied()),
@@ -113,6 +126,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Fraction of the prefix cache's budget in use, 0 to 1 (vLLM's `kv_cache_usage_perc`);
+    /// 0 when prefix caching is off.
+    pub fn kv_cache_usage(&self) -> f64 {
+        let budget = self.kv_cache_budget_bytes.load(Ordering::Relaxed);
+        if budget == 0 {
+            return 0.0;
+        }
+        (self.kv_cache_bytes.load(Ordering::Relaxed) as f64 / budget as f64).min(1.0)
+    }
+
     /// Counts a finished request under `reason`.
     pub(crate) fn request_finished(&self, reason: FinishReason) {
         // Aborted before finished: a reader that sees the request finished sees how.

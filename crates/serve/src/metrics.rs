@@ -55,6 +55,16 @@ impl Exporter {
             m.request_success.clone(),
         );
         r.register(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens",
+            m.prefix_cache_queries.clone(),
+        );
+        r.register(
+            "vllm:prefix_cache_hits",
+            "Prefix cache hits, in terms of number of cached tokens",
+            m.prefix_cache_hits.clone(),
+        );
+        r.register(
             "vllm:time_to_first_token_seconds",
             "Histogram of time to first token in seconds",
             m.ttft.clone(),
@@ -138,6 +148,14 @@ impl Collector for EngineState {
             "Engine sleep level (0 awake)",
             i64::from(self.sleep_level.load(Ordering::SeqCst)),
         )?;
+        let usage = ConstGauge::new(m.kv_cache_usage());
+        usage.encode(enc.encode_descriptor(
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage (the prefix cache's blocks against \
+             --kv-cache-memory-bytes)",
+            None,
+            usage.metric_type(),
+        )?)?;
         let aborted = ConstCounter::new(m.requests_aborted.load(Ordering::SeqCst));
         aborted.encode(enc.encode_descriptor(
             "vllm:request_aborted",
