@@ -297,9 +297,9 @@ impl CustomOp1 for HalfMatmul {
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         let g = grad.contiguous()?;
-        Ok(Some(g.apply_op1_no_bwd(&HalfMatmulGrad {
-            w: self.w.clone(),
-        })?))
+        Ok(Some(
+            g.apply_op1_no_bwd(&HalfMatmulGrad { w: self.w.clone() })?,
+        ))
     }
 }
 

@@ -89,9 +89,8 @@ impl Qwen3 {
         let config = Qwen3Config::from_file(&dir.join("config.json"))?;
         let files = weight_files(dir)?;
         let dtype = opts.compute_dtype();
-        let half = opts.half_storage(config.torch_dtype.as_deref(), || {
-            file_matrix_dtype(&files)
-        })?;
+        let half =
+            opts.half_storage(config.torch_dtype.as_deref(), || file_matrix_dtype(&files))?;
         let weights = load_weights(&files, &opts.device, dtype, half)?;
         Self::from_weights(config, weights, &opts.device, dtype)
     }

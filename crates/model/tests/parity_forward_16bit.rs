@@ -27,7 +27,13 @@ fn load(model: &str, dtype: Option<DType>) -> Qwen3 {
 }
 
 fn adapter(m: &Qwen3) -> LoraAdapter {
-    LoraAdapter::load(&fixtures().join("lora-r4"), m.config(), m.device(), m.dtype()).unwrap()
+    LoraAdapter::load(
+        &fixtures().join("lora-r4"),
+        m.config(),
+        m.device(),
+        m.dtype(),
+    )
+    .unwrap()
 }
 
 /// `(key, model folder, the 16-bit dtype its config names, sequences)` of each fixture dtype.
@@ -66,7 +72,11 @@ fn bound(s: &Value) -> f64 {
 fn parity_16bit_weights_stay_16bit_under_auto() {
     for (key, model, dtype, _) in cases() {
         let m = load(&model, None);
-        assert_eq!(m.weight_dtype(), dtype, "{key}: auto keeps the checkpoint's dtype");
+        assert_eq!(
+            m.weight_dtype(),
+            dtype,
+            "{key}: auto keeps the checkpoint's dtype"
+        );
         assert_eq!(m.dtype(), DType::F32, "{key}: computes in f32");
         let wide = load(&model, Some(DType::F32));
         assert_eq!(wide.weight_dtype(), DType::F32);
@@ -103,7 +113,10 @@ fn parity_16bit_base_logits() {
 
             let got = half.logits(&ids, None, 512).unwrap();
             let d = max_abs_diff(&got, &want);
-            assert!(d <= b, "{key} seq {i}: 16-bit path {d:e} > reference 16-bit {b:e}");
+            assert!(
+                d <= b,
+                "{key} seq {i}: 16-bit path {d:e} > reference 16-bit {b:e}"
+            );
             assert!(d <= ATOL, "{key} seq {i}: 16-bit path {d:e}");
             let got = half.forward_train(&ids, None).unwrap();
             let d = max_abs_diff(&got, &want);
@@ -134,7 +147,10 @@ fn parity_16bit_lora_logits() {
                 assert!(d <= b.min(ATOL), "{key} {dtype:?} seq {i}: {d:e}");
                 let got = m.forward_train(&ids, Some(&a)).unwrap();
                 let d = max_abs_diff(&got, &want);
-                assert!(d <= b.min(ATOL), "{key} {dtype:?} seq {i} (training): {d:e}");
+                assert!(
+                    d <= b.min(ATOL),
+                    "{key} {dtype:?} seq {i} (training): {d:e}"
+                );
             }
         }
     }
@@ -149,8 +165,16 @@ fn parity_16bit_kv_cached_decode() {
         let a = adapter(&m);
         let mut jobs = Vec::new();
         for s in &seqs {
-            jobs.push((ids(&s["input_ids"]), matrix(&s["logits_f32_compute"]), false));
-            jobs.push((ids(&s["input_ids"]), matrix(&s["lora_logits_f32_compute"]), true));
+            jobs.push((
+                ids(&s["input_ids"]),
+                matrix(&s["logits_f32_compute"]),
+                false,
+            ));
+            jobs.push((
+                ids(&s["input_ids"]),
+                matrix(&s["lora_logits_f32_compute"]),
+                true,
+            ));
         }
         let mut caches: Vec<KvCache> = jobs.iter().map(|_| KvCache::new()).collect();
         let max_len = jobs.iter().map(|j| j.0.len()).max().unwrap();
@@ -213,7 +237,10 @@ fn parity_16bit_lora_gradients_match_widened() {
             let d = a.iter().zip(b).fold(0f32, |s, (x, y)| s.max((x - y).abs()));
             // Relative to the tensor's largest entry: f32 sums of a few hundred terms in
             // another order differ by ~1e-6 of it; a wrong or missing term by far more.
-            assert!(d <= 1e-4 * scale, "{key} {name}: max |d| {d:e}, scale {scale:e}");
+            assert!(
+                d <= 1e-4 * scale,
+                "{key} {name}: max |d| {d:e}, scale {scale:e}"
+            );
         }
     }
 }

@@ -325,8 +325,8 @@ pub fn read_alias_file(
 }
 
 fn load_options(dtype: &str) -> Result<LoadOptions, ServeError> {
-    let dtype = claas_model::parse_dtype(dtype)
-        .map_err(|e| ServeError::Config(format!("--dtype: {e}")))?;
+    let dtype =
+        claas_model::parse_dtype(dtype).map_err(|e| ServeError::Config(format!("--dtype: {e}")))?;
     Ok(LoadOptions {
         device: claas_model::Device::Cpu,
         dtype,
