@@ -3,6 +3,7 @@
 
 pub mod fairness;
 pub mod model;
+pub mod prefix;
 pub mod sdpo;
 pub mod serve;
 

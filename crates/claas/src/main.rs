@@ -174,6 +174,15 @@ enum BenchWhat {
         #[arg(long, default_value_t = 0)]
         max_num_batched_tokens: usize,
     },
+    /// Time to first token of each turn of a growing chat, with and without the prefix cache.
+    Prefix {
+        /// Turns of the chat.
+        #[arg(long, default_value_t = 10)]
+        turns: usize,
+        /// 4 layers instead of 28 (smoke run).
+        #[arg(long)]
+        quick: bool,
+    },
     /// One SDPO step (teacher, forward, backward, optimizer, save) on a Qwen3-0.6B-shaped model.
     Sdpo {
         /// JSON output of shared/bench/torch_anchor.py run on this machine, for ratios.
@@ -294,6 +303,15 @@ fn main() -> anyhow::Result<()> {
                         ..Default::default()
                     };
                     claas_bench::fairness::print_report(&claas_bench::fairness::run(&opts)?);
+                }
+                BenchWhat::Prefix { turns, quick } => {
+                    let opts = claas_bench::prefix::PrefixOptions {
+                        turns,
+                        layers: quick.then_some(4),
+                        ..Default::default()
+                    };
+                    let rows = claas_bench::prefix::run(&opts)?;
+                    claas_bench::prefix::print_report(&opts, &rows);
                 }
                 BenchWhat::Sdpo { torch_json, quick } => {
                     claas_bench::sdpo::run(anchor(torch_json)?.as_ref(), quick)?

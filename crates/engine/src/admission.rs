@@ -55,6 +55,11 @@ impl<T: Queued> Queue<T> {
         self.items.len()
     }
 
+    /// The queued sequences, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items.iter()
+    }
+
     /// Removes every sequence, oldest first.
     pub fn take_all(&mut self) -> Vec<T> {
         self.items.drain(..).collect()

@@ -38,7 +38,16 @@ pub struct EngineConfig {
     pub max_loras: Option<usize>,
     /// Seeds the RNG of requests that send no seed (vLLM `--seed`).
     pub seed: u64,
+    /// Keep the keys and values of full prompt blocks for later requests that start with the
+    /// same tokens on the same adapter version (vLLM `--enable-prefix-caching`, on by default).
+    pub enable_prefix_caching: bool,
+    /// Bytes the prefix cache may hold (vLLM `--kv-cache-memory-bytes`); the least recently
+    /// used blocks go first beyond it. Running sequences' own caches are not counted.
+    pub kv_cache_memory_bytes: usize,
 }
+
+/// Default prefix-cache budget: 2 GiB, about 9k tokens of Qwen3-0.6B keys and values in f32.
+pub const DEFAULT_KV_CACHE_MEMORY_BYTES: usize = 2 << 30;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -50,6 +59,8 @@ impl Default for EngineConfig {
             max_lora_rank: None,
             max_loras: None,
             seed: 0,
+            enable_prefix_caching: true,
+            kv_cache_memory_bytes: DEFAULT_KV_CACHE_MEMORY_BYTES,
         }
     }
 }
@@ -105,7 +116,8 @@ impl Canceller {
 #[derive(Debug, Clone)]
 pub struct AdapterInfo {
     pub name: String,
-    /// Bumped on every (re)load, engine-wide unique.
+    /// Bumped on every (re)load, engine-wide unique, never 0 (the base model's prefix-cache
+    /// identity). Prefix-cache blocks are keyed by it, so a reload never reuses old blocks.
     pub version: u64,
     /// Folder it was loaded from, if any.
     pub path: Option<PathBuf>,
@@ -128,6 +140,9 @@ pub(crate) struct AdapterEntry {
 pub(crate) struct Pending {
     pub req: GenerateRequest,
     pub adapter: Option<Arc<LoraAdapter>>,
+    /// The pinned adapter's load generation (0 = base model): what prefix-cache blocks are
+    /// keyed by besides tokens.
+    pub adapter_version: u64,
     pub tx: UnboundedSender<Event>,
     pub cancel: Arc<Vec<AtomicBool>>,
     pub arrived: Instant,
@@ -160,6 +175,9 @@ pub(crate) enum Msg {
     Wake {
         reply: mpsc::Sender<Result<SleepReport, EngineError>>,
     },
+    ResetPrefixCache {
+        reply: mpsc::Sender<()>,
+    },
 }
 
 pub(crate) struct Shared {
@@ -173,7 +191,7 @@ pub(crate) struct Shared {
     versions: AtomicU64,
     load_lock: Mutex<()>,
     /// 0 awake, else the sleep level.
-    pub sleeping: AtomicU8,
+    pub sleeping: Arc<AtomicU8>,
     /// Serialises sleep/wake transitions.
     sleep_lock: Mutex<()>,
     /// Set by the engine thread while generation is paused.
@@ -274,7 +292,7 @@ impl Engine {
             adapters: RwLock::new(HashMap::new()),
             versions: AtomicU64::new(0),
             load_lock: Mutex::new(()),
-            sleeping: AtomicU8::new(0),
+            sleeping: Arc::new(AtomicU8::new(0)),
             sleep_lock: Mutex::new(()),
             paused: Arc::new(AtomicBool::new(false)),
             tx,
@@ -288,6 +306,10 @@ impl Engine {
             max_model_len,
             max_loras: shared.cfg.max_loras,
             seed: shared.cfg.seed,
+            prefix_cache_bytes: shared
+                .cfg
+                .enable_prefix_caching
+                .then_some(shared.cfg.kv_cache_memory_bytes),
         };
         std::thread::Builder::new()
             .name("claas-engine".into())
@@ -299,6 +321,11 @@ impl Engine {
     /// The model's configuration.
     pub fn model_config(&self) -> &Qwen3Config {
         &self.shared.model_config
+    }
+
+    /// The scheduler limits the engine was started with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.cfg
     }
 
     /// Effective context length.
@@ -343,14 +370,14 @@ impl Engine {
                 completion: req.params.max_tokens,
             });
         }
-        let adapter = match &req.adapter {
-            None => None,
+        let (adapter, adapter_version) = match &req.adapter {
+            None => (None, 0),
             Some(name) => {
                 let map = s.adapters.read();
                 let e = map
                     .get(name)
                     .ok_or_else(|| EngineError::UnknownAdapter(name.clone()))?;
-                Some(e.adapter.clone())
+                (Some(e.adapter.clone()), e.info.version)
             }
         };
         let waiting = s.metrics.waiting.fetch_add(1, Ordering::SeqCst);
@@ -364,6 +391,7 @@ impl Engine {
         let pending = Pending {
             req,
             adapter,
+            adapter_version,
             tx,
             cancel: cancel.clone(),
             arrived: Instant::now(),
@@ -483,6 +511,17 @@ impl Engine {
         rx.recv().map_err(|_| EngineError::Stopped)
     }
 
+    /// Empties the prefix cache (vLLM's `reset_prefix_cache`); sequences already running keep
+    /// their own caches. Blocks until done.
+    pub fn reset_prefix_cache(&self) -> Result<(), EngineError> {
+        let (reply, rx) = mpsc::channel();
+        self.shared
+            .tx
+            .send(Msg::ResetPrefixCache { reply })
+            .map_err(|_| EngineError::Stopped)?;
+        rx.recv().map_err(|_| EngineError::Stopped)
+    }
+
     /// True from the moment a pause is taken up until it is resumed.
     pub fn is_paused(&self) -> bool {
         self.shared.paused.load(Ordering::SeqCst)
@@ -491,6 +530,12 @@ impl Engine {
     /// 0 when awake, else the sleep level.
     pub fn sleep_level(&self) -> u8 {
         self.shared.sleeping.load(Ordering::SeqCst)
+    }
+
+    /// The sleep level as a shared cell, for readers that outlive a borrow of the engine (the
+    /// metrics collector).
+    pub fn sleep_level_handle(&self) -> Arc<AtomicU8> {
+        self.shared.sleeping.clone()
     }
 
     /// Refuses new requests, lets running ones finish (requests a pause holds stay held, their

@@ -4,22 +4,25 @@
 //! running batch between decode steps, and sequences with different LoRA adapters (or none)
 //! share one packed `forward_batch`. Tokens stream back per request over a tokio channel; a
 //! dropped receiver frees the sequence's slot at the next step. The engine works on token ids
-//! only: tokenizing, chat templates and stop strings belong to the caller.
+//! only: tokenizing, chat templates and stop strings belong to the caller. Keys and values of
+//! full prompt blocks outlive their request in a prefix cache (`prefix_cache`), so a chat that
+//! resends its history computes only what is new.
 
 mod admission;
 mod engine;
 mod error;
 pub mod metrics;
 mod plan;
+mod prefix_cache;
 pub mod sampling;
 mod scheduler;
 
 pub use engine::{
     release_freed_memory, AdapterInfo, Canceller, Engine, EngineConfig, GenerateRequest,
-    ModelLoader, PauseMode, RequestHandle, SleepReport,
+    ModelLoader, PauseMode, RequestHandle, SleepReport, DEFAULT_KV_CACHE_MEMORY_BYTES,
 };
 pub use error::EngineError;
-pub use metrics::{Histogram, Metrics};
+pub use metrics::{FinishedLabels, FinishedReason, LoraActivity, Metrics};
 pub use sampling::{SamplingParams, TokenLogprob};
 
 /// Why a sequence stopped.

@@ -3,12 +3,15 @@
 //!
 //! 1. **sweep**: drop cancelled or disconnected sequences, queued or running;
 //! 2. **admit**: move queued sequences into the running batch (`admission`: `max_num_seqs`,
-//!    `max_loras`; nothing while paused);
+//!    `max_loras`; nothing while paused), each starting from the longest prefix of its prompt
+//!    the prefix cache holds (`prefix_cache`);
 //! 3. **plan**: choose this step's decodes and prefill chunks under the token budget (`plan`:
 //!    decodes first, prefills share the rest);
 //! 4. **forward**: one packed `forward_batch` over every planned sequence, mixed adapters;
-//! 5. **emit**: prompt logprobs, sampling, and the token and finish events;
-//! 6. **retire**: take finished sequences out of the batch and send their final events.
+//! 5. **emit**: prompt logprobs, sampling, and the token and finish events; a prompt just
+//!    prefilled gives its full blocks to the prefix cache;
+//! 6. **retire**: take finished sequences out of the batch, cache the full blocks of what they
+//!    generated, and send their final events.
 //!
 //! Metrics invariants (a reader that loads `waiting` and then `running`, as a drain does, must
 //! never see a live request as neither, nor a finished one as still running):
@@ -32,6 +35,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::admission::{AdapterKey, Limits, Queue, Queued};
 use crate::engine::{rss_bytes, ModelLoader, Msg, PauseMode, Pending, SleepReport};
 use crate::plan::{plan, Work};
+use crate::prefix_cache::{Identity, PrefixCache, BLOCK_SIZE};
 use crate::sampling::{apply_penalties, log_softmax, sample, token_logprob};
 use crate::{EngineError, Event, FinishReason, Metrics, SamplingParams, TokenLogprob};
 
@@ -42,6 +46,8 @@ pub(crate) struct SchedulerParams {
     pub max_model_len: usize,
     pub max_loras: Option<usize>,
     pub seed: u64,
+    /// The prefix cache's budget in bytes; `None` = prefix caching off.
+    pub prefix_cache_bytes: Option<usize>,
 }
 
 /// How often a paused engine that holds requests looks for cancelled ones.
@@ -62,6 +68,8 @@ struct ReqState {
     arrived: Instant,
     first_token_seen: bool,
     waiting_counted: bool,
+    /// Registered adapter name, for the metrics' adapter lists.
+    adapter: Option<String>,
 }
 
 struct Seq {
@@ -71,6 +79,8 @@ struct Seq {
     fed: usize,
     cache: KvCache,
     adapter: Option<Arc<LoraAdapter>>,
+    /// Prefix-cache identity: the adapter's load generation, 0 for the base model.
+    identity: Identity,
     params: Arc<SamplingParams>,
     rng: StdRng,
     tx: UnboundedSender<Event>,
@@ -79,6 +89,8 @@ struct Seq {
     prompt_lp: Option<(usize, Vec<Option<TokenLogprob>>)>,
     counts: HashMap<u32, u32>,
     req: Rc<RefCell<ReqState>>,
+    /// When this sequence's previous token was sampled (inter-token latency).
+    last_token_at: Option<Instant>,
 }
 
 impl Queued for Seq {
@@ -123,12 +135,16 @@ impl Seq {
         }
         let row = rows.pop()?;
         let (tok, logprob) = self.sample(row);
-        metrics.generation_tokens.fetch_add(1, Ordering::Relaxed);
+        metrics.generation_tokens.inc();
+        let now = Instant::now();
+        if let Some(prev) = self.last_token_at.replace(now) {
+            metrics.tpot.observe((now - prev).as_secs_f64());
+        }
         {
             let mut r = self.req.borrow_mut();
             if !r.first_token_seen {
                 r.first_token_seen = true;
-                metrics.ttft.observe(r.arrived.elapsed().as_secs_f64());
+                metrics.ttft.observe((now - r.arrived).as_secs_f64());
             }
         }
         let sent = self.tx.send(Event::Token {
@@ -201,6 +217,8 @@ struct Loop {
         std::sync::mpsc::Sender<Result<SleepReport, EngineError>>,
     )>,
     rng: StdRng,
+    /// `None` when prefix caching is off.
+    prefix: Option<PrefixCache>,
     pause: Pause,
     /// Published for `Engine::is_paused`.
     paused_flag: Arc<AtomicBool>,
@@ -216,8 +234,14 @@ pub(crate) fn run(
     loader: Option<ModelLoader>,
     rx: Receiver<Msg>,
 ) {
+    if let Some(budget) = p.prefix_cache_bytes {
+        metrics
+            .kv_cache_budget_bytes
+            .store(budget as u64, Ordering::Relaxed);
+    }
     let mut l = Loop {
         rng: StdRng::seed_from_u64(p.seed),
+        prefix: p.prefix_cache_bytes.map(PrefixCache::new),
         p,
         metrics,
         model: Some(model),
@@ -258,29 +282,30 @@ pub(crate) fn run(
             l.handle(m);
         }
         l.step();
+        l.publish_lora_activity();
     }
 }
 
+/// Ends one sequence. The counters move before the final event goes out, so a client that has
+/// its reply never then reads metrics that miss its request.
 fn finish(seq: &Seq, reason: FinishReason, stop_token: Option<u32>, metrics: &Metrics) {
+    {
+        let mut r = seq.req.borrow_mut();
+        if r.waiting_counted {
+            r.waiting_counted = false;
+            metrics.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        r.remaining -= 1;
+        if r.remaining == 0 {
+            metrics.request_finished(reason);
+            metrics.e2e.observe(r.arrived.elapsed().as_secs_f64());
+        }
+    }
     let _ = seq.tx.send(Event::Finished {
         index: seq.index,
         reason,
         stop_token,
     });
-    let mut r = seq.req.borrow_mut();
-    if r.waiting_counted {
-        r.waiting_counted = false;
-        metrics.waiting.fetch_sub(1, Ordering::SeqCst);
-    }
-    r.remaining -= 1;
-    if r.remaining == 0 {
-        // Aborted before finished: a reader that sees the request finished sees how.
-        if reason == FinishReason::Abort {
-            metrics.requests_aborted.fetch_add(1, Ordering::SeqCst);
-        }
-        metrics.requests_finished.fetch_add(1, Ordering::SeqCst);
-        metrics.e2e.observe(r.arrived.elapsed().as_secs_f64());
-    }
 }
 
 impl Loop {
@@ -292,6 +317,10 @@ impl Loop {
                 let _ = reply.send(self.do_wake());
             }
             Msg::Pause { mode, reply } => self.do_pause(mode, reply),
+            Msg::ResetPrefixCache { reply } => {
+                self.clear_prefix_cache();
+                let _ = reply.send(());
+            }
             Msg::Resume { reply } => {
                 self.pause = Pause::Unpaused;
                 self.paused_flag.store(false, Ordering::SeqCst);
@@ -348,6 +377,9 @@ impl Loop {
 
     fn do_sleep(&mut self, level: u8) -> Result<SleepReport, EngineError> {
         let rss_before = rss_bytes();
+        // Sleep releases memory, and a level-2 wake reloads weights the blocks were computed
+        // with: either way the cached blocks go (as vLLM's sleep discards its KV cache).
+        self.clear_prefix_cache();
         if level == 2 {
             if self.loader.is_none() {
                 return Err(EngineError::SleepMode(
@@ -384,6 +416,7 @@ impl Loop {
         let Pending {
             req,
             adapter,
+            adapter_version,
             tx,
             cancel,
             arrived,
@@ -398,6 +431,7 @@ impl Loop {
             arrived,
             first_token_seen: false,
             waiting_counted: true,
+            adapter: req.adapter.clone(),
         }));
         let params = Arc::new(req.params);
         let base_seed = params.seed.unwrap_or_else(|| self.rng.next_u64());
@@ -410,6 +444,7 @@ impl Loop {
                 fed: 0,
                 cache: KvCache::new(),
                 adapter: adapter.clone(),
+                identity: adapter_version,
                 params: params.clone(),
                 rng: StdRng::seed_from_u64(seed),
                 tx: tx.clone(),
@@ -421,8 +456,21 @@ impl Loop {
                 },
                 counts: HashMap::new(),
                 req: state.clone(),
+                last_token_at: None,
             });
         }
+    }
+
+    /// Tells the metrics which adapters are running and waiting.
+    fn publish_lora_activity(&self) {
+        let names = |seqs: &mut dyn Iterator<Item = &Seq>| -> Vec<String> {
+            seqs.filter_map(|s| s.req.borrow().adapter.clone())
+                .collect()
+        };
+        self.metrics.set_lora_activity(
+            names(&mut self.running.iter()),
+            names(&mut self.waiting.iter()),
+        );
     }
 
     /// Phase 1: drops cancelled or disconnected sequences before compute is spent on them.
@@ -494,7 +542,8 @@ impl Loop {
             self.running.iter().map(Queued::adapter_key),
             limits,
         );
-        for s in admitted {
+        for mut s in admitted {
+            self.read_prefix_cache(&mut s);
             // Running goes up before waiting goes down: a reader that loads waiting first and
             // running second (as a drain does) never sees an admitted request as neither.
             let (req, prompt_len) = (s.req.clone(), s.prompt_len);
@@ -506,9 +555,7 @@ impl Loop {
             if r.waiting_counted {
                 r.waiting_counted = false;
                 self.metrics.waiting.fetch_sub(1, Ordering::SeqCst);
-                self.metrics
-                    .prompt_tokens
-                    .fetch_add(prompt_len as u64, Ordering::Relaxed);
+                self.metrics.prompt_tokens.inc_by(prompt_len as u64);
             }
         }
     }
@@ -586,7 +633,13 @@ impl Loop {
             let Some(rows) = outs.next() else {
                 break;
             };
+            let was_prefilling = s.prefilling();
             endings[i] = s.emit(takes[i], rows, &self.metrics, self.p.max_model_len);
+            if was_prefilling && !s.prefilling() {
+                // Cached as soon as the prompt is in: concurrent requests that share it (a
+                // system prompt) hit without waiting for this one to finish.
+                write_prefix_cache(&mut self.prefix, &self.metrics, s);
+            }
         }
         endings
     }
@@ -595,8 +648,9 @@ impl Loop {
     /// any).
     /// The gauge drops first, so a client that has its final event never then sees its request
     /// still counted as running.
+    /// A sequence whose forward failed (`error`) caches nothing: its cache may be half-written.
     fn retire(
-        &self,
+        &mut self,
         seqs: impl Iterator<Item = (Seq, FinishReason, Option<u32>)>,
         error: Option<&str>,
     ) {
@@ -606,10 +660,62 @@ impl Loop {
         for (s, reason, stop) in seqs {
             if let Some(msg) = error {
                 let _ = s.tx.send(Event::Error(msg.to_string()));
+            } else {
+                // The blocks it generated: the next turn of a chat resends them.
+                write_prefix_cache(&mut self.prefix, &self.metrics, &s);
             }
             finish(&s, reason, stop, &self.metrics);
         }
     }
+
+    /// Starts a newly admitted sequence from the longest cached prefix of its prompt. The last
+    /// prompt token is always computed (its logits pick the first token, as in vLLM), and a
+    /// request for prompt logprobs reads nothing (it needs the logits of every position).
+    fn read_prefix_cache(&mut self, s: &mut Seq) {
+        let Some(pc) = self.prefix.as_mut() else {
+            return;
+        };
+        if s.prompt_lp.is_some() || s.fed > 0 {
+            return;
+        }
+        let chain = pc.lookup(s.identity, &s.tokens[..s.prompt_len - 1]);
+        self.metrics
+            .prefix_cache_queries
+            .inc_by(s.prompt_len as u64);
+        if chain.is_empty() {
+            return;
+        }
+        let hit = chain.len() * BLOCK_SIZE;
+        match pc.seed(&chain, s.prompt_len - hit) {
+            Ok(cache) => {
+                s.cache = cache;
+                s.fed = hit;
+                self.metrics.prefix_cache_hits.inc_by(hit as u64);
+            }
+            // The prompt is then computed from scratch, as without the cache.
+            Err(e) => tracing::warn!("prefix cache: seeding failed: {e}"),
+        }
+    }
+
+    fn clear_prefix_cache(&mut self) {
+        if let Some(pc) = self.prefix.as_mut() {
+            pc.clear();
+            self.metrics.kv_cache_bytes.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Gives the prefix cache the full blocks `s` holds keys and values for.
+fn write_prefix_cache(prefix: &mut Option<PrefixCache>, metrics: &Metrics, s: &Seq) {
+    let Some(pc) = prefix.as_mut() else {
+        return;
+    };
+    if let Err(e) = pc.insert(s.identity, &s.tokens, &s.cache) {
+        tracing::warn!("prefix cache: caching blocks failed: {e}");
+    }
+    metrics
+        .kv_cache_bytes
+        .store(pc.used_bytes() as u64, Ordering::Relaxed);
 }
 
 /// Takes out of `seqs` those for which `pick(index, seq)` is `Some`, keeping the rest in order

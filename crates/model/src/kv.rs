@@ -1,6 +1,11 @@
 use candle_core::{DType, Device, Tensor};
 
-use crate::Result;
+use crate::{ModelError, Result};
+
+/// Keys and values of a run of positions, one `(k, v)` pair per layer, each
+/// `[kv_heads, positions, head_dim]`: what [`KvCache::export`] copies out and
+/// [`KvCache::from_blocks`] copies back in (the engine's prefix cache stores them).
+pub type KvBlock = Vec<(Tensor, Tensor)>;
 
 /// Per-sequence key/value cache: one pre-allocated buffer per layer, grown by doubling, so an
 /// appended decode step copies only the new token's keys and values.
@@ -39,6 +44,73 @@ impl KvCache {
             .flatten()
             .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
             .sum()
+    }
+
+    /// Copies positions `start..start + len` of every layer out of the cache. The copies own
+    /// their memory (never views of this cache's buffers), so they outlive the cache and their
+    /// size is exactly what they hold.
+    pub fn export(&self, start: usize, len: usize) -> Result<KvBlock> {
+        if len == 0 || start + len > self.len {
+            return Err(ModelError::Config(format!(
+                "cannot export positions {start}..{} of a cache holding {}",
+                start + len,
+                self.len
+            )));
+        }
+        self.layers
+            .iter()
+            .map(|slot| {
+                let (k, v) = slot.as_ref().ok_or_else(|| {
+                    ModelError::Config("a layer of a non-empty cache has no buffer".into())
+                })?;
+                Ok((
+                    k.narrow(1, start, len)?.force_contiguous()?,
+                    v.narrow(1, start, len)?.force_contiguous()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// A cache holding `blocks` one after the other from position 0, with buffers of room for
+    /// `reserve` more positions (so the rest of a prompt does not regrow them right away).
+    pub fn from_blocks(blocks: &[&KvBlock], reserve: usize) -> Result<KvCache> {
+        let Some(first) = blocks.first() else {
+            return Ok(KvCache::new());
+        };
+        let num_layers = first.len();
+        let mut len = 0;
+        for b in blocks {
+            if b.len() != num_layers || num_layers == 0 {
+                return Err(ModelError::Config(
+                    "KV blocks disagree on the number of layers".into(),
+                ));
+            }
+            len += b[0].0.dim(1)?;
+        }
+        let cap = (len + reserve).max(64);
+        let mut layers = Vec::with_capacity(num_layers);
+        for layer in 0..num_layers {
+            let (k0, v0) = &first[layer];
+            let (heads, _, d) = k0.dims3()?;
+            let (vh, _, vd) = v0.dims3()?;
+            let k = alloc(heads, cap, d, k0.dtype(), k0.device())?;
+            let v = alloc(vh, cap, vd, v0.dtype(), v0.device())?;
+            let mut at = 0;
+            for b in blocks {
+                let (bk, bv) = &b[layer];
+                let t = b[0].0.dim(1)?;
+                if bk.dim(1)? != t || bv.dim(1)? != t {
+                    return Err(ModelError::Config(
+                        "a KV block's layers differ in length".into(),
+                    ));
+                }
+                k.slice_set(bk, 1, at)?;
+                v.slice_set(bv, 1, at)?;
+                at += t;
+            }
+            layers.push(Some((k, v)));
+        }
+        Ok(KvCache { layers, len, cap })
     }
 
     /// Appends `k`, `v` (`[kv_heads, t, head_dim]`) for `layer` at position `self.len` and returns

@@ -16,7 +16,7 @@ mod weights;
 pub use builtin::{builtin_model_dir, write_builtin_model, BUILTIN_TINY};
 pub use config::Qwen3Config;
 pub use error::ModelError;
-pub use kv::KvCache;
+pub use kv::{KvBlock, KvCache};
 pub use lora::{LoraAdapter, LoraConfig, LoraInit, LoraPair, Module, TrainableLora, ALL_MODULES};
 pub use qwen3::{ForwardMode, Qwen3, SeqInput};
 pub use source::{hf_hub_cache, resolve_model, ModelSource};

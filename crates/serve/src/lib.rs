@@ -6,13 +6,15 @@
 //!
 //! A request flows one way: `routes` (thin handlers) -> `protocol` (serde types) -> `validate`
 //! (one `ValidRequest` or one `ValidationError`) -> engine -> `stream` / `render` (wire format).
-//! `resolve` loads adapters named by requests from the LoRA root; `metrics` is `/metrics`.
+//! `resolve` loads adapters named by requests from the LoRA root; `metrics` is `/metrics`;
+//! `responses` is the Responses API, converted to the chat path at its `validate`.
 
 mod error;
 mod metrics;
 mod protocol;
 mod render;
 mod resolve;
+mod responses;
 mod routes;
 mod stream;
 mod text;
@@ -122,12 +124,56 @@ pub struct ServeConfig {
     /// as vLLM's parser. Without it the thinking text stays in `content`.
     #[arg(long)]
     pub reasoning_parser: Option<String>,
-    /// Accepted for `vllm serve` compatibility; no-op (no prefix cache on CPU yet).
-    #[arg(long)]
+    /// Reuse the keys and values of earlier prompts that share a prefix with a new one, per
+    /// adapter version (on by default, as in vLLM; of the two flags the last one given wins).
+    #[arg(long, overrides_with = "no_enable_prefix_caching")]
     pub enable_prefix_caching: bool,
-    /// Accepted for `vllm serve` compatibility; no-op.
-    #[arg(long)]
+    /// Turn the prefix cache off: every prompt is computed from scratch.
+    #[arg(long, overrides_with = "enable_prefix_caching")]
     pub no_enable_prefix_caching: bool,
+    /// Bytes of keys and values the prefix cache keeps, least recently used evicted first
+    /// (default 2 GiB; `k`/`m`/`g` are powers of 1000, `K`/`M`/`G` of 1024, as vLLM's
+    /// human-readable sizes). Running requests' own caches come on top.
+    #[arg(long, value_parser = parse_byte_size)]
+    pub kv_cache_memory_bytes: Option<usize>,
+    /// Keep finished `/v1/responses` results (`store`, default true in requests) for
+    /// `GET /v1/responses/{id}` and `previous_response_id`. Off by default, as vLLM's
+    /// `VLLM_ENABLE_RESPONSES_API_STORE`: then nothing is kept. Bounded by
+    /// `--responses-store-max-entries`, `--responses-store-ttl` and 256 MiB.
+    #[arg(long, env = "VLLM_ENABLE_RESPONSES_API_STORE",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub enable_responses_store: bool,
+    /// Most stored responses; the oldest go first.
+    #[arg(long, default_value_t = 1000)]
+    pub responses_store_max_entries: usize,
+    /// Seconds a stored response is kept.
+    #[arg(long, default_value_t = 3600)]
+    pub responses_store_ttl: u64,
+}
+
+/// A byte count, plain or with a `k`/`m`/`g` (×1000ⁿ) or `K`/`M`/`G` (×1024ⁿ) suffix.
+pub fn parse_byte_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult): (&str, usize) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c {
+                'k' => 1_000,
+                'm' => 1_000_000,
+                'g' => 1_000_000_000,
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown size suffix {c:?} in {s:?}")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count (e.g. 2147483648 or 2G)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 impl Default for ServeConfig {
@@ -159,6 +205,10 @@ impl Default for ServeConfig {
             reasoning_parser: None,
             enable_prefix_caching: false,
             no_enable_prefix_caching: false,
+            kv_cache_memory_bytes: None,
+            enable_responses_store: false,
+            responses_store_max_entries: 1000,
+            responses_store_ttl: 3600,
         }
     }
 }
@@ -185,9 +235,6 @@ impl ServeConfig {
         }
         if let Some(p) = &self.tool_call_parser {
             tracing::info!("--tool-call-parser {p}: the Qwen3 <tool_call> parser is used");
-        }
-        if self.enable_prefix_caching || self.no_enable_prefix_caching {
-            tracing::info!("--[no-]enable-prefix-caching: no prefix cache on CPU; ignored");
         }
     }
 }
@@ -260,6 +307,10 @@ pub struct AppState {
     resolver: Option<resolve::Resolver>,
     /// `--reasoning-parser qwen3` is on.
     pub reasoning_parser: bool,
+    /// What `/metrics` exposes.
+    pub(crate) metrics: metrics::Exporter,
+    /// Stored `/v1/responses` results (`--enable-responses-store`).
+    pub(crate) responses: Option<responses::ResponseStore>,
 }
 
 /// Served model name of an alias (`openclaw/assistant-latest` -> `openclaw-assistant-latest`),
@@ -350,6 +401,11 @@ impl AppState {
                 ));
             }
         }
+        if cfg.enable_responses_store && cfg.api_key.as_deref().is_none_or(str::is_empty) {
+            tracing::warn!(
+                "--enable-responses-store without --api-key: anyone who can reach this port can read stored responses by id"
+            );
+        }
         // vLLM refuses a parser it does not know at start; so do we, rather than serve replies
         // the client expects to be split.
         let reasoning_parser = match cfg.reasoning_parser.as_deref() {
@@ -415,7 +471,9 @@ impl AppState {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
+        let metrics = metrics::Exporter::new(&engine, &served_names[0]);
         Ok(AppState {
+            metrics,
             engine,
             tokenizer,
             template,
@@ -432,6 +490,13 @@ impl AppState {
             max_prompt_bytes,
             resolver,
             reasoning_parser,
+            responses: cfg.enable_responses_store.then(|| {
+                responses::ResponseStore::new(
+                    cfg.responses_store_max_entries,
+                    responses::store::MAX_STORE_BYTES,
+                    std::time::Duration::from_secs(cfg.responses_store_ttl),
+                )
+            }),
         })
     }
 
@@ -452,6 +517,10 @@ impl AppState {
             max_loras: cfg.max_loras,
             max_num_batched_tokens: cfg.max_num_batched_tokens.unwrap_or(0),
             seed: cfg.seed,
+            enable_prefix_caching: !cfg.no_enable_prefix_caching,
+            kv_cache_memory_bytes: cfg
+                .kv_cache_memory_bytes
+                .unwrap_or(claas_engine::DEFAULT_KV_CACHE_MEMORY_BYTES),
             ..EngineConfig::default()
         };
         let loader_dir = dir.clone();
@@ -539,6 +608,36 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_store_flag_and_vllm_env() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        let parse = |args: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from(args)
+                .unwrap()
+                .serve
+                .enable_responses_store
+        };
+        // The only test touching this variable; vLLM's spelling is `=1`.
+        std::env::set_var("VLLM_ENABLE_RESPONSES_API_STORE", "1");
+        assert!(parse(&["serve"]));
+        std::env::set_var("VLLM_ENABLE_RESPONSES_API_STORE", "0");
+        assert!(!parse(&["serve"]));
+        std::env::remove_var("VLLM_ENABLE_RESPONSES_API_STORE");
+        assert!(!parse(&["serve"]));
+        assert!(parse(&["serve", "--enable-responses-store"]));
+        let c = <Cli as clap::Parser>::try_parse_from(["serve"])
+            .unwrap()
+            .serve;
+        assert_eq!(
+            (c.responses_store_max_entries, c.responses_store_ttl),
+            (1000, 3600)
+        );
+    }
 
     #[test]
     fn zero_max_loras_is_refused_before_loading() {
@@ -641,6 +740,37 @@ mod tests {
         assert_eq!(c.served_model_name, vec!["qwen3-8b".to_string()]);
         assert_eq!(c.reasoning_parser.as_deref(), Some("qwen3"));
         assert_eq!(c.max_request_bytes, DEFAULT_MAX_REQUEST_BYTES);
+        // vLLM's boolean flags: the last one given wins.
+        assert!(c.no_enable_prefix_caching && !c.enable_prefix_caching);
+    }
+
+    #[test]
+    fn prefix_caching_flags() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        let parse = |args: &[&str]| {
+            let mut v = vec!["serve"];
+            v.extend_from_slice(args);
+            Cli::try_parse_from(v).map(|c| c.serve)
+        };
+        let on = parse(&[]).unwrap();
+        assert!(!on.no_enable_prefix_caching, "on by default");
+        assert_eq!(on.kv_cache_memory_bytes, None);
+        let c = parse(&["--no-enable-prefix-caching", "--enable-prefix-caching"]).unwrap();
+        assert!(!c.no_enable_prefix_caching);
+        let c = parse(&["--kv-cache-memory-bytes", "2G"]).unwrap();
+        assert_eq!(c.kv_cache_memory_bytes, Some(2 << 30));
+        assert_eq!(parse_byte_size("1000"), Ok(1000));
+        assert_eq!(parse_byte_size("3k"), Ok(3000));
+        assert_eq!(parse_byte_size("512M"), Ok(512 << 20));
+        assert!(parse_byte_size("2x").is_err());
+        assert!(parse_byte_size("G").is_err());
+        assert!(parse_byte_size("-1").is_err());
+        assert!(parse(&["--kv-cache-memory-bytes", "lots"]).is_err());
     }
 
     #[test]

@@ -69,8 +69,8 @@ pub(crate) struct Sampling {
     pub prompt_embeds: Option<Value>,
 }
 
-/// `POST /v1/chat/completions`.
-#[derive(Deserialize)]
+/// `POST /v1/chat/completions` (also built by the Responses API from its input).
+#[derive(Deserialize, Default)]
 pub(crate) struct ChatRequest {
     pub model: Option<String>,
     pub messages: Option<Vec<Value>>,

@@ -66,7 +66,7 @@ impl TokenNames {
         self.st.tokenizer.decode(&[id], false).unwrap_or_default()
     }
 
-    fn chat_entry(&self, l: &TokenLogprob) -> ChatLogprob {
+    pub(crate) fn chat_entry(&self, l: &TokenLogprob) -> ChatLogprob {
         let t = self.name(l.token);
         ChatLogprob {
             logprob: safe_lp(l.logprob),

@@ -30,6 +30,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/responses", post(crate::responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(crate::responses::retrieve).delete(crate::responses::delete),
+        )
         .route("/v1/load_lora_adapter", post(load_lora))
         .route("/v1/unload_lora_adapter", post(unload_lora))
         .route("/tokenize", post(tokenize))
@@ -343,8 +348,8 @@ fn query_bool(param: &str, v: Option<&str>, default: bool) -> ApiResult<bool> {
 /// vLLM's `POST /pause`: nothing new is scheduled until `/resume`; requests sent meanwhile
 /// are accepted and wait. `mode` `abort` (default) aborts every request the engine holds,
 /// `wait` lets running ones finish before answering, `keep` freezes them until resume. The
-/// deprecated `wait_for_inflight_requests=true` means `wait`; `clear_cache` is validated and
-/// otherwise moot (no prefix cache here).
+/// deprecated `wait_for_inflight_requests=true` means `wait`; `clear_cache` (default true, as
+/// vLLM) empties the prefix cache once the pause holds.
 async fn pause(
     State(st): State<S>,
     Query(q): Query<PauseQuery>,
@@ -367,11 +372,17 @@ async fn pause(
     )? {
         mode = PauseMode::Wait;
     }
-    query_bool("clear_cache", q.clear_cache.as_deref(), true)?;
+    let clear_cache = query_bool("clear_cache", q.clear_cache.as_deref(), true)?;
     let engine = st.engine.clone();
-    tokio::task::spawn_blocking(move || engine.pause(mode))
-        .await
-        .map_err(join_failed)??;
+    tokio::task::spawn_blocking(move || {
+        engine.pause(mode)?;
+        if clear_cache {
+            engine.reset_prefix_cache()?;
+        }
+        Ok::<_, claas_engine::EngineError>(())
+    })
+    .await
+    .map_err(join_failed)??;
     tracing::info!("generation paused ({mode:?})");
     Ok(Json(StatusResponse { status: "paused" }))
 }

@@ -1,6 +1,6 @@
 //! Running a validated request: [`Run`] turns the engine's events into per-choice deltas
-//! (text with stop strings, finish reasons, usage), and [`sse`] is the one SSE driver chat and
-//! completions share; each supplies a [`ChunkRenderer`] for its wire format.
+//! (text with stop strings, finish reasons, usage), and [`sse`] is the one SSE driver chat,
+//! completions and responses share; each supplies a [`ChunkRenderer`] for its wire format.
 
 use std::convert::Infallible;
 
@@ -201,6 +201,25 @@ pub(crate) trait ChunkRenderer: Send + 'static {
     fn delta(&mut self, run: &Run, d: Delta, usage: Option<Usage>) -> Option<Self::Chunk>;
     /// The final usage-only chunk.
     fn usage(&self, usage: Usage) -> Self::Chunk;
+    /// Chunks after the last delta, before the usage chunk (the Responses API's terminal
+    /// event).
+    fn tail(&mut self, _run: &Run) -> Vec<Self::Chunk> {
+        Vec::new()
+    }
+    /// A chunk's bytes on the wire: one `data:` line by default; a format with named events
+    /// (the Responses API) writes its own frames.
+    fn encode(&self, chunk: &Self::Chunk) -> Bytes {
+        event(chunk)
+    }
+    /// The bytes that report an error after the stream began.
+    fn error(&mut self, e: &ApiError) -> Bytes {
+        error_event(e)
+    }
+    /// Whether the stream ends with `data: [DONE]` (chat and completions; the Responses API
+    /// ends with its terminal event instead).
+    fn done_marker(&self) -> bool {
+        true
+    }
 }
 
 fn event<T: Serialize>(v: &T) -> Bytes {
@@ -233,7 +252,7 @@ pub(crate) fn sse<R: ChunkRenderer>(mut run: Run, mut r: R, opts: StreamSettings
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
         for c in r.head(&run) {
-            if tx.send(event(&c)).await.is_err() {
+            if tx.send(r.encode(&c)).await.is_err() {
                 return;
             }
         }
@@ -241,13 +260,13 @@ pub(crate) fn sse<R: ChunkRenderer>(mut run: Run, mut r: R, opts: StreamSettings
             let d = match next {
                 Ok(d) => d,
                 Err(e) => {
-                    let _ = tx.send(error_event(&e)).await;
+                    let _ = tx.send(r.error(&e)).await;
                     return;
                 }
             };
             let usage = opts.continuous_usage.then(|| run.usage());
             if let Some(c) = r.delta(&run, d, usage) {
-                if tx.send(event(&c)).await.is_err() {
+                if tx.send(r.encode(&c)).await.is_err() {
                     return;
                 }
             }
@@ -255,10 +274,17 @@ pub(crate) fn sse<R: ChunkRenderer>(mut run: Run, mut r: R, opts: StreamSettings
         if tx.is_closed() {
             return;
         }
-        if opts.include_usage {
-            let _ = tx.send(event(&r.usage(run.usage()))).await;
+        for c in r.tail(&run) {
+            if tx.send(r.encode(&c)).await.is_err() {
+                return;
+            }
         }
-        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+        if opts.include_usage {
+            let _ = tx.send(r.encode(&r.usage(run.usage()))).await;
+        }
+        if r.done_marker() {
+            let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+        }
     });
     let body = Body::from_stream(
         tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<Bytes, Infallible>),

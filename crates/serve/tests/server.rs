@@ -125,6 +125,125 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("metric {name} missing in\n{text}"))
 }
 
+/// The value of the series of `name` whose labels include `label` (`key="value"`).
+fn series(text: &str, name: &str, label: &str) -> f64 {
+    find_series(text, name, label)
+        .unwrap_or_else(|| panic!("series {name}{{{label}}} missing in\n{text}"))
+}
+
+fn find_series(text: &str, name: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('{'))
+                .and_then(|rest| rest.split_once('}'))
+                .is_some_and(|(labels, _)| labels.split(',').any(|kv| kv == label))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|x| x.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_use_vllm_names_labels_and_histograms() {
+    let s = start(base_cfg()).await;
+    let (c, m) = get(&s, "/metrics").await;
+    assert_eq!(c, 200);
+    // Nothing has run yet: no adapter is active and no request has finished.
+    assert_eq!(
+        series(&m, "vllm:lora_requests_info", "running_lora_adapters=\"\""),
+        0.0
+    );
+    assert!(!m.contains("vllm:request_success_total{"), "{m}");
+    for model in ["tiny", "r4"] {
+        let (c, v) = post(
+            &s,
+            "/v1/completions",
+            json!({"model": model, "prompt": "count", "max_tokens": 4, "ignore_eos": true}),
+        )
+        .await;
+        assert_eq!(c, 200, "{v}");
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+    }
+    // A forced token that is also a stop id ends the third request with "stop".
+    let (c, v) = post(
+        &s,
+        "/v1/completions",
+        json!({"model": "tiny", "prompt": "count", "max_tokens": 3, "logit_bias": {"7": 100}, "stop_token_ids": [7]}),
+    )
+    .await;
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+
+    let (c, m) = get(&s, "/metrics").await;
+    assert_eq!(c, 200);
+    assert_eq!(
+        series(
+            &m,
+            "vllm:request_success_total",
+            "finished_reason=\"length\""
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        series(&m, "vllm:request_success_total", "finished_reason=\"stop\""),
+        1.0
+    );
+    for line in m.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        assert!(
+            line.contains("model_name=\"tiny\""),
+            "every series carries the served model name: {line}"
+        );
+    }
+    assert_eq!(metric(&m, "vllm:generation_tokens_total"), 9.0);
+    // Every token but each sequence's first is one inter-token interval.
+    assert_eq!(metric(&m, "vllm:time_per_output_token_seconds_count"), 6.0);
+    assert_eq!(metric(&m, "vllm:time_to_first_token_seconds_count"), 3.0);
+    assert_eq!(metric(&m, "vllm:e2e_request_latency_seconds_count"), 3.0);
+    // Cumulative buckets end in +Inf, equal to the count.
+    assert_eq!(
+        series(&m, "vllm:e2e_request_latency_seconds_bucket", "le=\"+Inf\""),
+        3.0
+    );
+    for t in [
+        "# TYPE vllm:time_per_output_token_seconds histogram",
+        "# TYPE vllm:request_success_total counter",
+        "# TYPE vllm:lora_requests_info gauge",
+        "# TYPE vllm:num_requests_running gauge",
+    ] {
+        assert!(m.contains(t), "{t} missing in\n{m}");
+    }
+    // The adapter ran and finished: it is neither running nor waiting, and the gauge holds the
+    // (Unix) time of the change, as vLLM's does.
+    let stamp = series(&m, "vllm:lora_requests_info", "running_lora_adapters=\"\"");
+    assert!(stamp > 1.7e9, "{m}");
+    assert!(m.contains("max_lora=\"64\""), "{m}");
+
+    // While a request on the adapter runs, the gauge names it. The fixture model's whole
+    // context is the longest run it allows (hundreds of steps, each scraped ~every 5 ms).
+    let resp = client()
+        .post(format!("{}/v1/completions", s.url))
+        .json(&json!({"model": "r4", "prompt": "go", "max_tokens": 500, "ignore_eos": true, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut last = String::new();
+    for _ in 0..2000 {
+        let (_, m) = get(&s, "/metrics").await;
+        last = m;
+        if last.contains("running_lora_adapters=\"r4\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    drop(resp);
+    assert!(
+        last.contains("running_lora_adapters=\"r4\""),
+        "the running adapter never showed in vllm:lora_requests_info:\n{last}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_models_tokenize_health_metrics() {
     let s = start(base_cfg()).await;
@@ -823,7 +942,11 @@ async fn disconnect_frees_the_slot() {
     let mut freed = false;
     for _ in 0..2000 {
         let (_, m) = get(&s, "/metrics").await;
-        freed = metric(&m, "vllm:request_success_total") == 1.0
+        freed = find_series(
+            &m,
+            "vllm:request_success_total",
+            "finished_reason=\"abort\"",
+        ) == Some(1.0)
             && metric(&m, "vllm:request_aborted_total") == 1.0
             && metric(&m, "vllm:num_requests_running") == 0.0
             && metric(&m, "vllm:num_requests_waiting") == 0.0;
