@@ -41,9 +41,11 @@ pub fn parse_dtype(s: &str) -> Result<Option<DType>> {
         "float32" | "float" | "fp32" => Some(DType::F32),
         "bfloat16" | "bf16" => Some(DType::BF16),
         "float16" | "half" | "fp16" => Some(DType::F16),
-        other => return Err(ModelError::Config(format!(
+        other => {
+            return Err(ModelError::Config(format!(
             "unsupported dtype {other:?} (expected auto, bfloat16, float16/half or float32/float)"
-        ))),
+        )))
+        }
     })
 }
 
