@@ -35,9 +35,14 @@ impl SdpoEngine {
     /// Loads the base model named by `spec` (folder, hub id or `builtin:NAME`) with its
     /// tokenizer and chat template, and builds the trainer on it.
     pub fn load(spec: &str) -> Result<Self, EngineError> {
+        Self::load_with(spec, &LoadOptions::default())
+    }
+
+    /// [`SdpoEngine::load`] with explicit load options (e.g. `claas api --dtype`).
+    pub fn load_with(spec: &str, opts: &LoadOptions) -> Result<Self, EngineError> {
         let fail = |e: String| EngineError::Internal(format!("loading base model {spec}: {e}"));
         let dir = claas_model::resolve_model(spec).map_err(|e| fail(e.to_string()))?;
-        let model = Qwen3::load(&dir, &LoadOptions::default()).map_err(|e| fail(e.to_string()))?;
+        let model = Qwen3::load(&dir, opts).map_err(|e| fail(e.to_string()))?;
         let tokenizer = Arc::new(
             Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| fail(e.to_string()))?,
         );

@@ -30,6 +30,12 @@ pub fn qwen3_0_6b_config() -> Qwen3Config {
 
 /// A model of the given shape with random weights (same cost as real ones).
 pub fn random_model(cfg: &Qwen3Config) -> Result<Qwen3, BenchError> {
+    random_model_in(cfg, DType::F32)
+}
+
+/// [`random_model`] with the weight matrices stored in `dtype` (`BF16`/`F16` keep them 16-bit
+/// and compute in f32, as `--dtype bfloat16` does).
+pub fn random_model_in(cfg: &Qwen3Config, dtype: DType) -> Result<Qwen3, BenchError> {
     let dev = Device::Cpu;
     let mut t = HashMap::new();
     let (h, v) = (cfg.hidden_size, cfg.vocab_size);
@@ -54,7 +60,7 @@ pub fn random_model(cfg: &Qwen3Config) -> Result<Qwen3, BenchError> {
         "model.norm.weight".to_string(),
         Tensor::ones(h, DType::F32, &dev)?,
     );
-    Ok(Qwen3::from_tensors(cfg.clone(), t, &dev, DType::F32)?)
+    Ok(Qwen3::from_tensors(cfg.clone(), t, &dev, dtype)?)
 }
 
 /// An r=32 adapter on all seven projections with non-zero B (so nothing is skipped).
@@ -141,43 +147,72 @@ pub fn run(torch: Option<&serde_json::Value>, quick: bool) -> Result<(), BenchEr
     };
     println!("measuring memory bandwidth ...");
     let bw = crate::memory_bandwidth();
-    println!(
-        "building a random Qwen3-0.6B-shaped model ({} layers, f32) ...",
-        cfg.num_hidden_layers
-    );
-    let model = random_model(&cfg)?;
     let lora = random_adapter(&cfg, 1)?;
-    let bytes = model.bytes_per_token() as f64;
-    let bound = bw / bytes;
-    println!(
-        "bandwidth {:.1} GB/s, weights read per decoded token {:.2} GB -> bound {:.1} tok/s (batch 1)",
-        bw / 1e9,
-        bytes / 1e9,
-        bound
-    );
     let torch_f32 = torch.and_then(|t| t["float32"]["decode_tokens_per_s_batch1"].as_f64());
     let torch_bf16 = torch.and_then(|t| t["bfloat16"]["decode_tokens_per_s_batch1"].as_f64());
-    println!(
-        "{:<8} {:<6} {:>14} {:>14} {:>12} {:>12} {:>12}",
-        "batch", "lora", "prefill tok/s", "decode tok/s", "of bound", "vs torch32", "vs torch16"
-    );
     let (prompt_len, steps) = (64, if quick { 8 } else { 32 });
-    let _ = throughput(&model, None, 1, 8, 2)?; // warm-up
-    for batch in [1usize, 8] {
-        for with in [false, true] {
-            let (p, d) = throughput(&model, with.then_some(&lora), batch, prompt_len, steps)?;
-            let ratio = |t: Option<f64>| t.map(|t| format!("{:.2}x", d / t)).unwrap_or("-".into());
-            println!(
-                "{:<8} {:<6} {:>14.1} {:>14.2} {:>11.0}% {:>12} {:>12}",
-                batch,
-                if with { "r32" } else { "none" },
-                p,
-                d,
-                100.0 * d / (bound * batch as f64),
-                ratio(torch_f32),
-                ratio(torch_bf16),
-            );
+    // Batch-1 figures of each weight dtype, for the ratios at the end (same run, same machine
+    // state): (dtype, decode tok/s without LoRA, prefill tok/s of 320 tokens).
+    let mut summary = Vec::new();
+    for dtype in [DType::F32, DType::BF16] {
+        println!(
+            "building a random Qwen3-0.6B-shaped model ({} layers, weights {dtype:?}) ...",
+            cfg.num_hidden_layers
+        );
+        let model = random_model_in(&cfg, dtype)?;
+        let bytes = model.bytes_per_token() as f64;
+        let bound = bw / bytes;
+        println!(
+            "bandwidth {:.1} GB/s, weights read per decoded token {:.2} GB -> bound {:.1} tok/s (batch 1)",
+            bw / 1e9,
+            bytes / 1e9,
+            bound
+        );
+        println!(
+            "{:<6} {:<8} {:<6} {:>14} {:>14} {:>12} {:>12} {:>12}",
+            "dtype",
+            "batch",
+            "lora",
+            "prefill tok/s",
+            "decode tok/s",
+            "of bound",
+            "vs torch32",
+            "vs torch16"
+        );
+        let _ = throughput(&model, None, 1, 8, 2)?; // warm-up
+        let mut decode1 = 0.0;
+        for batch in [1usize, 8] {
+            for with in [false, true] {
+                let (p, d) = throughput(&model, with.then_some(&lora), batch, prompt_len, steps)?;
+                if batch == 1 && !with {
+                    decode1 = d;
+                }
+                let ratio =
+                    |t: Option<f64>| t.map(|t| format!("{:.2}x", d / t)).unwrap_or("-".into());
+                println!(
+                    "{:<6} {:<8} {:<6} {:>14.1} {:>14.2} {:>11.0}% {:>12} {:>12}",
+                    format!("{dtype:?}"),
+                    batch,
+                    if with { "r32" } else { "none" },
+                    p,
+                    d,
+                    100.0 * d / (bound * batch as f64),
+                    ratio(torch_f32),
+                    ratio(torch_bf16),
+                );
+            }
         }
+        // llama-bench's pp320: one 320-token prompt, no adapter.
+        let (pp320, _) = throughput(&model, None, 1, 320, 0)?;
+        println!("{dtype:?} prefill of 320 tokens (llama-bench pp320): {pp320:.1} tok/s");
+        summary.push((dtype, decode1, pp320));
+    }
+    if let [(_, d32, p32), (_, d16, p16)] = summary[..] {
+        println!(
+            "bf16 vs f32 weights, same run: decode batch 1 {:.2}x, prefill 320 {:.2}x",
+            d16 / d32,
+            p16 / p32
+        );
     }
     println!(
         "(of bound: decode tok/s / (bandwidth / weight bytes per step x batch); a batched step"

@@ -116,6 +116,10 @@ struct UpArgs {
     api_key: String,
     #[arg(long, env = "MAX_MODEL_LEN")]
     max_model_len: Option<usize>,
+    /// Weight dtype of the base model, as vLLM's --dtype: auto (the checkpoint's), bfloat16,
+    /// float16/half, float32/float. Computation is float32 on the CPU either way.
+    #[arg(long, default_value = "auto", value_parser = parse_dtype)]
+    dtype: DtypeArg,
 }
 
 #[derive(Args)]
@@ -124,6 +128,21 @@ struct ApiArgs {
     host: String,
     #[arg(long, default_value_t = 8080)]
     port: u16,
+    /// Weight dtype of the base model the trainer loads (as `claas up --dtype`).
+    #[arg(long, default_value = "auto", value_parser = parse_dtype)]
+    dtype: DtypeArg,
+}
+
+/// A parsed `--dtype`: `None` is `auto`. A newtype because clap reads a bare `Option` field as
+/// an optional flag whose parser yields the inner type.
+#[derive(Clone, Copy, Debug)]
+struct DtypeArg(Option<claas_model::DType>);
+
+/// clap parser of `--dtype` (vLLM's spellings).
+fn parse_dtype(s: &str) -> Result<DtypeArg, String> {
+    claas_model::parse_dtype(s)
+        .map(DtypeArg)
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -495,6 +514,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         feedback_log_dir: feedback_log_dir(),
         lora_name: lora_name(),
         max_model_len: a.max_model_len,
+        dtype: a.dtype.0,
         telegram,
         openclaw,
         api: up_api_config(&a.model)?,
@@ -542,7 +562,8 @@ async fn api(a: ApiArgs) -> anyhow::Result<()> {
     // The API answers at once; the trainer is installed when the base model has loaded.
     let st = state.clone();
     let spec = cfg.base_model_id.clone();
-    tokio::task::spawn_blocking(move || match load_trainer(&spec) {
+    let dtype = a.dtype.0;
+    tokio::task::spawn_blocking(move || match load_trainer(&spec, dtype) {
         Ok(engine) => {
             st.set_engine(engine);
             tracing::info!("SDPO trainer ready on {spec}");
@@ -566,6 +587,13 @@ async fn api(a: ApiArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_trainer(spec: &str) -> anyhow::Result<Arc<claas_api::SdpoEngine>> {
-    Ok(Arc::new(claas_api::SdpoEngine::load(spec)?))
+fn load_trainer(
+    spec: &str,
+    dtype: Option<claas_model::DType>,
+) -> anyhow::Result<Arc<claas_api::SdpoEngine>> {
+    let opts = claas_model::LoadOptions {
+        dtype,
+        ..Default::default()
+    };
+    Ok(Arc::new(claas_api::SdpoEngine::load_with(spec, &opts)?))
 }

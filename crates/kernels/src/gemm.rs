@@ -5,6 +5,10 @@
 //! then run an `mr×nr` register-tile micro-kernel over it. Threads take disjoint ranges of
 //! panels, i.e. disjoint columns of `Y`, so each weight is converted once per call and `X`
 //! (the small operand at prefill sizes) is shared read-only.
+//!
+//! The same driver computes `X·W` (no transpose) for the input gradient of a frozen layer:
+//! only the packing differs, and there it is simpler (a panel row is a contiguous slice of a
+//! weight row).
 
 use rayon::prelude::*;
 
@@ -93,6 +97,71 @@ pub(crate) fn gemm(
         }
         return;
     }
+    tiled(isa, w, x, y, m, k, n, Orient::Nt);
+}
+
+/// Which product the tiled driver computes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Orient {
+    /// `Y[m×n] = X[m×k]·Wᵀ`, `W` `n×k` (forward of a linear layer).
+    Nt,
+    /// `Y[m×n] = X[m×k]·W`, `W` `k×n` (its input gradient: `n` = the layer's input width).
+    Nn,
+}
+
+/// `dX[m×n] = G[m×k] · W` with `W` `k×n` in 16 bits: a linear layer's input gradient (`k` its
+/// output width, `n` its input width), the weight itself getting no gradient.
+pub(crate) fn gemm_nn(
+    isa: Isa,
+    w: Weights<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    isa.check();
+    assert_eq!(
+        Some(x.len()),
+        m.checked_mul(k),
+        "gemm_nn: g has {} elements, expected m {m} × k {k}",
+        x.len()
+    );
+    assert_eq!(
+        Some(w.len()),
+        k.checked_mul(n),
+        "gemm_nn: w has {} elements, expected k {k} × n {n}",
+        w.len()
+    );
+    assert_eq!(
+        Some(y.len()),
+        m.checked_mul(n),
+        "gemm_nn: y has {} elements, expected m {m} × n {n}",
+        y.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    tiled(isa, w, x, y, m, k, n, Orient::Nn);
+}
+
+/// The blocked product shared by both orientations; only the panel packing differs. Shapes
+/// have been checked by the caller and are all non-zero.
+#[allow(clippy::too_many_arguments)]
+fn tiled(
+    isa: Isa,
+    w: Weights<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    orient: Orient,
+) {
     let (mr, nr, micro): (usize, usize, Micro) = match isa {
         Isa::Portable => (4, 8, micro_portable),
         #[cfg(target_arch = "x86_64")]
@@ -119,7 +188,10 @@ pub(crate) fn gemm(
             for p in p0..p1 {
                 let j0 = p * nr;
                 let nvalid = nr.min(n - j0);
-                scalar::pack(w, k, j0, nvalid, nr, k0, kc, &mut panel);
+                match orient {
+                    Orient::Nt => scalar::pack(w, k, j0, nvalid, nr, k0, kc, &mut panel),
+                    Orient::Nn => scalar::pack_nn(w, n, j0, nvalid, nr, k0, kc, &mut panel),
+                }
                 for i0 in (0..m).step_by(mr) {
                     // SAFETY: rows i0..i0+mr' of `x` (stride k) have columns k0..k0+kc; the
                     // panel holds kc×nr floats; rows i0.. of `y` (stride n) have columns

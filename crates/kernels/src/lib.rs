@@ -8,6 +8,8 @@
 //!   (a Linear layer's `[out, in]` weight), row blocks spread over rayon's pool when large.
 //! - [`gemm_bf16`] / [`gemm_f16`]: `Y = X·Wᵀ`, `X` row-major `m×k`, `Y` row-major `m×n`
 //!   (what a Linear layer computes for `m` tokens), cache-blocked, parallel over `W`'s rows.
+//! - [`gemm_nn_bf16`] / [`gemm_nn_f16`]: `dX = G·W`, `G` `m×n`, `W` `n×k`: the input gradient
+//!   of that layer when `W` is frozen (the same blocking, parallel over `W`'s columns).
 //!
 //! The instruction set is picked once at run time ([`Isa::detected`]); the `*_with` variants
 //! take an explicit [`Isa`] so tests and benchmarks can force every path, the portable one
@@ -171,6 +173,47 @@ pub fn gemm_bf16_with(isa: Isa, w: &[u16], x: &[f32], y: &mut [f32], m: usize, k
 /// [`gemm_f16`] on an explicit path.
 pub fn gemm_f16_with(isa: Isa, w: &[u16], x: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
     gemm::gemm(isa, Weights::F16(w), x, y, m, k, n)
+}
+
+/// `Y = G·W` for bf16 weights `w` (`n×k` row-major bit patterns), `g` `m×n`, `y` `m×k`, f32
+/// accumulation: the input gradient of the layer [`gemm_bf16`] computes (`n` outputs, `k`
+/// inputs). `y` is overwritten.
+///
+/// # Panics
+/// If the lengths disagree with `m×n`, `n×k`, `m×k`.
+pub fn gemm_nn_bf16(w: &[u16], g: &[f32], y: &mut [f32], m: usize, n: usize, k: usize) {
+    gemm::gemm_nn(Isa::detected(), Weights::Bf16(w), g, y, m, n, k)
+}
+
+/// [`gemm_nn_bf16`] with f16 weights.
+pub fn gemm_nn_f16(w: &[u16], g: &[f32], y: &mut [f32], m: usize, n: usize, k: usize) {
+    gemm::gemm_nn(Isa::detected(), Weights::F16(w), g, y, m, n, k)
+}
+
+/// [`gemm_nn_bf16`] on an explicit path.
+pub fn gemm_nn_bf16_with(
+    isa: Isa,
+    w: &[u16],
+    g: &[f32],
+    y: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    gemm::gemm_nn(isa, Weights::Bf16(w), g, y, m, n, k)
+}
+
+/// [`gemm_nn_f16`] on an explicit path.
+pub fn gemm_nn_f16_with(
+    isa: Isa,
+    w: &[u16],
+    g: &[f32],
+    y: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    gemm::gemm_nn(isa, Weights::F16(w), g, y, m, n, k)
 }
 
 /// bf16 bits to f32: bf16 is the top half of an f32, so this is exact for every value.

@@ -91,6 +91,39 @@ pub(crate) fn pack(
     }
 }
 
+/// Copies rows `k0..k0+kc` × columns `j0..j0+nvalid` of the `?×n` weights into `out` as
+/// `[kc][nr]` f32, zero-padding columns `nvalid..nr`: the panel [`pack`] builds, for `X·W`
+/// instead of `X·Wᵀ`. Each panel row is a contiguous piece of a weight row, widened in place.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pack_nn(
+    w: Weights<'_>,
+    n: usize,
+    j0: usize,
+    nvalid: usize,
+    nr: usize,
+    k0: usize,
+    kc: usize,
+    out: &mut [f32],
+) {
+    for (kk, dst) in out[..kc * nr].chunks_exact_mut(nr).enumerate() {
+        let src = (k0 + kk) * n + j0..(k0 + kk) * n + j0 + nvalid;
+        let (head, pad) = dst.split_at_mut(nvalid);
+        match w {
+            Weights::Bf16(w) => {
+                for (d, &b) in head.iter_mut().zip(&w[src]) {
+                    *d = bf16_to_f32(b);
+                }
+            }
+            Weights::F16(w) => {
+                let h: &[half::f16] = w[src].reinterpret_cast();
+                h.convert_to_f32_slice(head);
+            }
+            Weights::F32(w) => head.copy_from_slice(&w[src]),
+        }
+        pad.fill(0.0);
+    }
+}
+
 /// `C[MR×nvalid] (+)= A[MR×kc] · B[kc×NR]` on a packed panel `b`, accumulators in a fixed-size
 /// array the compiler keeps in registers. `FUSED` uses `mul_add`, which is one instruction
 /// only when the caller is compiled with FMA (a libm call otherwise, hence the switch).

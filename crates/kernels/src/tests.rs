@@ -239,3 +239,70 @@ fn gemm_shapes_whose_product_wraps_are_refused() {
     assert_eq!(m.wrapping_mul(k), 0);
     crate::gemm_bf16(&[0; 4], &[], &mut [], m, k, 2);
 }
+
+/// The frozen-weight backward `dX = G·W` against the f64 loop over the exactly widened `W`.
+#[test]
+fn gemm_nn_matches_reference_on_every_path() {
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    // (m, n, k) with W n×k: one row, tile and k-block edges (n > 128 is the reduction here),
+    // partial panels, the parallel branch, empty shapes.
+    let shapes: &[[usize; 3]] = &[
+        [1, 1, 1],
+        [1, 33, 17],
+        [3, 16, 5],
+        [17, 33, 19],
+        [8, 128, 32],
+        [9, 130, 33],
+        [13, 257, 70],
+        [33, 300, 65],
+        [64, 1024, 256],
+        [0, 4, 4],
+        [4, 0, 4],
+        [4, 4, 0],
+    ];
+    for &[m, n, k] in shapes {
+        for fmt in [Fmt::Bf16, Fmt::F16] {
+            let (bits, wide) = weights(&mut rng, fmt, n * k);
+            let g = rng.vec(m * n);
+            // Row i of dX is Wᵀ·gᵢ: the reference GEMV on the transposed widened weights.
+            let wt: Vec<f32> = (0..k)
+                .flat_map(|c| (0..n).map(move |j| (j, c)))
+                .map(|(j, c)| wide[j * k + c])
+                .collect();
+            let want: Vec<(f64, f64)> = (0..m)
+                .flat_map(|i| reference(&wt, &g[i * n..(i + 1) * n], k))
+                .collect();
+            for isa in Isa::available() {
+                for threads in [1, 3] {
+                    let mut y = vec![f32::NAN; m * k];
+                    let mut run = || match fmt {
+                        Fmt::Bf16 => crate::gemm_nn_bf16_with(isa, &bits, &g, &mut y, m, n, k),
+                        Fmt::F16 => crate::gemm_nn_f16_with(isa, &bits, &g, &mut y, m, n, k),
+                        Fmt::F32 => unreachable!(),
+                    };
+                    if threads == 1 {
+                        run()
+                    } else {
+                        pool.install(run)
+                    }
+                    check(
+                        &y,
+                        &want,
+                        &format!("gemm_nn {isa:?} {fmt:?} {m}×{n}×{k} t{threads}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "gemm_nn: w has")]
+fn gemm_nn_refuses_mismatched_weights() {
+    let mut y = [0f32; 6];
+    crate::gemm_nn_bf16(&[0; 5], &[0.0; 4], &mut y, 2, 2, 3);
+}

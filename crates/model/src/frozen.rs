@@ -1,10 +1,331 @@
-//! A matmul by a frozen weight whose backward pass only produces the input gradient.
+//! Frozen base weights and the matmuls by them, whose backward pass only produces the input
+//! gradient.
 //!
 //! candle's matmul backward always computes the gradient of both operands; for frozen base
 //! weights that is wasted work and memory (the lm_head gradient alone is vocab x hidden).
+//!
+//! On the CPU the weight matrices (projections, embeddings, LM head) can stay in the
+//! checkpoint's 16 bits ([`HalfWeight`]), served straight from the mapped safetensors file when
+//! its layout allows. Their products run on `claas-kernels`: each weight is widened to f32 in
+//! registers, activations stay f32 and every sum accumulates in f32. Only the matrices are
+//! 16-bit: norms, RoPE, attention, the KV cache, LoRA, the optimizer and the loss are f32.
+
+use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
+use memmap2::Mmap;
+
+use crate::qwen3::ForwardMode;
+
+/// The two 16-bit storage formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HalfKind {
+    Bf16,
+    F16,
+}
+
+impl HalfKind {
+    pub(crate) fn from_dtype(d: DType) -> Option<HalfKind> {
+        match d {
+            DType::BF16 => Some(HalfKind::Bf16),
+            DType::F16 => Some(HalfKind::F16),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn dtype(self) -> DType {
+        match self {
+            HalfKind::Bf16 => DType::BF16,
+            HalfKind::F16 => DType::F16,
+        }
+    }
+
+    fn widen(self, b: u16) -> f32 {
+        match self {
+            HalfKind::Bf16 => claas_kernels::bf16_to_f32(b),
+            HalfKind::F16 => claas_kernels::f16_to_f32(b),
+        }
+    }
+}
+
+/// Where a matrix's 16-bit patterns live.
+enum Bits {
+    /// Inside a mapped safetensors file (`len` values from byte `offset`, 2-byte aligned).
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
+    /// Converted at load (another dtype in the file, or an unaligned tensor).
+    Owned(Vec<u16>),
+}
+
+impl Bits {
+    fn as_slice(&self) -> &[u16] {
+        match self {
+            Bits::Mapped { map, offset, len } => {
+                let bytes = &map[*offset..*offset + 2 * *len];
+                // SAFETY: `HalfWeight::mapped` checked that the range lies inside the map and
+                // starts 2-byte aligned; every bit pattern is a valid u16; the map is read-only
+                // and lives as long as `self`.
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<u16>(), *len) }
+            }
+            Bits::Owned(v) => v,
+        }
+    }
+}
+
+/// A row-major `[rows, cols]` matrix kept in bf16 or f16 (a linear layer's `[out, in]`).
+#[derive(Clone)]
+pub(crate) struct HalfWeight {
+    bits: Arc<Bits>,
+    kind: HalfKind,
+    rows: usize,
+    cols: usize,
+}
+
+impl HalfWeight {
+    /// The matrix at byte `offset` of a mapped file, used in place when 2-byte aligned (always
+    /// so in files written by safetensors, whose tensors start at multiples of their element
+    /// size), copied otherwise. `None` if the range is not inside the map.
+    pub(crate) fn mapped(
+        map: &Arc<Mmap>,
+        offset: usize,
+        kind: HalfKind,
+        rows: usize,
+        cols: usize,
+    ) -> Option<HalfWeight> {
+        let len = rows.checked_mul(cols)?;
+        let end = offset.checked_add(len.checked_mul(2)?)?;
+        if end > map.len() {
+            return None;
+        }
+        let bits = if (map.as_ptr() as usize + offset).is_multiple_of(2) {
+            Bits::Mapped {
+                map: map.clone(),
+                offset,
+                len,
+            }
+        } else {
+            Bits::Owned(
+                map[offset..end]
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            )
+        };
+        Some(HalfWeight {
+            bits: Arc::new(bits),
+            kind,
+            rows,
+            cols,
+        })
+    }
+
+    /// A 2-D tensor of any float dtype, rounded to `kind` (to nearest, ties to even).
+    pub(crate) fn from_tensor(t: &Tensor, kind: HalfKind) -> candle_core::Result<HalfWeight> {
+        let (rows, cols) = t.dims2()?;
+        let flat = t.flatten_all()?;
+        let bits: Vec<u16> = match kind {
+            HalfKind::Bf16 => flat
+                .to_dtype(DType::BF16)?
+                .to_vec1::<half::bf16>()?
+                .into_iter()
+                .map(half::bf16::to_bits)
+                .collect(),
+            HalfKind::F16 => flat
+                .to_dtype(DType::F16)?
+                .to_vec1::<half::f16>()?
+                .into_iter()
+                .map(half::f16::to_bits)
+                .collect(),
+        };
+        Ok(HalfWeight {
+            bits: Arc::new(Bits::Owned(bits)),
+            kind,
+            rows,
+            cols,
+        })
+    }
+
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// `y = x·Wᵀ` for `x` `[m, cols]` f32, `y` `[m, rows]`; one GEMV per row up to the kernels'
+    /// cut-off, the blocked GEMM beyond.
+    fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (self.rows, self.cols);
+        let w = self.bits.as_slice();
+        let mut y = vec![0f32; m * n];
+        match (self.kind, m) {
+            (HalfKind::Bf16, 1) => claas_kernels::gemv_bf16(w, x, &mut y),
+            (HalfKind::F16, 1) => claas_kernels::gemv_f16(w, x, &mut y),
+            (HalfKind::Bf16, _) => claas_kernels::gemm_bf16(w, x, &mut y, m, k, n),
+            (HalfKind::F16, _) => claas_kernels::gemm_f16(w, x, &mut y, m, k, n),
+        }
+        y
+    }
+
+    /// `dx = g·W` for `g` `[m, rows]`, `dx` `[m, cols]`.
+    fn backward(&self, g: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (self.rows, self.cols);
+        let w = self.bits.as_slice();
+        let mut dx = vec![0f32; m * k];
+        match self.kind {
+            HalfKind::Bf16 => claas_kernels::gemm_nn_bf16(w, g, &mut dx, m, n, k),
+            HalfKind::F16 => claas_kernels::gemm_nn_f16(w, g, &mut dx, m, n, k),
+        }
+        dx
+    }
+
+    /// Rows `ids` widened to f32, `[ids.len(), cols]`: an embedding lookup that never widens
+    /// the rest of the table.
+    fn gather(&self, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
+        let w = self.bits.as_slice();
+        let mut out = Vec::with_capacity(ids.len() * self.cols);
+        for &id in ids {
+            let r = id as usize;
+            if r >= self.rows {
+                candle_core::bail!("row {r} of a {}-row matrix", self.rows);
+            }
+            out.extend(
+                w[r * self.cols..(r + 1) * self.cols]
+                    .iter()
+                    .map(|&b| self.kind.widen(b)),
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// A frozen base matrix: a candle tensor in the compute dtype, or 16-bit storage on the CPU.
+#[derive(Clone)]
+pub(crate) enum Weight {
+    Dense(Tensor),
+    Half(HalfWeight),
+}
+
+impl Weight {
+    pub(crate) fn elem_count(&self) -> usize {
+        match self {
+            Weight::Dense(t) => t.elem_count(),
+            Weight::Half(h) => h.rows * h.cols,
+        }
+    }
+
+    /// Bytes the weights occupy (and a decode step reads).
+    pub(crate) fn size_in_bytes(&self) -> usize {
+        match self {
+            Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Weight::Half(h) => h.rows * h.cols * 2,
+        }
+    }
+
+    /// The dtype the matrix is stored in.
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            Weight::Dense(t) => t.dtype(),
+            Weight::Half(h) => h.kind.dtype(),
+        }
+    }
+
+    /// `x @ W^T` for a 2-D `x`. Training mode records a backward that yields only `x`'s
+    /// gradient; both modes use the 16-bit kernels for 16-bit storage.
+    pub(crate) fn linear(&self, x: &Tensor, mode: ForwardMode) -> candle_core::Result<Tensor> {
+        match self {
+            Weight::Dense(w) => match mode {
+                ForwardMode::Inference => x.matmul(&w.t()?),
+                ForwardMode::Training => frozen_linear(x, w),
+            },
+            Weight::Half(h) => x.contiguous()?.apply_op1(HalfMatmul { w: h.clone() }),
+        }
+    }
+
+    /// Rows `ids` (an embedding lookup) in the compute dtype.
+    pub(crate) fn rows(
+        &self,
+        ids: &[u32],
+        device: &candle_core::Device,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            Weight::Dense(t) => t.index_select(&Tensor::new(ids, device)?, 0),
+            Weight::Half(h) => Tensor::from_vec(h.gather(ids)?, (ids.len(), h.cols), device),
+        }
+    }
+}
+
+/// The f32 slice of a contiguous CPU storage.
+fn f32_input<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what}: input is not contiguous");
+    };
+    match s {
+        CpuStorage::F32(v) => Ok(&v[a..b]),
+        other => candle_core::bail!("{what}: input is {:?}, not f32", other.dtype()),
+    }
+}
+
+/// `x @ W^T` by a 16-bit matrix; backward gives `x`'s gradient only.
+struct HalfMatmul {
+    w: HalfWeight,
+}
+
+impl CustomOp1 for HalfMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul-16bit"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = l.shape().dims2()?;
+        if k != self.w.cols {
+            candle_core::bail!(
+                "frozen matmul: input has {k} features, weight expects {}",
+                self.w.cols
+            );
+        }
+        let x = f32_input(s, l, "frozen matmul")?;
+        let y = self.w.forward(x, m);
+        Ok((CpuStorage::F32(y), Shape::from((m, self.w.rows))))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let g = grad.contiguous()?;
+        Ok(Some(
+            g.apply_op1_no_bwd(&HalfMatmulGrad { w: self.w.clone() })?,
+        ))
+    }
+}
+
+/// `g @ W`: the input gradient of [`HalfMatmul`].
+struct HalfMatmulGrad {
+    w: HalfWeight,
+}
+
+impl CustomOp1 for HalfMatmulGrad {
+    fn name(&self) -> &'static str {
+        "frozen-matmul-16bit-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, n) = l.shape().dims2()?;
+        if n != self.w.rows {
+            candle_core::bail!(
+                "frozen matmul backward: gradient has {n} columns, weight has {} rows",
+                self.w.rows
+            );
+        }
+        let g = f32_input(s, l, "frozen matmul backward")?;
+        let dx = self.w.backward(g, m);
+        Ok((CpuStorage::F32(dx), Shape::from((m, self.w.cols))))
+    }
+}
 
 struct FrozenMatmul {
     /// Weight in `[out, in]` layout, as stored by PyTorch linears.

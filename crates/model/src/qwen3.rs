@@ -7,9 +7,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::bgmv;
-use crate::frozen::frozen_linear;
+use crate::frozen::{HalfKind, HalfWeight, Weight};
 use crate::lora::{LoraAdapter, Module, ALL_MODULES};
-use crate::weights::{load_tensors, weight_files, LoadOptions};
+use crate::weights::{file_matrix_dtype, load_weights, weight_files, LoadOptions};
 use crate::{KvCache, ModelError, Qwen3Config, Result};
 
 /// Largest per-adapter row group a multi-adapter linear handles row by row.
@@ -24,7 +24,7 @@ pub enum ForwardMode {
 }
 
 struct Layer {
-    w: [Tensor; 7],
+    w: [Weight; 7],
     q_norm: Tensor,
     k_norm: Tensor,
     input_norm: Tensor,
@@ -35,9 +35,10 @@ struct Layer {
 pub struct Qwen3 {
     config: Qwen3Config,
     device: Device,
+    /// Compute dtype (f32 on the CPU, whatever the weights' storage).
     dtype: DType,
-    embed: Tensor,
-    lm_head: Option<Tensor>,
+    embed: Weight,
+    lm_head: Option<Weight>,
     layers: Vec<Layer>,
     norm: Tensor,
     /// `[max_positions, head_dim / 2]`
@@ -54,18 +55,32 @@ pub struct SeqInput<'a> {
     pub all_logits: bool,
 }
 
-fn take(map: &mut HashMap<String, Tensor>, name: &str, shape: &[usize]) -> Result<Tensor> {
-    let t = map
+fn take_weight(map: &mut HashMap<String, Weight>, name: &str, shape: &[usize]) -> Result<Weight> {
+    let w = map
         .remove(name)
         .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-    if t.dims() != shape {
+    let got = match &w {
+        Weight::Dense(t) => t.dims().to_vec(),
+        Weight::Half(h) => vec![h.dims().0, h.dims().1],
+    };
+    if got != shape {
         return Err(ModelError::ShapeMismatch {
             name: name.to_string(),
-            got: t.dims().to_vec(),
+            got,
             expected: shape.to_vec(),
         });
     }
-    Ok(t)
+    Ok(w)
+}
+
+/// A vector (norm weight): always a tensor in the compute dtype.
+fn take(map: &mut HashMap<String, Weight>, name: &str, shape: &[usize]) -> Result<Tensor> {
+    match take_weight(map, name, shape)? {
+        Weight::Dense(t) => Ok(t),
+        Weight::Half(_) => Err(ModelError::Config(format!(
+            "internal: {name} was loaded as a matrix"
+        ))),
+    }
 }
 
 impl Qwen3 {
@@ -74,37 +89,61 @@ impl Qwen3 {
         let config = Qwen3Config::from_file(&dir.join("config.json"))?;
         let files = weight_files(dir)?;
         let dtype = opts.compute_dtype();
-        let tensors = load_tensors(&files, &opts.device, dtype)?;
-        Self::from_tensors(config, tensors, &opts.device, dtype)
+        let half =
+            opts.half_storage(config.torch_dtype.as_deref(), || file_matrix_dtype(&files))?;
+        let weights = load_weights(&files, &opts.device, dtype, half)?;
+        Self::from_weights(config, weights, &opts.device, dtype)
     }
 
     /// Builds the model from transformers-named tensors (`model.layers.0.self_attn.q_proj.weight`, ...).
+    /// On the CPU, `dtype` `BF16`/`F16` keeps the weight matrices in that format (rounded to
+    /// nearest) and computes in f32, as [`LoadOptions::dtype`] does; otherwise it is the compute
+    /// dtype of every tensor.
     pub fn from_tensors(
         config: Qwen3Config,
-        mut t: HashMap<String, Tensor>,
+        t: HashMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let half = HalfKind::from_dtype(dtype).filter(|_| device.is_cpu());
+        let compute = if half.is_some() { DType::F32 } else { dtype };
+        let mut weights = HashMap::with_capacity(t.len());
+        for (name, t) in t {
+            let w = match half {
+                Some(kind) if t.rank() == 2 => Weight::Half(HalfWeight::from_tensor(&t, kind)?),
+                _ => Weight::Dense(t.to_dtype(compute)?.to_device(device)?),
+            };
+            weights.insert(name, w);
+        }
+        Self::from_weights(config, weights, device, compute)
+    }
+
+    fn from_weights(
+        config: Qwen3Config,
+        mut t: HashMap<String, Weight>,
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
         let c = &config;
         let (h, v) = (c.hidden_size, c.vocab_size);
-        let embed = take(&mut t, "model.embed_tokens.weight", &[v, h])?;
+        let embed = take_weight(&mut t, "model.embed_tokens.weight", &[v, h])?;
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(take(&mut t, "lm_head.weight", &[v, h])?)
+            Some(take_weight(&mut t, "lm_head.weight", &[v, h])?)
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
             let mut w = Vec::with_capacity(7);
             for m in ALL_MODULES {
                 let (i, o) = m.dims(c);
-                w.push(take(
+                w.push(take_weight(
                     &mut t,
                     &format!("{}.weight", m.module_path(l)),
                     &[o, i],
                 )?);
             }
-            let w: [Tensor; 7] = w
+            let w: [Weight; 7] = w
                 .try_into()
                 .map_err(|_| ModelError::Config("internal: projection count".into()))?;
             let p = format!("model.layers.{l}");
@@ -153,36 +192,48 @@ impl Qwen3 {
         &self.device
     }
 
-    /// Compute dtype.
+    /// Compute dtype (of activations, logits, norms, LoRA and the KV cache).
     pub fn dtype(&self) -> DType {
         self.dtype
     }
 
-    /// Bytes of weights held.
-    pub fn weight_bytes(&self) -> usize {
-        let mut n = self.embed.elem_count() + self.norm.elem_count();
-        if let Some(l) = &self.lm_head {
-            n += l.elem_count();
-        }
+    /// Storage dtype of the weight matrices (projections, embeddings, LM head).
+    pub fn weight_dtype(&self) -> DType {
+        self.embed.dtype()
+    }
+
+    /// Bytes of the vectors (norms) per layer and at the end, in the compute dtype.
+    fn norm_bytes(&self) -> usize {
+        let mut n = self.norm.elem_count();
         for l in &self.layers {
-            n += l.w.iter().map(Tensor::elem_count).sum::<usize>();
             n += l.q_norm.elem_count() + l.k_norm.elem_count();
             n += l.input_norm.elem_count() + l.post_norm.elem_count();
         }
         n * self.dtype.size_in_bytes()
+    }
+
+    /// Bytes of weights held.
+    pub fn weight_bytes(&self) -> usize {
+        let mut n = self.embed.size_in_bytes() + self.norm_bytes();
+        if let Some(l) = &self.lm_head {
+            n += l.size_in_bytes();
+        }
+        for l in &self.layers {
+            n += l.w.iter().map(Weight::size_in_bytes).sum::<usize>();
+        }
+        n
     }
 
     /// Bytes read from weights to decode one token (all projections, norms and the LM head;
     /// one embedding row).
     pub fn bytes_per_token(&self) -> usize {
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed).elem_count();
-        let mut n = head + self.config.hidden_size + self.norm.elem_count();
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let row = self.embed.size_in_bytes() / self.embed.elem_count().max(1);
+        let mut n = head.size_in_bytes() + self.config.hidden_size * row + self.norm_bytes();
         for l in &self.layers {
-            n += l.w.iter().map(Tensor::elem_count).sum::<usize>();
-            n += l.q_norm.elem_count() + l.k_norm.elem_count();
-            n += l.input_norm.elem_count() + l.post_norm.elem_count();
+            n += l.w.iter().map(Weight::size_in_bytes).sum::<usize>();
         }
-        n * self.dtype.size_in_bytes()
+        n
     }
 
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
@@ -221,11 +272,7 @@ impl Qwen3 {
         segs: &[(usize, usize, Option<&LoraAdapter>)],
         mode: ForwardMode,
     ) -> Result<Tensor> {
-        let w = &self.layers[layer].w[m as usize];
-        let y = match mode {
-            ForwardMode::Inference => x.matmul(&w.t()?)?,
-            ForwardMode::Training => frozen_linear(x, w)?,
-        };
+        let y = self.layers[layer].w[m as usize].linear(x, mode)?;
         // Merge consecutive segments that share an adapter so a single-adapter batch does one
         // LoRA matmul pair.
         let mut groups: Vec<(usize, usize, Option<&LoraAdapter>)> = Vec::new();
@@ -360,10 +407,7 @@ impl Qwen3 {
 
     fn head(&self, x: &Tensor, mode: ForwardMode) -> Result<Tensor> {
         let w = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(match mode {
-            ForwardMode::Inference => x.matmul(&w.t()?)?,
-            ForwardMode::Training => frozen_linear(x, w)?,
-        })
+        Ok(w.linear(x, mode)?)
     }
 
     // The per-sequence slices are parallel arrays built once per forward.
@@ -447,8 +491,7 @@ impl Qwen3 {
             positions.push(pos);
             ids.extend_from_slice(s.tokens);
         }
-        let idt = Tensor::new(ids.as_slice(), &self.device)?;
-        let mut x = self.embed.index_select(&idt, 0)?;
+        let mut x = self.embed.rows(&ids, &self.device)?;
         // Built once per forward, shared by every layer.
         let masks = segs
             .iter()
@@ -612,8 +655,7 @@ impl Qwen3 {
                 max: self.config.max_position_embeddings,
             });
         }
-        let idt = Tensor::new(ids, &self.device)?;
-        let mut x = self.embed.index_select(&idt, 0)?;
+        let mut x = self.embed.rows(ids, &self.device)?;
         let segs = [(0, ids.len(), adapter)];
         let mut caches: [Option<&mut KvCache>; 1] = [None];
         let masks = [self.mask(ids.len(), 0)?];

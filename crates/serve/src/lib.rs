@@ -60,7 +60,8 @@ pub struct ServeConfig {
     /// Context length (default: the model's max_position_embeddings).
     #[arg(long)]
     pub max_model_len: Option<usize>,
-    /// auto, float32, bfloat16, float16 (CPU always computes in float32).
+    /// Weight dtype, as vLLM's: auto (the checkpoint's), bfloat16, float16/half, float32/float.
+    /// On the CPU 16-bit weights stay 16-bit in memory and everything is computed in float32.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
     #[arg(long, default_value_t = 0)]
@@ -377,13 +378,8 @@ pub fn read_alias_file(
 }
 
 fn load_options(dtype: &str) -> Result<LoadOptions, ServeError> {
-    let dtype = match dtype {
-        "auto" => None,
-        "float32" | "float" | "fp32" => Some(claas_model::DType::F32),
-        "bfloat16" | "bf16" => Some(claas_model::DType::BF16),
-        "float16" | "half" | "fp16" => Some(claas_model::DType::F16),
-        other => return Err(ServeError::Config(format!("unsupported --dtype {other:?}"))),
-    };
+    let dtype =
+        claas_model::parse_dtype(dtype).map_err(|e| ServeError::Config(format!("--dtype: {e}")))?;
     Ok(LoadOptions {
         device: claas_model::Device::Cpu,
         dtype,

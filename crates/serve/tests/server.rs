@@ -2157,3 +2157,47 @@ async fn reasoning_parser_splits_think_blocks() {
         "only {split_seen} of 8 outputs held a think block"
     );
 }
+
+/// `--dtype` (vLLM's meaning): a bf16 checkpoint served as is (`auto`) and widened (`float32`)
+/// computes the same function, so greedy replies and their log-probabilities agree; an unknown
+/// dtype is refused at start, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtype_auto_and_float32_serve_a_bf16_checkpoint_alike() {
+    let bad = ServeConfig {
+        dtype: "float8".into(),
+        ..base_cfg()
+    };
+    let e = tokio::task::spawn_blocking(move || AppState::from_config(&bad).err())
+        .await
+        .unwrap()
+        .expect("an unknown dtype must be refused");
+    assert!(e.to_string().contains("float8"), "{e}");
+
+    let cfg = |dtype: &str| ServeConfig {
+        model: fixtures().join("tiny-qwen3-bf16").display().to_string(),
+        dtype: dtype.into(),
+        ..base_cfg()
+    };
+    let half = start(cfg("auto")).await;
+    let wide = start(cfg("float32")).await;
+    let body = json!({"model": "tiny", "prompt": "Write a function", "max_tokens": 12,
+        "temperature": 0, "ignore_eos": true, "logprobs": 1});
+    let (c, a) = post(&half, "/v1/completions", body.clone()).await;
+    assert_eq!(c, 200, "{a}");
+    let (c, b) = post(&wide, "/v1/completions", body).await;
+    assert_eq!(c, 200, "{b}");
+    assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"]);
+    let lp = |v: &Value| -> Vec<f64> {
+        v["choices"][0]["logprobs"]["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let (la, lb) = (lp(&a), lp(&b));
+    assert_eq!(la.len(), 12);
+    for (x, y) in la.iter().zip(&lb) {
+        assert!((x - y).abs() <= 1e-4, "{la:?} vs {lb:?}");
+    }
+}

@@ -39,6 +39,8 @@ pub struct UpConfig {
     /// `LORA_NAME`: `{name}-latest` is the adapter the assistant uses.
     pub lora_name: String,
     pub max_model_len: Option<usize>,
+    /// Weight dtype of the shared base model (vLLM's `--dtype`; `None` = auto, the checkpoint's).
+    pub dtype: Option<claas_model::DType>,
     /// Start the Telegram gateway with these settings (URLs are pointed at this process).
     pub telegram: Option<GatewayConfig>,
     /// Write the OpenClaw config during init.
@@ -62,6 +64,7 @@ impl UpConfig {
             feedback_log_dir,
             lora_name: "openclaw/assistant".into(),
             max_model_len: None,
+            dtype: None,
             telegram: None,
             openclaw: None,
             api: ApiConfig::default(),
@@ -101,9 +104,13 @@ where
     }
 
     let model_spec = cfg.model.clone();
+    let opts = LoadOptions {
+        dtype: cfg.dtype,
+        ..LoadOptions::default()
+    };
     let loaded = tokio::task::spawn_blocking(move || -> Result<_, StackError> {
         let dir = claas_model::resolve_model(&model_spec)?;
-        let model = Arc::new(Qwen3::load(&dir, &LoadOptions::default())?);
+        let model = Arc::new(Qwen3::load(&dir, &opts)?);
         let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
         let template = ChatTemplate::from_config(&TokenizerConfig::from_dir(&dir)?)?;
         Ok((dir, model, tokenizer, template))
