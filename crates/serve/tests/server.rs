@@ -219,11 +219,14 @@ async fn metrics_use_vllm_names_labels_and_histograms() {
     assert!(stamp > 1.7e9, "{m}");
     assert!(m.contains("max_lora=\"64\""), "{m}");
 
-    // While a request on the adapter runs, the gauge names it. The fixture model's whole
-    // context is the longest run it allows (hundreds of steps, each scraped ~every 5 ms).
+    // While a request on the adapter runs, the gauge names it. The model's whole context is
+    // the longest run it allows (each step scraped ~every 5 ms); it is read from the served
+    // model, not assumed, so other fixture shapes fit too.
+    let prompt_len = s.state.tokenizer.encode("go", false).unwrap().len();
+    let max_tokens = s.state.engine.max_model_len() - prompt_len - 1;
     let resp = client()
         .post(format!("{}/v1/completions", s.url))
-        .json(&json!({"model": "r4", "prompt": "go", "max_tokens": 500, "ignore_eos": true, "stream": true}))
+        .json(&json!({"model": "r4", "prompt": "go", "max_tokens": max_tokens, "ignore_eos": true, "stream": true}))
         .send()
         .await
         .unwrap();
