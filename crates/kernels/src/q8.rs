@@ -586,7 +586,8 @@ mod tests {
                 dequantize_row(&qs, &s, &mut back);
                 for (c, (&a, &b)) in wr.iter().zip(&back).enumerate() {
                     let d = f16_to_f32(s[c / Q8_BLOCK]);
-                    let amax = wr[c / Q8_BLOCK * Q8_BLOCK..((c / Q8_BLOCK + 1) * Q8_BLOCK).min(cols)]
+                    let amax = wr
+                        [c / Q8_BLOCK * Q8_BLOCK..((c / Q8_BLOCK + 1) * Q8_BLOCK).min(cols)]
                         .iter()
                         .fold(0f32, |m, v| m.max(v.abs()));
                     assert!(d >= amax / 127.0, "scale rounded down");
@@ -622,7 +623,13 @@ mod tests {
                         s += p;
                         a += p.abs();
                     }
-                    check(y[r], s, a, cols, &format!("{isa:?} gemv {rows}x{cols} row {r}"));
+                    check(
+                        y[r],
+                        s,
+                        a,
+                        cols,
+                        &format!("{isa:?} gemv {rows}x{cols} row {r}"),
+                    );
                 }
             }
         }
@@ -662,7 +669,13 @@ mod tests {
                                 s += p;
                                 a += p.abs();
                             }
-                            check(dx[i * k + c], s, a, n, &format!("{isa:?} gemm_nn {m}x{n}x{k}"));
+                            check(
+                                dx[i * k + c],
+                                s,
+                                a,
+                                n,
+                                &format!("{isa:?} gemm_nn {m}x{n}x{k}"),
+                            );
                         }
                     }
                 }

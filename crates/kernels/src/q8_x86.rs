@@ -104,13 +104,7 @@ gemv_rows!(
 
 /// # Safety
 /// The CPU supports AVX-512F; `qs`, `scales` hold `y.len()` rows of `cols`; `x.len() == cols`.
-pub(crate) unsafe fn gemv_avx512(
-    qs: &[i8],
-    scales: &[u16],
-    cols: usize,
-    x: &[f32],
-    y: &mut [f32],
-) {
+pub(crate) unsafe fn gemv_avx512(qs: &[i8], scales: &[u16], cols: usize, x: &[f32], y: &mut [f32]) {
     let rows = y.len();
     let mut r = 0;
     // SAFETY: forwarded contract, rows in bounds by the loop.
@@ -134,9 +128,8 @@ pub(crate) unsafe fn gemv_avx512(
 unsafe fn block256(q: *const i8, x: *const f32) -> __m256 {
     // SAFETY: the caller guarantees 32 int8 at `q` and 32 floats at `x`.
     unsafe {
-        let w = |o: usize| {
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(o).cast())))
-        };
+        let w =
+            |o: usize| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(o).cast())));
         let mut t = _mm256_mul_ps(w(0), _mm256_loadu_ps(x));
         t = _mm256_fmadd_ps(w(8), _mm256_loadu_ps(x.add(8)), t);
         t = _mm256_fmadd_ps(w(16), _mm256_loadu_ps(x.add(16)), t);
