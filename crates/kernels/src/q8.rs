@@ -495,6 +495,8 @@ mod tests {
     //! `Σ_b d_b·Σ_{i∈b} q_i·x_i` in f32, a reordering of the exact `Σ (q_i·d_b)·x_i` plus one
     //! rounding per scale multiply, so `(k+2)·ε·Σ|wᵢxᵢ|` (the 16-bit kernels' summation bound,
     //! see `tests.rs`) covers every path; a dropped or doubled term does not fit in it.
+    // The reference loops index like the formulas they check.
+    #![allow(clippy::needless_range_loop)]
     use super::*;
 
     struct Rng(u64);
