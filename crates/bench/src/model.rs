@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use claas_model::{KvCache, LoraAdapter, LoraInit, Qwen3, Qwen3Config, SeqInput, ALL_MODULES};
+use claas_model::{
+    KvCache, LoraAdapter, LoraInit, Quantization, Qwen3, Qwen3Config, SeqInput, ALL_MODULES,
+};
 
 use crate::BenchError;
 
@@ -154,12 +156,21 @@ pub fn run(torch: Option<&serde_json::Value>, quick: bool) -> Result<(), BenchEr
     // Batch-1 figures of each weight dtype, for the ratios at the end (same run, same machine
     // state): (dtype, decode tok/s without LoRA, prefill tok/s of 320 tokens).
     let mut summary = Vec::new();
-    for dtype in [DType::F32, DType::BF16] {
+    // The last row is `--quantization q8_0`: the bf16 weights quantized to int8 at build.
+    for (dtype, quant) in [
+        (DType::F32, None),
+        (DType::BF16, None),
+        (DType::BF16, Some(Quantization::Q8_0)),
+    ] {
+        let label = quant.map_or(format!("{dtype:?}"), |q| q.to_string());
         println!(
-            "building a random Qwen3-0.6B-shaped model ({} layers, weights {dtype:?}) ...",
+            "building a random Qwen3-0.6B-shaped model ({} layers, weights {label}) ...",
             cfg.num_hidden_layers
         );
-        let model = random_model_in(&cfg, dtype)?;
+        let mut model = random_model_in(&cfg, dtype)?;
+        if let Some(q) = quant {
+            model = model.quantized(q)?;
+        }
         let bytes = model.bytes_per_token() as f64;
         let bound = bw / bytes;
         println!(
@@ -191,7 +202,7 @@ pub fn run(torch: Option<&serde_json::Value>, quick: bool) -> Result<(), BenchEr
                     |t: Option<f64>| t.map(|t| format!("{:.2}x", d / t)).unwrap_or("-".into());
                 println!(
                     "{:<6} {:<8} {:<6} {:>14.1} {:>14.2} {:>11.0}% {:>12} {:>12}",
-                    format!("{dtype:?}"),
+                    label,
                     batch,
                     if with { "r32" } else { "none" },
                     p,
@@ -204,14 +215,19 @@ pub fn run(torch: Option<&serde_json::Value>, quick: bool) -> Result<(), BenchEr
         }
         // llama-bench's pp320: one 320-token prompt, no adapter.
         let (pp320, _) = throughput(&model, None, 1, 320, 0)?;
-        println!("{dtype:?} prefill of 320 tokens (llama-bench pp320): {pp320:.1} tok/s");
-        summary.push((dtype, decode1, pp320));
+        println!("{label} prefill of 320 tokens (llama-bench pp320): {pp320:.1} tok/s");
+        summary.push((decode1, pp320));
     }
-    if let [(_, d32, p32), (_, d16, p16)] = summary[..] {
+    if let [(d32, p32), (d16, p16), (d8, p8)] = summary[..] {
         println!(
             "bf16 vs f32 weights, same run: decode batch 1 {:.2}x, prefill 320 {:.2}x",
             d16 / d32,
             p16 / p32
+        );
+        println!(
+            "q8_0 vs bf16 weights, same run: decode batch 1 {:.2}x, prefill 320 {:.2}x",
+            d8 / d16,
+            p8 / p16
         );
     }
     println!(

@@ -120,6 +120,10 @@ struct UpArgs {
     /// float16/half, float32/float. Computation is float32 on the CPU either way.
     #[arg(long, default_value = "auto", value_parser = parse_dtype)]
     dtype: DtypeArg,
+    /// Weight-only quantization, as vLLM's --quantization: q8_0 (alias int8), quantized at
+    /// load. Unset: none.
+    #[arg(long, value_parser = parse_quantization)]
+    quantization: Option<QuantArg>,
 }
 
 #[derive(Args)]
@@ -131,6 +135,20 @@ struct ApiArgs {
     /// Weight dtype of the base model the trainer loads (as `claas up --dtype`).
     #[arg(long, default_value = "auto", value_parser = parse_dtype)]
     dtype: DtypeArg,
+    /// Weight-only quantization of the trainer's frozen base (as `claas up --quantization`).
+    #[arg(long, value_parser = parse_quantization)]
+    quantization: Option<QuantArg>,
+}
+
+/// A parsed `--quantization` (`none` is `None`).
+#[derive(Clone, Copy, Debug)]
+struct QuantArg(Option<claas_model::Quantization>);
+
+/// clap parser of `--quantization`.
+fn parse_quantization(s: &str) -> Result<QuantArg, String> {
+    claas_model::parse_quantization(s)
+        .map(QuantArg)
+        .map_err(|e| e.to_string())
 }
 
 /// A parsed `--dtype`: `None` is `auto`. A newtype because clap reads a bare `Option` field as
@@ -515,6 +533,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         lora_name: lora_name(),
         max_model_len: a.max_model_len,
         dtype: a.dtype.0,
+        quantization: a.quantization.and_then(|q| q.0),
         telegram,
         openclaw,
         api: up_api_config(&a.model)?,
@@ -563,7 +582,8 @@ async fn api(a: ApiArgs) -> anyhow::Result<()> {
     let st = state.clone();
     let spec = cfg.base_model_id.clone();
     let dtype = a.dtype.0;
-    tokio::task::spawn_blocking(move || match load_trainer(&spec, dtype) {
+    let quantization = a.quantization.and_then(|q| q.0);
+    tokio::task::spawn_blocking(move || match load_trainer(&spec, dtype, quantization) {
         Ok(engine) => {
             st.set_engine(engine);
             tracing::info!("SDPO trainer ready on {spec}");
@@ -590,9 +610,11 @@ async fn api(a: ApiArgs) -> anyhow::Result<()> {
 fn load_trainer(
     spec: &str,
     dtype: Option<claas_model::DType>,
+    quantization: Option<claas_model::Quantization>,
 ) -> anyhow::Result<Arc<claas_api::SdpoEngine>> {
     let opts = claas_model::LoadOptions {
         dtype,
+        quantization,
         ..Default::default()
     };
     Ok(Arc::new(claas_api::SdpoEngine::load_with(spec, &opts)?))

@@ -205,6 +205,8 @@ impl HalfWeight {
 pub(crate) enum Weight {
     Dense(Tensor),
     Half(HalfWeight),
+    /// q8_0 int8 storage (`--quantization q8_0`), see [`Q8Weight`].
+    Q8(Q8Weight),
 }
 
 impl Weight {
@@ -212,6 +214,7 @@ impl Weight {
         match self {
             Weight::Dense(t) => t.elem_count(),
             Weight::Half(h) => h.rows * h.cols,
+            Weight::Q8(q) => q.rows * q.cols,
         }
     }
 
@@ -220,14 +223,16 @@ impl Weight {
         match self {
             Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
             Weight::Half(h) => h.rows * h.cols * 2,
+            Weight::Q8(q) => q.qs.len() + 2 * q.scales.len(),
         }
     }
 
-    /// The dtype the matrix is stored in.
+    /// The dtype the matrix is stored in (`U8` for q8_0: candle has no `i8`).
     pub(crate) fn dtype(&self) -> DType {
         match self {
             Weight::Dense(t) => t.dtype(),
             Weight::Half(h) => h.kind.dtype(),
+            Weight::Q8(_) => DType::U8,
         }
     }
 
@@ -240,6 +245,7 @@ impl Weight {
                 ForwardMode::Training => frozen_linear(x, w),
             },
             Weight::Half(h) => x.contiguous()?.apply_op1(HalfMatmul { w: h.clone() }),
+            Weight::Q8(q) => x.contiguous()?.apply_op1(Q8Matmul { w: q.clone() }),
         }
     }
 
@@ -252,6 +258,30 @@ impl Weight {
         match self {
             Weight::Dense(t) => t.index_select(&Tensor::new(ids, device)?, 0),
             Weight::Half(h) => Tensor::from_vec(h.gather(ids)?, (ids.len(), h.cols), device),
+            Weight::Q8(q) => Tensor::from_vec(q.gather(ids)?, (ids.len(), q.cols), device),
+        }
+    }
+
+    /// The matrix quantized to q8_0 (a no-op if it already is); norms and other vectors
+    /// (rank != 2) stay as they are.
+    pub(crate) fn into_q8(self) -> candle_core::Result<Weight> {
+        match self {
+            Weight::Dense(t) if t.rank() == 2 => {
+                let (rows, cols) = t.dims2()?;
+                let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                Ok(Weight::Q8(Q8Weight::quantize(rows, cols, |r, out| {
+                    out.copy_from_slice(&v[r * cols..(r + 1) * cols])
+                })?))
+            }
+            Weight::Half(h) => {
+                let w = h.bits.as_slice();
+                Ok(Weight::Q8(Q8Weight::quantize(h.rows, h.cols, |r, out| {
+                    for (o, &b) in out.iter_mut().zip(&w[r * h.cols..(r + 1) * h.cols]) {
+                        *o = h.kind.widen(b);
+                    }
+                })?))
+            }
+            other => Ok(other),
         }
     }
 }
@@ -374,5 +404,130 @@ pub(crate) fn frozen_linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tenso
     } else {
         // No custom kernel off-CPU yet: a plain matmul is correct, just computes an unused grad.
         x.matmul(&w.t()?)
+    }
+}
+
+/// A row-major `[rows, cols]` matrix in q8_0 (`claas_kernels::Q8Matrix`'s layout): int8 values
+/// and one f16 scale per 32 along each row, quantized at load. Owned: the 16-bit source is not
+/// kept.
+#[derive(Clone)]
+pub(crate) struct Q8Weight {
+    qs: Arc<Vec<i8>>,
+    scales: Arc<Vec<u16>>,
+    rows: usize,
+    cols: usize,
+}
+
+impl Q8Weight {
+    /// Quantizes a matrix whose row `r` `row(r, out)` writes as f32 (one row in f32 at a time,
+    /// so a 16-bit source is never widened whole).
+    pub(crate) fn quantize(
+        rows: usize,
+        cols: usize,
+        mut row: impl FnMut(usize, &mut [f32]),
+    ) -> candle_core::Result<Q8Weight> {
+        let nb = claas_kernels::q8_blocks(cols);
+        let mut qs = vec![0i8; rows * cols];
+        let mut scales = vec![0u16; rows * nb];
+        let mut buf = vec![0f32; cols];
+        for r in 0..rows {
+            row(r, &mut buf);
+            claas_kernels::q8_quantize_row(
+                &buf,
+                &mut qs[r * cols..(r + 1) * cols],
+                &mut scales[r * nb..(r + 1) * nb],
+            )
+            .map_err(|e| candle_core::Error::Msg(format!("q8_0, row {r}: {e}")))?;
+        }
+        Ok(Q8Weight {
+            qs: Arc::new(qs),
+            scales: Arc::new(scales),
+            rows,
+            cols,
+        })
+    }
+
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    fn matrix(&self) -> claas_kernels::Q8Matrix<'_> {
+        claas_kernels::Q8Matrix::new(&self.qs, &self.scales, self.rows, self.cols)
+    }
+
+    /// Rows `ids` dequantized, `[ids.len(), cols]`: only the looked-up rows.
+    fn gather(&self, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
+        let m = self.matrix();
+        let mut out = vec![0f32; ids.len() * self.cols];
+        for (&id, o) in ids.iter().zip(out.chunks_exact_mut(self.cols.max(1))) {
+            let r = id as usize;
+            if r >= self.rows {
+                candle_core::bail!("row {r} of a {}-row matrix", self.rows);
+            }
+            m.dequantize_row(r, o);
+        }
+        Ok(out)
+    }
+}
+
+/// `x @ W^T` by a q8_0 matrix; backward gives `x`'s gradient only (QLoRA-style frozen base).
+struct Q8Matmul {
+    w: Q8Weight,
+}
+
+impl CustomOp1 for Q8Matmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul-q8"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = l.shape().dims2()?;
+        if k != self.w.cols {
+            candle_core::bail!(
+                "frozen matmul: input has {k} features, weight expects {}",
+                self.w.cols
+            );
+        }
+        let x = f32_input(s, l, "frozen matmul")?;
+        let mut y = vec![0f32; m * self.w.rows];
+        claas_kernels::gemm_q8(self.w.matrix(), x, &mut y, m);
+        Ok((CpuStorage::F32(y), Shape::from((m, self.w.rows))))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let g = grad.contiguous()?;
+        Ok(Some(
+            g.apply_op1_no_bwd(&Q8MatmulGrad { w: self.w.clone() })?,
+        ))
+    }
+}
+
+/// `g @ W`: the input gradient of [`Q8Matmul`].
+struct Q8MatmulGrad {
+    w: Q8Weight,
+}
+
+impl CustomOp1 for Q8MatmulGrad {
+    fn name(&self) -> &'static str {
+        "frozen-matmul-q8-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, n) = l.shape().dims2()?;
+        if n != self.w.rows {
+            candle_core::bail!(
+                "frozen matmul backward: gradient has {n} columns, weight has {} rows",
+                self.w.rows
+            );
+        }
+        let g = f32_input(s, l, "frozen matmul backward")?;
+        let mut dx = vec![0f32; m * self.w.cols];
+        claas_kernels::gemm_nn_q8(self.w.matrix(), g, &mut dx, m);
+        Ok((CpuStorage::F32(dx), Shape::from((m, self.w.cols))))
     }
 }

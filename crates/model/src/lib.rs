@@ -20,7 +20,7 @@ pub use kv::{KvBlock, KvCache};
 pub use lora::{LoraAdapter, LoraConfig, LoraInit, LoraPair, Module, TrainableLora, ALL_MODULES};
 pub use qwen3::{ForwardMode, Qwen3, SeqInput};
 pub use source::{hf_hub_cache, resolve_model, ModelSource};
-pub use weights::{parse_dtype, LoadOptions};
+pub use weights::{parse_dtype, parse_quantization, LoadOptions, Quantization};
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -62,6 +62,7 @@ fn take_weight(map: &mut HashMap<String, Weight>, name: &str, shape: &[usize]) -
     let got = match &w {
         Weight::Dense(t) => t.dims().to_vec(),
         Weight::Half(h) => vec![h.dims().0, h.dims().1],
+        Weight::Q8(q) => vec![q.dims().0, q.dims().1],
     };
     if got != shape {
         return Err(ModelError::ShapeMismatch {
@@ -77,7 +78,7 @@ fn take_weight(map: &mut HashMap<String, Weight>, name: &str, shape: &[usize]) -
 fn take(map: &mut HashMap<String, Weight>, name: &str, shape: &[usize]) -> Result<Tensor> {
     match take_weight(map, name, shape)? {
         Weight::Dense(t) => Ok(t),
-        Weight::Half(_) => Err(ModelError::Config(format!(
+        Weight::Half(_) | Weight::Q8(_) => Err(ModelError::Config(format!(
             "internal: {name} was loaded as a matrix"
         ))),
     }
@@ -91,8 +92,44 @@ impl Qwen3 {
         let dtype = opts.compute_dtype();
         let half =
             opts.half_storage(config.torch_dtype.as_deref(), || file_matrix_dtype(&files))?;
-        let weights = load_weights(&files, &opts.device, dtype, half)?;
+        if opts.quantization.is_some() && !opts.device.is_cpu() {
+            return Err(ModelError::Config(
+                "--quantization is only supported on the CPU".into(),
+            ));
+        }
+        let weights = load_weights(&files, &opts.device, dtype, half, opts.quantization)?;
         Self::from_weights(config, weights, &opts.device, dtype)
+    }
+
+    /// The model with every weight matrix (projections, embeddings, LM head) quantized to
+    /// `q` (from whatever storage it had; the old matrices are freed). For models built in
+    /// memory (the built-in model, benchmarks); [`Qwen3::load`] quantizes while reading.
+    pub fn quantized(mut self, q: crate::Quantization) -> Result<Self> {
+        match q {
+            crate::Quantization::Q8_0 => {}
+        }
+        if !self.device.is_cpu() {
+            return Err(ModelError::Config(
+                "--quantization is only supported on the CPU".into(),
+            ));
+        }
+        let conv = |w: Weight| -> Result<Weight> { Ok(w.into_q8()?) };
+        self.embed = conv(self.embed)?;
+        self.lm_head = self.lm_head.map(conv).transpose()?;
+        let layers = std::mem::take(&mut self.layers);
+        for l in layers {
+            let w: Vec<Weight> = l.w.into_iter().map(conv).collect::<Result<_>>()?;
+            let w: [Weight; 7] = w
+                .try_into()
+                .map_err(|_| ModelError::Config("internal: projection count".into()))?;
+            self.layers.push(Layer { w, ..l });
+        }
+        Ok(self)
+    }
+
+    /// The weight matrices' quantization, if any.
+    pub fn quantization(&self) -> Option<crate::Quantization> {
+        matches!(self.embed, Weight::Q8(_)).then_some(crate::Quantization::Q8_0)
     }
 
     /// Builds the model from transformers-named tensors (`model.layers.0.self_attn.q_proj.weight`, ...).

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 use safetensors::SafeTensors;
 
-use crate::frozen::{HalfKind, HalfWeight, Weight};
+use crate::frozen::{HalfKind, HalfWeight, Q8Weight, Weight};
 use crate::{ModelError, Result};
 
 /// How to place a model in memory.
@@ -22,6 +22,9 @@ pub struct LoadOptions {
     /// Norms, LoRA, the KV cache and everything computed stay f32 either way. Off the CPU the
     /// dtype is the compute dtype (`None`: f32).
     pub dtype: Option<DType>,
+    /// Weight-only quantization (vLLM's `--quantization`), applied at load to every weight
+    /// matrix (projections, embeddings, LM head); `None` keeps `dtype`'s storage. CPU only.
+    pub quantization: Option<Quantization>,
 }
 
 impl Default for LoadOptions {
@@ -29,7 +32,46 @@ impl Default for LoadOptions {
         LoadOptions {
             device: Device::Cpu,
             dtype: None,
+            quantization: None,
         }
+    }
+}
+
+/// A weight-only quantization method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantization {
+    /// llama.cpp's q8_0 layout: int8 weights with one f16 scale per 32 inputs, symmetric,
+    /// round-to-nearest, quantized at load from the checkpoint's 16- or 32-bit weights.
+    Q8_0,
+}
+
+impl Quantization {
+    /// The name `--quantization` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantization::Q8_0 => "q8_0",
+        }
+    }
+}
+
+impl std::fmt::Display for Quantization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Parses a `--quantization` value: `q8_0` (alias `int8`), or `none` for no quantization
+/// (vLLM's default). Anything else is an error naming what is supported; vLLM's GPU formats
+/// (awq, gptq, fp8, bitsandbytes, ...) are refused explicitly.
+pub fn parse_quantization(s: &str) -> Result<Option<Quantization>> {
+    match s.to_ascii_lowercase().as_str() {
+        "none" | "" => Ok(None),
+        "q8_0" | "int8" => Ok(Some(Quantization::Q8_0)),
+        other => Err(ModelError::Config(format!(
+            "unsupported quantization {other:?}: supported are q8_0 (alias int8; 8-bit weights \
+             quantized at load) and none. vLLM's GPU methods (awq, gptq, fp8, bitsandbytes, \
+             marlin, ...) are not supported on the CPU"
+        ))),
     }
 }
 
@@ -150,13 +192,15 @@ pub(crate) fn file_matrix_dtype(files: &[PathBuf]) -> Option<DType> {
 }
 
 /// Reads every tensor of the given safetensors files. Matrices (2-D tensors) become
-/// [`Weight::Half`] when `half` is set (in place in the mapped file when it already holds that
-/// format), everything else a tensor of `dtype` on `device`.
+/// [`Weight::Q8`] under `quant`, else [`Weight::Half`] when `half` is set (in place in the
+/// mapped file when it already holds that format); everything else a tensor of `dtype` on
+/// `device`.
 pub(crate) fn load_weights(
     files: &[PathBuf],
     device: &Device,
     dtype: DType,
     half: Option<HalfKind>,
+    quant: Option<Quantization>,
 ) -> Result<HashMap<String, Weight>> {
     let mut out = HashMap::new();
     for path in files {
@@ -179,6 +223,24 @@ pub(crate) fn load_weights(
             let shape = view.shape().to_vec();
             let data = view.data();
             let t = match (half, shape.as_slice()) {
+                (_, &[rows, cols]) if quant == Some(Quantization::Q8_0) => {
+                    let w = quantize_q8(data, file_dtype, rows, cols)
+                        .map_err(|e| bad(format!("{name}: {e}")))?;
+                    // The source pages were read once; drop them from this process's resident
+                    // set now rather than when the map goes, so a model larger than half the
+                    // RAM can be quantized (they fault back in from the file if ever touched).
+                    let offset = data.as_ptr() as usize - map.as_ptr() as usize;
+                    // SAFETY: a read-only private file mapping: after MADV_DONTNEED the pages
+                    // read back the same file contents, so no live slice observes a change.
+                    let _ = unsafe {
+                        map.unchecked_advise_range(
+                            memmap2::UncheckedAdvice::DontNeed,
+                            offset,
+                            data.len(),
+                        )
+                    };
+                    Weight::Q8(w)
+                }
                 (Some(kind), &[rows, cols]) if file_dtype == kind.dtype() => {
                     let offset = data.as_ptr() as usize - map.as_ptr() as usize;
                     let w = HalfWeight::mapped(&map, offset, kind, rows, cols)
@@ -200,4 +262,37 @@ pub(crate) fn load_weights(
         }
     }
     Ok(out)
+}
+
+/// Quantizes a little-endian `rows×cols` matrix of a safetensors file to q8_0, a row at a time.
+fn quantize_q8(
+    data: &[u8],
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+) -> std::result::Result<Q8Weight, String> {
+    let size = dtype.size_in_bytes();
+    if Some(data.len()) != rows.checked_mul(cols).and_then(|n| n.checked_mul(size)) {
+        return Err(format!(
+            "{} bytes for a {rows}×{cols} {dtype:?} matrix",
+            data.len()
+        ));
+    }
+    let widen: fn(&[u8]) -> f32 = match dtype {
+        DType::BF16 => |b| claas_kernels::bf16_to_f32(u16::from_le_bytes([b[0], b[1]])),
+        DType::F16 => |b| claas_kernels::f16_to_f32(u16::from_le_bytes([b[0], b[1]])),
+        DType::F32 => |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        DType::F64 => {
+            |b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+        }
+        other => return Err(format!("cannot quantize {other:?}")),
+    };
+    let row_bytes = cols * size;
+    Q8Weight::quantize(rows, cols, |r, out| {
+        let src = &data[r * row_bytes..(r + 1) * row_bytes];
+        for (o, b) in out.iter_mut().zip(src.chunks_exact(size)) {
+            *o = widen(b);
+        }
+    })
+    .map_err(|e| e.to_string())
 }

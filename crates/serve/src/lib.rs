@@ -64,6 +64,11 @@ pub struct ServeConfig {
     /// On the CPU 16-bit weights stay 16-bit in memory and everything is computed in float32.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
+    /// Weight-only quantization, as vLLM's --quantization: q8_0 (alias int8: 8-bit weights with
+    /// a scale per 32, quantized at load from the checkpoint). Unset: none. vLLM's GPU methods
+    /// (awq, gptq, fp8, ...) are not supported.
+    #[arg(long)]
+    pub quantization: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long)]
@@ -187,6 +192,7 @@ impl Default for ServeConfig {
             served_model_name: Vec::new(),
             max_model_len: None,
             dtype: "auto".into(),
+            quantization: None,
             seed: 0,
             enable_lora: false,
             max_loras: None,
@@ -377,12 +383,18 @@ pub fn read_alias_file(
         .collect())
 }
 
-fn load_options(dtype: &str) -> Result<LoadOptions, ServeError> {
+fn load_options(dtype: &str, quantization: Option<&str>) -> Result<LoadOptions, ServeError> {
     let dtype =
         claas_model::parse_dtype(dtype).map_err(|e| ServeError::Config(format!("--dtype: {e}")))?;
+    let quantization = quantization
+        .map(claas_model::parse_quantization)
+        .transpose()
+        .map_err(|e| ServeError::Config(format!("--quantization: {e}")))?
+        .flatten();
     Ok(LoadOptions {
         device: claas_model::Device::Cpu,
         dtype,
+        quantization,
     })
 }
 
@@ -511,7 +523,7 @@ impl AppState {
             return Err(ServeError::Config("--max-loras must be at least 1".into()));
         }
         let dir = claas_model::resolve_model(&cfg.model)?;
-        let opts = load_options(&cfg.dtype)?;
+        let opts = load_options(&cfg.dtype, cfg.quantization.as_deref())?;
         let model = Arc::new(Qwen3::load(&dir, &opts)?);
         let ecfg = EngineConfig {
             max_num_seqs: cfg.max_num_seqs.max(1),

@@ -2204,3 +2204,35 @@ async fn dtype_auto_and_float32_serve_a_bf16_checkpoint_alike() {
         assert!((x - y).abs() <= 1e-4, "{la:?} vs {lb:?}");
     }
 }
+
+/// `--quantization` (vLLM's flag): `q8_0` (and its alias `int8`) serves a bf16 checkpoint with
+/// int8 weights; a method we lack (vLLM's GPU ones) is refused at start, naming it and what is
+/// supported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantization_q8_0_serves_and_unknown_methods_are_refused() {
+    for bad in ["awq", "fp8", "q4"] {
+        let cfg = ServeConfig {
+            quantization: Some(bad.into()),
+            ..base_cfg()
+        };
+        let e = tokio::task::spawn_blocking(move || AppState::from_config(&cfg).err())
+            .await
+            .unwrap()
+            .expect("an unsupported quantization must be refused");
+        let e = e.to_string();
+        assert!(e.contains(bad) && e.contains("q8_0"), "{e}");
+    }
+    for name in ["q8_0", "int8"] {
+        let q8 = start(ServeConfig {
+            model: fixtures().join("tiny-qwen3-bf16").display().to_string(),
+            quantization: Some(name.into()),
+            ..base_cfg()
+        })
+        .await;
+        let body = json!({"model": "tiny", "prompt": "Write a function", "max_tokens": 8,
+            "temperature": 0, "ignore_eos": true});
+        let (c, a) = post(&q8, "/v1/completions", body).await;
+        assert_eq!(c, 200, "{a}");
+        assert_eq!(a["usage"]["completion_tokens"], 8, "{a}");
+    }
+}

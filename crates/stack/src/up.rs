@@ -41,6 +41,8 @@ pub struct UpConfig {
     pub max_model_len: Option<usize>,
     /// Weight dtype of the shared base model (vLLM's `--dtype`; `None` = auto, the checkpoint's).
     pub dtype: Option<claas_model::DType>,
+    /// Weight-only quantization of the shared base model (vLLM's `--quantization`).
+    pub quantization: Option<claas_model::Quantization>,
     /// Start the Telegram gateway with these settings (URLs are pointed at this process).
     pub telegram: Option<GatewayConfig>,
     /// Write the OpenClaw config during init.
@@ -65,6 +67,7 @@ impl UpConfig {
             lora_name: "openclaw/assistant".into(),
             max_model_len: None,
             dtype: None,
+            quantization: None,
             telegram: None,
             openclaw: None,
             api: ApiConfig::default(),
@@ -106,6 +109,7 @@ where
     let model_spec = cfg.model.clone();
     let opts = LoadOptions {
         dtype: cfg.dtype,
+        quantization: cfg.quantization,
         ..LoadOptions::default()
     };
     let loaded = tokio::task::spawn_blocking(move || -> Result<_, StackError> {
