@@ -10,7 +10,7 @@
 //! to weight rounding alone. The bound for a sequence is therefore
 //! `ρ · (transformers' bf16 error on it)` (max and mean alike), where
 //! `ρ = RMS(q8_0 weight error) / RMS(bf16 weight rounding error)` is computed here from the
-//! checkpoint's own matrices (≈ 4.6 for Gaussian-like weights: a q8_0 step is 1/127 of the block
+//! checkpoint's own matrices (3.2 on the fixture model: a q8_0 step is 1/127 of the block
 //! maximum, a bf16 step 2⁻⁸ of each weight). A wrong scale, a swapped block or a dropped tail
 //! block moves logits by O(1) and fails. Nothing is sized for the fixture: shapes come from the
 //! files.
