@@ -23,12 +23,20 @@
 pub mod bench;
 mod gemm;
 mod gemv;
+mod q8;
+#[cfg(target_arch = "x86_64")]
+mod q8_x86;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 #[cfg(test)]
 mod tests;
+
+pub use q8::{
+    dequantize_row as q8_dequantize_row, gemm_nn_q8, gemm_nn_q8_with, gemm_q8, gemm_q8_with,
+    gemv_q8, gemv_q8_with, q8_blocks, quantize_row as q8_quantize_row, Q8Matrix, Q8_BLOCK,
+};
 
 use std::sync::OnceLock;
 
