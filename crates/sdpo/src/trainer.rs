@@ -323,14 +323,15 @@ pub enum Checkpointing {
 
 /// Above this estimate of a sequence's saved activations, [`Checkpointing::Auto`] checkpoints:
 /// a 320-token step on Qwen3-0.6B (~6.5 GB measured) keeps the faster single-graph backward,
-/// on Qwen3-8B (~33 GB estimated, on top of 16.4 GB of bf16 weights) it checkpoints.
+/// on Qwen3-8B (~13 GB extrapolated from a 2-layer run, on top of 16.4 GB of bf16 weights) it
+/// checkpoints.
 pub const CHECKPOINT_BUDGET_BYTES: usize = 8 << 30;
 
 /// Estimated bytes a training-mode decoder layer keeps alive per token until its backward,
 /// fitted to the peak RSS of a 320-token step on the Qwen3-0.6B shape (`claas bench loop`,
-/// ~740 kB per token and layer): the projections, norms, RoPE and residuals of the composed
-/// training ops, their LoRA sums, the MLP's intermediate-wide tensors and the gradients alive
-/// during the backward.
+/// ~740 kB per token and layer; it overestimates the 8B shape, ~1.1 MB measured against 2.9):
+/// the projections, norms, RoPE and residuals of the composed training ops, their LoRA sums,
+/// the MLP's intermediate-wide tensors and the gradients alive during the backward.
 fn saved_bytes_per_token_layer(c: &claas_model::Qwen3Config) -> usize {
     4 * (90 * c.hidden_size + 28 * c.intermediate_size)
 }
