@@ -247,7 +247,7 @@ fn check_parity(t: &Trainer) {
     // Student logits at the response positions (base + adapter).
     let logits = t
         .model()
-        .forward_train(&p.student_input_ids(), Some(&start_adapter(&t)))
+        .forward_train(&p.student_input_ids(), Some(&start_adapter(t)))
         .unwrap()
         .narrow(0, start as usize - 1, n as usize)
         .unwrap();
