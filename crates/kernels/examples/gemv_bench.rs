@@ -1,5 +1,5 @@
 //! GEMV (decode) and GEMM (prefill) micro-benchmarks on Qwen3-0.6B shapes:
-//! `cargo run --release -p claas-kernels --features bench --example gemv_bench [threads]`.
+//! `cargo run --release -p claas-kernels --features bench --example gemv_bench [threads] [gemm]`.
 
 fn main() {
     let threads: usize = std::env::args()
@@ -8,6 +8,10 @@ fn main() {
         .unwrap_or(1);
     // candle sizes its matmul parallelism from this variable; set before any rayon use.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    claas_kernels::bench::gemv_report(threads);
+    // `gemm`: only the batch and GEMM tables (the GEMV table is unchanged by them).
+    if std::env::args().nth(2).as_deref() != Some("gemm") {
+        claas_kernels::bench::gemv_report(threads);
+    }
+    claas_kernels::bench::batch_report(threads);
     claas_kernels::bench::gemm_report(threads);
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 
-use crate::{gemm_bf16, gemm_f16, gemv_bf16, gemv_f16, gemv_f32, Isa};
+use crate::{gemm_bf16, gemm_f16, gemm_nn_bf16, gemv_bf16, gemv_f16, gemv_f32, Isa};
 
 /// Weights one decode token reads in Qwen3-0.6B: 28 layers × (q 2048×1024, k and v 1024×1024,
 /// o 1024×2048, gate and up 3072×1024, down 1024×3072) + the tied LM head 151936×1024.
@@ -153,8 +153,53 @@ pub fn gemv_report(threads: usize) {
     }
 }
 
-/// GEMM `Y = X·Wᵀ` at prefill sizes: ours (bf16 and f16 weights, f32 X) against candle's f32
-/// matmul and its f16 matmul (the `gemm` crate's f16 path: f16 X and Y too).
+/// `Y = X·Wᵀ` for small batches (batch decode: every row of `X` a different sequence), with the
+/// weights streamed from DRAM as in a decode step: ours against candle's f32 matmul.
+pub fn batch_report(threads: usize) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("rayon pool");
+    println!("\n| m | n×k | what | µs/call | weight GB/s |");
+    println!("|---|---|---|---|---|");
+    for &(n, k) in &[(3072, 1024), (1024, 3072)] {
+        let w = random(n * k, 0x5EED ^ n as u64);
+        for m in [1, 2, 4, 8, 16] {
+            let x = random(m * k, 7);
+            let mut y = vec![0f32; m * n];
+            let copies = |elem: usize| STREAM_BYTES.div_ceil(n * k * elem).max(1);
+            let print = |what: &str, secs: f64, elem: usize| {
+                println!(
+                    "| {m} | {n}×{k} | {what} | {:.1} | {:.1} |",
+                    secs * 1e6,
+                    (n * k * elem) as f64 / secs / 1e9
+                )
+            };
+            pool.install(|| {
+                let wb: Vec<u16> = w.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+                let wb = vec![wb; copies(2)];
+                let t = time_per_call(wb.len(), |i| gemm_bf16(&wb[i], &x, &mut y, m, k, n));
+                print("bf16 W (ours)", t, 2);
+                drop(wb);
+                let dev = Device::Cpu;
+                let wt = Tensor::from_slice(&w, (n, k), &dev).expect("weights tensor");
+                let wts: Vec<Tensor> = (0..copies(4)).map(|_| wt.copy().expect("copy")).collect();
+                let xt = Tensor::from_slice(&x, (m, k), &dev).expect("x tensor");
+                let t = time_per_call(wts.len(), |i| {
+                    let out = xt.matmul(&wts[i].t().expect("t")).expect("matmul");
+                    std::hint::black_box(out);
+                });
+                print("f32 (candle matmul)", t, 4);
+            });
+            std::hint::black_box(&y);
+        }
+    }
+}
+
+/// GEMM `Y = X·Wᵀ` at prefill sizes on the Qwen3-0.6B projection shapes (q, k/v, gate/up,
+/// down, o): ours (bf16 and f16 weights, f32 X) against candle's f32 matmul (the `gemm`
+/// crate) on the widened weights, and the frozen backward `dX = G·W` on bf16 weights against
+/// candle's f32 `G·W`.
 pub fn gemm_report(threads: usize) {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -162,44 +207,52 @@ pub fn gemm_report(threads: usize) {
         .expect("rayon pool");
     println!("\n| m×k×n | what | ms/call | GFLOP/s |");
     println!("|---|---|---|---|");
-    for &(m, k, n) in &[(32, 1024, 3072), (320, 1024, 3072), (320, 3072, 1024)] {
-        let w = random(n * k, 11);
-        let x = random(m * k, 13);
-        let mut y = vec![0f32; m * n];
-        let flops = 2.0 * (m * n * k) as f64;
-        let print = |what: &str, secs: f64| {
-            println!(
-                "| {m}×{k}×{n} | {what} | {:.2} | {:.1} |",
-                secs * 1e3,
-                flops / secs / 1e9
-            )
-        };
-        pool.install(|| {
-            let wb: Vec<u16> = w.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
-            let t = time_per_call(1, |_| gemm_bf16(&wb, &x, &mut y, m, k, n));
-            print("bf16 W, f32 X (ours)", t);
-            let wh: Vec<u16> = w.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
-            let t = time_per_call(1, |_| gemm_f16(&wh, &x, &mut y, m, k, n));
-            print("f16 W, f32 X (ours)", t);
-            for (dtype, what) in [
-                (DType::F32, "f32 (candle matmul)"),
-                (DType::F16, "f16 (candle matmul = gemm crate)"),
-                (DType::BF16, "bf16 (candle matmul)"),
-            ] {
+    for m in [64, 320] {
+        for &(k, n) in &[
+            (1024, 2048),
+            (1024, 1024),
+            (1024, 3072),
+            (3072, 1024),
+            (2048, 1024),
+        ] {
+            let w = random(n * k, 11);
+            let x = random(m * k, 13);
+            let g = random(m * n, 17);
+            let mut y = vec![0f32; m * n];
+            let mut dx = vec![0f32; m * k];
+            let flops = 2.0 * (m * n * k) as f64;
+            let print = |what: &str, secs: f64| {
+                println!(
+                    "| {m}×{k}×{n} | {what} | {:.2} | {:.1} |",
+                    secs * 1e3,
+                    flops / secs / 1e9
+                )
+            };
+            pool.install(|| {
+                let wb: Vec<u16> = w.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+                let t = time_per_call(1, |_| gemm_bf16(&wb, &x, &mut y, m, k, n));
+                print("bf16 W, f32 X (ours)", t);
+                let wh: Vec<u16> = w.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+                let t = time_per_call(1, |_| gemm_f16(&wh, &x, &mut y, m, k, n));
+                print("f16 W, f32 X (ours)", t);
                 let dev = Device::Cpu;
-                let wt = Tensor::from_slice(&w, (n, k), &dev)
-                    .and_then(|t| t.to_dtype(dtype))
-                    .expect("weights tensor");
-                let xt = Tensor::from_slice(&x, (m, k), &dev)
-                    .and_then(|t| t.to_dtype(dtype))
-                    .expect("x tensor");
+                let wt = Tensor::from_slice(&w, (n, k), &dev).expect("weights tensor");
+                let xt = Tensor::from_slice(&x, (m, k), &dev).expect("x tensor");
                 let t = time_per_call(1, |_| {
                     let out = xt.matmul(&wt.t().expect("t")).expect("matmul");
                     std::hint::black_box(out);
                 });
-                print(what, t);
-            }
-        });
-        std::hint::black_box(&y);
+                print("f32 (candle matmul)", t);
+                let t = time_per_call(1, |_| gemm_nn_bf16(&wb, &g, &mut dx, m, n, k));
+                print("backward G·W, bf16 W (ours)", t);
+                let gt = Tensor::from_slice(&g, (m, n), &dev).expect("g tensor");
+                let t = time_per_call(1, |_| {
+                    let out = gt.matmul(&wt).expect("matmul");
+                    std::hint::black_box(out);
+                });
+                print("backward G·W, f32 (candle matmul)", t);
+            });
+            std::hint::black_box((&y, &dx));
+        }
     }
 }

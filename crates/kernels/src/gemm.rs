@@ -1,26 +1,35 @@
-//! GEMM driver: `Y[m×n] = X[m×k] · Wᵀ` with `W` `n×k` in 16 bits.
+//! GEMM drivers: `Y[m×n] = X[m×k] · Wᵀ` with `W` `n×k` in 16 bits, and `X·W` for the input
+//! gradient of a frozen layer.
 //!
-//! Blocking (BLIS-style, one level): `k` in blocks of [`KC`]; `W` in panels of `nr` rows, each
-//! widened and transposed once into a small f32 buffer that stays in L1; every `mr` rows of `X`
-//! then run an `mr×nr` register-tile micro-kernel over it. Threads take disjoint ranges of
-//! panels, i.e. disjoint columns of `Y`, so each weight is converted once per call and `X`
-//! (the small operand at prefill sizes) is shared read-only.
+//! Small `m` (one to a few tokens: decode, batch decode) never packs: each weight row is read
+//! from memory once and dotted with every row of `X` ([`gemv::gemv_multi`]), so a batch of 8
+//! costs about one batch-1 step of memory traffic.
 //!
-//! The same driver computes `X·W` (no transpose) for the input gradient of a frozen layer:
-//! only the packing differs, and there it is simpler (a panel row is a contiguous slice of a
-//! weight row).
+//! Larger `m` (prefill, teacher scoring, training) runs a register-tiled micro-kernel on packed
+//! f32 operands. For `X·Wᵀ` the weight rows are the *broadcast* operand: a panel of `mr` rows is
+//! widened once per `k` block into a thread-local `[mr][kc]` buffer (a contiguous copy per row,
+//! no transpose), and `X` is packed once per call, transposed into slabs of `nr` rows
+//! (`[k][nr]`), the vector operand. The micro-kernel then accumulates an `mr×nr` tile of `Yᵀ`
+//! in a small per-task buffer that is written to `Y` once per panel. Threads take disjoint
+//! panels of `W` (disjoint columns of `Y`) and share the packed `X` read-only.
+//!
+//! For `X·W` a panel of `nr` weight columns is already contiguous in each weight row, so the
+//! weights are the vector operand (`[kc][nr]`) and `X`, packed per `k` block, is broadcast.
 
 use rayon::prelude::*;
 
 use crate::{gemv, scalar, Isa, Weights};
 
-/// `k` block: a 32-wide f32 panel of 128 rows is 16 KiB, half of a 48 KiB L1d, leaving room
-/// for the `mr` rows of `X` it is multiplied with.
-const KC: usize = 128;
+/// `k` block of the `X·Wᵀ` driver: the `mr×KC` f32 weight block (14 KiB on AVX-512) stays in
+/// L1 while `X`'s `KC×m` block (320 KiB at m = 320) streams from L2.
+const KC_NT: usize = 256;
 
-/// Below this many rows of `X` packing costs more than it saves: each row runs as a GEMV
-/// straight off the 16-bit weights.
-const GEMV_MAX_M: usize = 3;
+/// `k` block of the `X·W` driver: a `KC_NN×nr` weight panel is 32 KiB on AVX-512, in L1.
+const KC_NN: usize = 256;
+
+/// Up to this many rows of `X` the product runs as a multi-row GEMV off the 16-bit weights;
+/// beyond, packing pays. Measured on the 0.6B shapes (crates/kernels/BENCHMARKS.md).
+pub(crate) const GEMV_MAX_M: usize = 16;
 
 /// Below this many multiply-adds a second thread does not pay for its wake-up.
 const PAR_MIN_MACS: usize = 1 << 20;
@@ -38,10 +47,10 @@ type Micro = unsafe fn(
     accumulate: bool,
 );
 
-/// `Y`'s base pointer, shared by the tasks; each task writes only its own columns.
+/// A base pointer shared by the tasks; each task writes only its own part.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint column ranges of `Y` (see `gemm`), and the pointer outlives
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: tasks write disjoint parts of the buffer (see the drivers), and the pointer outlives
 // them because rayon's `for_each` returns only when every task has finished.
 unsafe impl Send for OutPtr {}
 // SAFETY: as above; the pointer itself is only copied, never used to alias a write.
@@ -49,8 +58,41 @@ unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     // A method, not `.0`: closures capture fields separately, and a bare `*mut` is not `Sync`.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
+    }
+}
+
+/// The register tile of `isa`: (`mr` broadcast rows, `nr` vector columns, kernel).
+fn tile(isa: Isa) -> (usize, usize, Micro) {
+    match isa {
+        Isa::Portable => (4, 8, micro_portable),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => (6, 16, crate::x86::micro_avx2),
+        // 14×32: 28 zmm accumulators, two vector loads and 14 broadcasts per 28 FMAs.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => (14, 32, crate::x86::micro_avx512),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("non-portable paths are never supported off x86-64"),
+    }
+}
+
+/// How many tasks to split `units` independent pieces of a `macs`-multiply-add product into.
+fn task_count(units: usize, macs: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && macs >= PAR_MIN_MACS {
+        // Four tasks per thread even out a core that is busy with something else.
+        (threads * 4).min(units).max(1)
+    } else {
+        1
+    }
+}
+
+fn run_tasks(tasks: usize, run: impl Fn(usize) + Sync + Send) {
+    if tasks == 1 {
+        run(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(run);
     }
 }
 
@@ -91,22 +133,13 @@ pub(crate) fn gemm(
         y.fill(0.0);
         return;
     }
-    if m <= GEMV_MAX_M {
-        for (xr, yr) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
-            gemv::gemv(isa, w, xr, yr);
-        }
-        return;
+    if m == 1 {
+        return gemv::gemv(isa, w, x, y);
     }
-    tiled(isa, w, x, y, m, k, n, Orient::Nt);
-}
-
-/// Which product the tiled driver computes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Orient {
-    /// `Y[m×n] = X[m×k]·Wᵀ`, `W` `n×k` (forward of a linear layer).
-    Nt,
-    /// `Y[m×n] = X[m×k]·W`, `W` `k×n` (its input gradient: `n` = the layer's input width).
-    Nn,
+    if m <= GEMV_MAX_M {
+        return gemv::gemv_multi(isa, w, x, y, m, k, n);
+    }
+    tiled_nt(isa, w, x, y, m, k, n);
 }
 
 /// `dX[m×n] = G[m×k] · W` with `W` `k×n` in 16 bits: a linear layer's input gradient (`k` its
@@ -146,63 +179,111 @@ pub(crate) fn gemm_nn(
         y.fill(0.0);
         return;
     }
-    tiled(isa, w, x, y, m, k, n, Orient::Nn);
+    tiled_nn(isa, w, x, y, m, k, n);
 }
 
-/// The blocked product shared by both orientations; only the panel packing differs. Shapes
+/// `Y = X·Wᵀ` with `W` rows broadcast and `X` packed transposed (see the module doc). Shapes
 /// have been checked by the caller and are all non-zero.
-#[allow(clippy::too_many_arguments)]
-fn tiled(
-    isa: Isa,
-    w: Weights<'_>,
-    x: &[f32],
-    y: &mut [f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    orient: Orient,
-) {
-    let (mr, nr, micro): (usize, usize, Micro) = match isa {
-        Isa::Portable => (4, 8, micro_portable),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => (6, 16, crate::x86::micro_avx2),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => (8, 32, crate::x86::micro_avx512),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("non-portable paths are never supported off x86-64"),
-    };
-    let panels = n.div_ceil(nr);
-    let threads = rayon::current_num_threads();
-    let tasks = if threads > 1 && m * n * k >= PAR_MIN_MACS {
-        (threads * 4).min(panels)
-    } else {
-        1
-    };
+fn tiled_nt(isa: Isa, w: Weights<'_>, x: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
+    let (mr, nr, micro) = tile(isa);
+    let slabs = m.div_ceil(nr);
+    // Xᵀ in slabs of `nr` rows, `[k][nr]` each, zero-padded past row m.
+    let mut xt = vec![0f32; slabs * k * nr];
+    xt.par_chunks_mut(k * nr)
+        .enumerate()
+        .for_each(|(s, slab)| scalar::pack_xt(x, k, s * nr, nr.min(m - s * nr), nr, slab));
+    let panels = n.div_ceil(mr);
+    let tasks = task_count(panels, m * n * k);
     let per_task = panels.div_ceil(tasks);
     let out = OutPtr(y.as_mut_ptr());
-    let run = |t: usize| {
+    let xt = &xt;
+    run_tasks(tasks, |t| {
         let (p0, p1) = (t * per_task, ((t + 1) * per_task).min(panels));
-        let mut panel = vec![0f32; KC * nr];
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
+        let mut wbuf = vec![0f32; mr * KC_NT];
+        // The `Yᵀ` tiles of one panel, `[slab][mr][nr]`.
+        let mut acc = vec![0f32; slabs * mr * nr];
+        for p in p0..p1 {
+            let j0 = p * mr;
+            let jv = mr.min(n - j0);
+            for k0 in (0..k).step_by(KC_NT) {
+                let kc = KC_NT.min(k - k0);
+                scalar::pack_rows(w, k, j0, jv, mr, k0, kc, &mut wbuf);
+                for s in 0..slabs {
+                    // SAFETY: `wbuf` holds `mr` rows of `kc` floats (stride kc); slab `s` of
+                    // `xt` has `k` rows of `nr` floats, of which rows k0..k0+kc are read;
+                    // `acc`'s tile `s` has `mr` rows of `nr` floats (stride nr); `micro` is
+                    // the kernel of `isa` (checked by the caller) with its own `mr` and `nr`.
+                    unsafe {
+                        micro(
+                            mr,
+                            kc,
+                            wbuf.as_ptr(),
+                            kc,
+                            xt.as_ptr().add(s * k * nr + k0 * nr),
+                            acc.as_mut_ptr().add(s * mr * nr),
+                            nr,
+                            nr,
+                            k0 > 0,
+                        )
+                    }
+                }
+            }
+            for s in 0..slabs {
+                let tile = &acc[s * mr * nr..(s + 1) * mr * nr];
+                for ii in 0..nr.min(m - s * nr) {
+                    let i = s * nr + ii;
+                    for jj in 0..jv {
+                        // SAFETY: i < m and j0 + jj < n: inside `y`; columns j0..j0+jv belong
+                        // to this task's panels only, so no other task writes them.
+                        unsafe { *out.get().add(i * n + j0 + jj) = tile[jj * nr + ii] };
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `Y = X·W`, `W` `k×n`: weight panels of `nr` columns are the vector operand, `X` (packed
+/// per `k` block so its rows are not 4 KiB apart) is broadcast `mr` rows at a time.
+fn tiled_nn(isa: Isa, w: Weights<'_>, x: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
+    let (mr, nr, micro) = tile(isa);
+    // X by k blocks: block b is `[m][kc_b]`, contiguous, at offset m·b·KC_NN.
+    let mut xb = vec![0f32; m * k];
+    xb.par_chunks_mut(m * KC_NN)
+        .enumerate()
+        .for_each(|(b, blk)| {
+            let k0 = b * KC_NN;
+            let kc = KC_NN.min(k - k0);
+            for (i, dst) in blk.chunks_exact_mut(kc).enumerate() {
+                dst.copy_from_slice(&x[i * k + k0..i * k + k0 + kc]);
+            }
+        });
+    let panels = n.div_ceil(nr);
+    let tasks = task_count(panels, m * n * k);
+    let per_task = panels.div_ceil(tasks);
+    let out = OutPtr(y.as_mut_ptr());
+    let xb = &xb;
+    run_tasks(tasks, |t| {
+        let (p0, p1) = (t * per_task, ((t + 1) * per_task).min(panels));
+        let mut panel = vec![0f32; KC_NN * nr];
+        for k0 in (0..k).step_by(KC_NN) {
+            let kc = KC_NN.min(k - k0);
+            let xblk = &xb[m * k0..m * (k0 + kc)];
             for p in p0..p1 {
                 let j0 = p * nr;
                 let nvalid = nr.min(n - j0);
-                match orient {
-                    Orient::Nt => scalar::pack(w, k, j0, nvalid, nr, k0, kc, &mut panel),
-                    Orient::Nn => scalar::pack_nn(w, n, j0, nvalid, nr, k0, kc, &mut panel),
-                }
+                scalar::pack_nn(w, n, j0, nvalid, nr, k0, kc, &mut panel);
                 for i0 in (0..m).step_by(mr) {
-                    // SAFETY: rows i0..i0+mr' of `x` (stride k) have columns k0..k0+kc; the
+                    // SAFETY: rows i0..i0+mr' of the X block (stride kc) have kc columns; the
                     // panel holds kc×nr floats; rows i0.. of `y` (stride n) have columns
                     // j0..j0+nvalid, which belong to this task's panels only; `micro` is the
-                    // kernel of `isa`, checked above, and gets `mr' ≤ mr` as it requires.
+                    // kernel of `isa`, checked by the caller, and gets `mr' ≤ mr`.
                     unsafe {
                         micro(
                             mr.min(m - i0),
                             kc,
-                            x.as_ptr().add(i0 * k + k0),
-                            k,
+                            xblk.as_ptr().add(i0 * kc),
+                            kc,
                             panel.as_ptr(),
                             out.get().add(i0 * n + j0),
                             n,
@@ -213,12 +294,7 @@ fn tiled(
                 }
             }
         }
-    };
-    if tasks == 1 {
-        run(0);
-    } else {
-        (0..tasks).into_par_iter().for_each(run);
-    }
+    });
 }
 
 /// # Safety

@@ -1,7 +1,9 @@
-//! GEMV driver: shape checks, row-block split over rayon, per-path kernel dispatch.
+//! GEMV drivers (one row of `x`, and a few rows sharing each weight read): shape checks,
+//! row-block split over rayon, per-path kernel dispatch.
 
 use rayon::prelude::*;
 
+use crate::gemm::OutPtr;
 use crate::{scalar, Isa, Weights};
 
 /// Below this many weights one thread finishes before rayon would have woken a second
@@ -48,5 +50,74 @@ fn kernel(isa: Isa, w: Weights<'_>, cols: usize, x: &[f32], y: &mut [f32]) {
         Isa::Avx512 => unsafe { crate::x86::gemv_avx512(w, cols, x, y) },
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("non-portable paths are never supported off x86-64"),
+    }
+}
+
+/// `Y[m×n] = X[m×k]·Wᵀ` for a few rows of `X` (batch decode, short chunks): each weight row is
+/// read from memory once and dotted with every row of `X`, so the call costs about one GEMV
+/// of memory traffic instead of `m`. Weight rows are split over rayon's pool as in [`gemv`].
+/// Shapes have been checked by the caller.
+pub(crate) fn gemv_multi(
+    isa: Isa,
+    w: Weights<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    let out = OutPtr(y.as_mut_ptr());
+    let run = |r0: usize, r1: usize| {
+        // SAFETY: rows r0..r1 of `w` and columns r0..r1 of every row of `y` (stride n) are in
+        // bounds (shapes checked by `gemm`); tasks get disjoint row ranges, so disjoint
+        // columns of `y`; `isa` was checked by `gemm`.
+        unsafe {
+            multi_kernel(
+                isa,
+                w.rows(r0, r1, k),
+                r1 - r0,
+                k,
+                x,
+                m,
+                out.get().add(r0),
+                n,
+            )
+        }
+    };
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || n * k < PAR_MIN_WEIGHTS || n < 2 * MIN_ROWS_PER_TASK {
+        return run(0, n);
+    }
+    let chunk = n.div_ceil(threads * 4).max(MIN_ROWS_PER_TASK);
+    (0..n.div_ceil(chunk))
+        .into_par_iter()
+        .for_each(|t| run(t * chunk, ((t + 1) * chunk).min(n)));
+}
+
+/// # Safety
+/// The CPU must support `isa`; `w` holds `rows` rows of `cols`, `x` `m` rows of `cols`, and
+/// `y` is writable at `i·ldy + r` for `i < m`, `r < rows`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn multi_kernel(
+    isa: Isa,
+    w: Weights<'_>,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    m: usize,
+    y: *mut f32,
+    ldy: usize,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match isa {
+            Isa::Portable => scalar::gemv_multi(w, rows, cols, x, m, y, ldy),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => crate::x86::gemv_multi_avx2(w, rows, cols, x, m, y, ldy),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => crate::x86::gemv_multi_avx512(w, rows, cols, x, m, y, ldy),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("non-portable paths are never supported off x86-64"),
+        }
     }
 }

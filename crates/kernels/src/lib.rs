@@ -7,7 +7,10 @@
 //! - [`gemv_bf16`] / [`gemv_f16`] / [`gemv_f32`]: `y = W·x`, `W` row-major `rows×cols`
 //!   (a Linear layer's `[out, in]` weight), row blocks spread over rayon's pool when large.
 //! - [`gemm_bf16`] / [`gemm_f16`]: `Y = X·Wᵀ`, `X` row-major `m×k`, `Y` row-major `m×n`
-//!   (what a Linear layer computes for `m` tokens), cache-blocked, parallel over `W`'s rows.
+//!   (what a Linear layer computes for `m` tokens), parallel over `W`'s rows. Up to 16 rows
+//!   (batch decode) every weight row is read once and dotted with all rows of `X`; beyond,
+//!   a packed GEMM widens each weight panel once per call into a thread-local f32 buffer and
+//!   runs a register-tiled micro-kernel (14×32 on AVX-512) over all `m` rows.
 //! - [`gemm_nn_bf16`] / [`gemm_nn_f16`]: `dX = G·W`, `G` `m×n`, `W` `n×k`: the input gradient
 //!   of that layer when `W` is frozen (the same blocking, parallel over `W`'s columns).
 //!
@@ -20,12 +23,20 @@
 pub mod bench;
 mod gemm;
 mod gemv;
+mod q8;
+#[cfg(target_arch = "x86_64")]
+mod q8_x86;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 #[cfg(test)]
 mod tests;
+
+pub use q8::{
+    dequantize_row as q8_dequantize_row, gemm_nn_q8, gemm_nn_q8_with, gemm_q8, gemm_q8_with,
+    gemv_q8, gemv_q8_with, q8_blocks, quantize_row as q8_quantize_row, Q8Matrix, Q8_BLOCK,
+};
 
 use std::sync::OnceLock;
 

@@ -40,60 +40,9 @@ fn gemv_rows<T: Copy>(w: &[T], cols: usize, x: &[f32], y: &mut [f32], cvt: impl 
     }
 }
 
-/// Copies rows `j0..j0+nvalid` × columns `k0..k0+kc` of the `?×k` weights into `out`, widened to
-/// f32 and transposed to `[kc][nr]`, zero-padding rows `nvalid..nr`: the micro-kernel then reads
-/// one contiguous vector of `nr` outputs per step of `k`, and the conversion is paid once per
-/// panel instead of once per row of `x`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn pack(
-    w: Weights<'_>,
-    k: usize,
-    j0: usize,
-    nvalid: usize,
-    nr: usize,
-    k0: usize,
-    kc: usize,
-    out: &mut [f32],
-) {
-    // Each row segment is widened contiguously first, then scattered into the panel's column:
-    // contiguous widening vectorises (a shift for bf16; F16C via `half`'s slice conversion for
-    // f16, whose per-value conversion checks the CPU and converts one value per call: it made
-    // the f16 GEMM 2.3× slower than bf16 at m = 32).
-    let out = &mut out[..kc * nr];
-    let mut seg = [0f32; 256];
-    for j in 0..nr {
-        if j >= nvalid {
-            for kk in 0..kc {
-                out[kk * nr + j] = 0.0;
-            }
-            continue;
-        }
-        let base = (j0 + j) * k + k0;
-        for c0 in (0..kc).step_by(seg.len()) {
-            let len = seg.len().min(kc - c0);
-            let seg = &mut seg[..len];
-            match w {
-                Weights::Bf16(w) => {
-                    for (d, &b) in seg.iter_mut().zip(&w[base + c0..][..len]) {
-                        *d = bf16_to_f32(b);
-                    }
-                }
-                Weights::F16(w) => {
-                    let h: &[half::f16] = w[base + c0..][..len].reinterpret_cast();
-                    h.convert_to_f32_slice(seg);
-                }
-                Weights::F32(w) => seg.copy_from_slice(&w[base + c0..][..len]),
-            }
-            for (kk, &v) in seg.iter().enumerate() {
-                out[(c0 + kk) * nr + j] = v;
-            }
-        }
-    }
-}
-
 /// Copies rows `k0..k0+kc` × columns `j0..j0+nvalid` of the `?×n` weights into `out` as
-/// `[kc][nr]` f32, zero-padding columns `nvalid..nr`: the panel [`pack`] builds, for `X·W`
-/// instead of `X·Wᵀ`. Each panel row is a contiguous piece of a weight row, widened in place.
+/// `[kc][nr]` f32, zero-padding columns `nvalid..nr`: the vector operand of the
+/// `X·W` micro-kernel. Each panel row is a contiguous piece of a weight row, widened in place.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn pack_nn(
     w: Weights<'_>,
@@ -165,6 +114,101 @@ pub(crate) unsafe fn micro_generic<const MR: usize, const NR: usize, const FUSED
         let cr = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), nvalid) };
         for (cv, &v) in cr.iter_mut().zip(accr) {
             *cv = if accumulate { *cv + v } else { v };
+        }
+    }
+}
+
+/// Widens rows `j0..j0+jv` × columns `k0..k0+kc` of the `?×k` weights into `out` as `[mr][kc]`
+/// f32 (row stride `kc`), zero-filling rows `jv..mr`: the broadcast operand of the `X·Wᵀ`
+/// micro-kernel. Each row is a contiguous conversion, which vectorises.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pack_rows(
+    w: Weights<'_>,
+    k: usize,
+    j0: usize,
+    jv: usize,
+    mr: usize,
+    k0: usize,
+    kc: usize,
+    out: &mut [f32],
+) {
+    for (jj, dst) in out[..mr * kc].chunks_exact_mut(kc).enumerate() {
+        if jj >= jv {
+            dst.fill(0.0);
+            continue;
+        }
+        let src = (j0 + jj) * k + k0..(j0 + jj) * k + k0 + kc;
+        match w {
+            Weights::Bf16(w) => {
+                for (d, &b) in dst.iter_mut().zip(&w[src]) {
+                    *d = bf16_to_f32(b);
+                }
+            }
+            Weights::F16(w) => {
+                let h: &[half::f16] = w[src].reinterpret_cast();
+                h.convert_to_f32_slice(dst);
+            }
+            Weights::F32(w) => dst.copy_from_slice(&w[src]),
+        }
+    }
+}
+
+/// Rows `i0..i0+iv` of the `?×k` matrix `x`, transposed into `out` as `[k][nr]` (zero in
+/// columns `iv..nr`): the vector operand of the `X·Wᵀ` micro-kernel.
+pub(crate) fn pack_xt(x: &[f32], k: usize, i0: usize, iv: usize, nr: usize, out: &mut [f32]) {
+    // Blocks of 64 columns keep the `nr` destination rows being written in L1.
+    const B: usize = 64;
+    for c0 in (0..k).step_by(B) {
+        let cb = B.min(k - c0);
+        for ii in 0..nr {
+            if ii >= iv {
+                for kk in c0..c0 + cb {
+                    out[kk * nr + ii] = 0.0;
+                }
+                continue;
+            }
+            let src = &x[(i0 + ii) * k + c0..(i0 + ii) * k + c0 + cb];
+            for (kk, &v) in src.iter().enumerate() {
+                out[(c0 + kk) * nr + ii] = v;
+            }
+        }
+    }
+}
+
+/// `y[i·ldy + r] = W[r]·x[i]` for the `rows` weight rows and `m` rows of `x` (each `cols`
+/// long): every weight row is widened once and dotted with all of `x`'s rows.
+///
+/// # Safety
+/// `y` must be valid for writes at `i·ldy + r` for every `i < m`, `r < rows`.
+pub(crate) unsafe fn gemv_multi(
+    w: Weights<'_>,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    m: usize,
+    y: *mut f32,
+    ldy: usize,
+) {
+    let mut row = vec![0f32; cols];
+    for r in 0..rows {
+        pack_rows(w, cols, r, 1, 1, 0, cols, &mut row);
+        for i in 0..m {
+            let xr = &x[i * cols..(i + 1) * cols];
+            let mut acc = [0f32; LANES];
+            let wc = row.chunks_exact(LANES);
+            let xc = xr.chunks_exact(LANES);
+            let (wt, xt) = (wc.remainder(), xc.remainder());
+            for (wv, xv) in wc.zip(xc) {
+                for l in 0..LANES {
+                    acc[l] += wv[l] * xv[l];
+                }
+            }
+            let mut s: f32 = acc.iter().sum();
+            for (&wv, &xv) in wt.iter().zip(xt) {
+                s += wv * xv;
+            }
+            // SAFETY: i < m, r < rows: in bounds by the caller's guarantee.
+            unsafe { *y.add(i * ldy + r) = s };
         }
     }
 }

@@ -186,19 +186,34 @@ fn gemm_matches_reference_on_every_path() {
         .num_threads(3)
         .build()
         .unwrap();
-    // (m, k, n): tiny, below the GEMV cut-off, exact tiles, odd sizes across tile and k-block
-    // edges (k > 128), the parallel branch, and a 1024-wide layer.
+    // (m, k, n): tiny; the multi-row GEMV (m = 2..=16: every row-block and weight-pair
+    // remainder, k not a multiple of 8/16, n = 1, the parallel branch); the packed GEMM past
+    // it: exact tiles, odd sizes across tile (14/6/4 weight rows, 32/16/8 X rows) and k-block
+    // (256) edges, one partial slab, the parallel branch, and 1024-wide layers.
     let shapes: &[[usize; 3]] = &[
         [1, 1, 1],
+        [1, 100, 1],
         [2, 33, 17],
+        [2, 1, 5],
         [3, 16, 5],
         [4, 1, 1],
-        [17, 33, 19],
+        [5, 17, 3],
+        [7, 40, 9],
         [8, 128, 32],
         [9, 130, 33],
+        [11, 31, 1],
         [13, 257, 70],
-        [33, 300, 65],
+        [15, 1023, 3],
         [16, 1024, 1024],
+        [17, 33, 19],
+        [17, 1, 2],
+        [31, 7, 14],
+        [33, 300, 65],
+        [40, 600, 29],
+        [64, 512, 28],
+        [70, 513, 15],
+        [100, 65, 1],
+        [65, 1024, 1024],
         [0, 4, 4],
         [4, 0, 4],
         [4, 4, 0],
@@ -259,6 +274,9 @@ fn gemm_nn_matches_reference_on_every_path() {
         [9, 130, 33],
         [13, 257, 70],
         [33, 300, 65],
+        [40, 600, 29],
+        [15, 513, 14],
+        [29, 1, 33],
         [64, 1024, 256],
         [0, 4, 4],
         [4, 0, 4],

@@ -180,7 +180,8 @@ pub(crate) unsafe fn gemv_avx512(w: Weights<'_>, cols: usize, x: &[f32], y: &mut
     }
 }
 
-/// The 8×32 register tile: 16 zmm accumulators, two panel loads and 8 broadcasts per `k`.
+/// The `MR`×32 register tile (`MR ≤ 14`): up to 28 zmm accumulators, two panel loads and `MR`
+/// broadcasts per `k`.
 ///
 /// # Safety
 /// See [`scalar::micro_generic`] with `MR` rows and `NR = 32`; the CPU must support AVX-512F.
@@ -233,7 +234,7 @@ fn lane_mask(n: usize) -> __mmask16 {
 }
 
 /// # Safety
-/// See [`scalar::micro_generic`] with `mr ≤ 8`, `nr = 32`; the CPU must support AVX-512F.
+/// See [`scalar::micro_generic`] with `mr ≤ 14`, `nr = 32`; the CPU must support AVX-512F.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn micro_avx512(
     mr: usize,
@@ -256,7 +257,13 @@ pub(crate) unsafe fn micro_avx512(
             5 => micro512::<5>(kc, a, lda, b, c, ldc, nvalid, acc),
             6 => micro512::<6>(kc, a, lda, b, c, ldc, nvalid, acc),
             7 => micro512::<7>(kc, a, lda, b, c, ldc, nvalid, acc),
-            _ => micro512::<8>(kc, a, lda, b, c, ldc, nvalid, acc),
+            8 => micro512::<8>(kc, a, lda, b, c, ldc, nvalid, acc),
+            9 => micro512::<9>(kc, a, lda, b, c, ldc, nvalid, acc),
+            10 => micro512::<10>(kc, a, lda, b, c, ldc, nvalid, acc),
+            11 => micro512::<11>(kc, a, lda, b, c, ldc, nvalid, acc),
+            12 => micro512::<12>(kc, a, lda, b, c, ldc, nvalid, acc),
+            13 => micro512::<13>(kc, a, lda, b, c, ldc, nvalid, acc),
+            _ => micro512::<14>(kc, a, lda, b, c, ldc, nvalid, acc),
         }
     }
 }
@@ -347,6 +354,204 @@ pub(crate) unsafe fn micro_avx2(
             4 => g::<4, 16, true>(kc, a, lda, b, c, ldc, nvalid, acc),
             5 => g::<5, 16, true>(kc, a, lda, b, c, ldc, nvalid, acc),
             _ => g::<6, 16, true>(kc, a, lda, b, c, ldc, nvalid, acc),
+        }
+    }
+}
+
+// The multi-row GEMV (`Y = X·Wᵀ` for a few rows of `X`), written once for both vector widths:
+// `RW` weight rows at a time are widened once per vector of columns and multiplied with `MB`
+// rows of `X`, `RW·MB` accumulators. The weights stream from memory once per call; `X` (a few
+// rows) stays in L1/L2.
+macro_rules! multi_kernel {
+    ($tile:ident, $name:ident, $features:literal, $w:literal, $ld:ident, $loadx:ident,
+     $fma:ident, $zero:ident, $hsum:ident, $mb:literal) => {
+        /// # Safety
+        /// The CPU must support the enabled features; `w` must hold `RW` rows of `cols` `FMT`
+        /// elements (stride `row_bytes`), `x` `MB` rows of `cols` floats (stride `cols`), and
+        /// `y` must be writable at `i·ldy + j` for `i < MB`, `j < RW`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $tile<const FMT: u8, const RW: usize, const MB: usize>(
+            w: *const u8,
+            row_bytes: usize,
+            cols: usize,
+            x: *const f32,
+            y: *mut f32,
+            ldy: usize,
+            prefetch: bool,
+        ) {
+            let body = cols / $w * $w;
+            let mut acc = [[$zero(); MB]; RW];
+            // SAFETY (whole body): accesses stay at weight row < RW, column < cols, x row < MB,
+            // column < cols, and y as the caller guarantees; prefetches never fault (their
+            // address is formed with `wrapping_add`).
+            unsafe {
+                let mut c = 0;
+                while c < body {
+                    let mut wv = [$zero(); RW];
+                    for j in 0..RW {
+                        let pj = w.add(j * row_bytes);
+                        if prefetch && (c * elem_bytes(FMT)) % 64 == 0 {
+                            // The next row group, as in the GEMV: the prefetchers do not
+                            // guess the jump.
+                            let ahead = pj.wrapping_add(RW * row_bytes + c * elem_bytes(FMT));
+                            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                        }
+                        wv[j] = $ld::<FMT>(pj, c);
+                    }
+                    for i in 0..MB {
+                        let xv = $loadx(x.add(i * cols + c));
+                        for j in 0..RW {
+                            acc[j][i] = $fma(wv[j], xv, acc[j][i]);
+                        }
+                    }
+                    c += $w;
+                }
+                for j in 0..RW {
+                    for i in 0..MB {
+                        let mut s = $hsum(acc[j][i]);
+                        for cc in body..cols {
+                            s += ld1::<FMT>(w.add(j * row_bytes), cc) * *x.add(i * cols + cc);
+                        }
+                        *y.add(i * ldy + j) = s;
+                    }
+                }
+            }
+        }
+
+        /// # Safety
+        /// The CPU must support the enabled features; `w` must hold `rows` rows of `cols`
+        /// `FMT` elements, `x` `m` rows of `cols` floats, and `y` must be writable at
+        /// `i·ldy + r` for `i < m`, `r < rows`.
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const FMT: u8>(
+            w: *const u8,
+            rows: usize,
+            cols: usize,
+            x: *const f32,
+            m: usize,
+            y: *mut f32,
+            ldy: usize,
+        ) {
+            let row_bytes = cols * elem_bytes(FMT);
+            let mut r = 0;
+            // SAFETY: each tile gets rows r..r+rw < rows, x rows i0..i0+mb < m, and the
+            // matching part of `y`, as its contract requires.
+            unsafe {
+                while r < rows {
+                    let rw = if rows - r >= 2 { 2 } else { 1 };
+                    let wr = w.add(r * row_bytes);
+                    let mut i0 = 0;
+                    while i0 < m {
+                        let mb = (m - i0).min($mb);
+                        let (xi, yi) = (x.add(i0 * cols), y.add(i0 * ldy + r));
+                        let pf = i0 == 0;
+                        let a = (wr, row_bytes, cols, xi, yi, ldy, pf);
+                        // Arms past `$mb` are never taken (`mb ≤ $mb`).
+                        match (rw, mb) {
+                            (2, 1) => $tile::<FMT, 2, 1>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                            (2, 2) => $tile::<FMT, 2, 2>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                            (2, 3) => $tile::<FMT, 2, 3>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                            (2, 4) => $tile::<FMT, 2, 4>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                            (2, 5) => $tile::<FMT, 2, 5>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                            (2, 6) => $tile::<FMT, 2, 6>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                            (2, 7) => $tile::<FMT, 2, 7>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                            (2, _) => $tile::<FMT, 2, 8>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                            (_, 1) => $tile::<FMT, 1, 1>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                            (_, 2) => $tile::<FMT, 1, 2>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                            (_, 3) => $tile::<FMT, 1, 3>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                            (_, 4) => $tile::<FMT, 1, 4>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                            (_, 5) => $tile::<FMT, 1, 5>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                            (_, 6) => $tile::<FMT, 1, 6>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                            (_, 7) => $tile::<FMT, 1, 7>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                            (_, _) => $tile::<FMT, 1, 8>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                        }
+                        i0 += mb;
+                    }
+                    r += rw;
+                }
+            }
+        }
+    };
+}
+
+multi_kernel!(
+    multi_tile512,
+    multi512,
+    "avx512f",
+    16,
+    ld512,
+    loadx512,
+    _mm512_fmadd_ps,
+    _mm512_setzero_ps,
+    _mm512_reduce_add_ps,
+    8
+);
+
+multi_kernel!(
+    multi_tile256,
+    multi256,
+    "avx2,fma,f16c",
+    8,
+    ld256,
+    loadx256,
+    _mm256_fmadd_ps,
+    _mm256_setzero_ps,
+    hsum256,
+    4
+);
+
+/// # Safety
+/// The CPU must support AVX-512F; `w` must hold `rows` rows of `cols`, `x` `m` rows of
+/// `cols`, and `y` must be writable at `i·ldy + r` for `i < m`, `r < rows`.
+pub(crate) unsafe fn gemv_multi_avx512(
+    w: Weights<'_>,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    m: usize,
+    y: *mut f32,
+    ldy: usize,
+) {
+    // SAFETY: forwarded contract; the slices give the pointers their bounds.
+    unsafe {
+        match w {
+            Weights::Bf16(w) => {
+                multi512::<BF16>(w.as_ptr().cast(), rows, cols, x.as_ptr(), m, y, ldy)
+            }
+            Weights::F16(w) => {
+                multi512::<F16>(w.as_ptr().cast(), rows, cols, x.as_ptr(), m, y, ldy)
+            }
+            Weights::F32(w) => {
+                multi512::<F32>(w.as_ptr().cast(), rows, cols, x.as_ptr(), m, y, ldy)
+            }
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; shapes as for [`gemv_multi_avx512`].
+pub(crate) unsafe fn gemv_multi_avx2(
+    w: Weights<'_>,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    m: usize,
+    y: *mut f32,
+    ldy: usize,
+) {
+    // SAFETY: forwarded contract; the slices give the pointers their bounds.
+    unsafe {
+        match w {
+            Weights::Bf16(w) => {
+                multi256::<BF16>(w.as_ptr().cast(), rows, cols, x.as_ptr(), m, y, ldy)
+            }
+            Weights::F16(w) => {
+                multi256::<F16>(w.as_ptr().cast(), rows, cols, x.as_ptr(), m, y, ldy)
+            }
+            Weights::F32(w) => {
+                multi256::<F32>(w.as_ptr().cast(), rows, cols, x.as_ptr(), m, y, ldy)
+            }
         }
     }
 }

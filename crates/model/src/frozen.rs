@@ -153,8 +153,8 @@ impl HalfWeight {
         (self.rows, self.cols)
     }
 
-    /// `y = x·Wᵀ` for `x` `[m, cols]` f32, `y` `[m, rows]`; one GEMV per row up to the kernels'
-    /// cut-off, the blocked GEMM beyond.
+    /// `y = x·Wᵀ` for `x` `[m, cols]` f32, `y` `[m, rows]`; the kernels pick the GEMV (m = 1),
+    /// the multi-row GEMV that reads each weight once for all rows (small m), or the packed GEMM.
     fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.rows, self.cols);
         let w = self.bits.as_slice();
