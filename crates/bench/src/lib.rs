@@ -7,6 +7,7 @@ pub mod model;
 pub mod prefix;
 pub mod sdpo;
 pub mod serve;
+pub mod whole_loop;
 
 use std::time::Instant;
 
@@ -19,6 +20,8 @@ pub enum BenchError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Engine(#[from] claas_engine::EngineError),
+    #[error(transparent)]
+    Sdpo(#[from] claas_sdpo::SdpoError),
     #[error("{0}")]
     Other(String),
 }

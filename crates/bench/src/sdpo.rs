@@ -13,10 +13,10 @@ use candle_core::DType;
 use crate::model::{qwen3_0_6b_config, random_adapter, random_model_in};
 use crate::BenchError;
 
-const PROMPT_TOKENS: usize = 64;
-const RESPONSE_TOKENS: usize = 256;
+pub(crate) const PROMPT_TOKENS: usize = 64;
+pub(crate) const RESPONSE_TOKENS: usize = 256;
 
-fn text_of(tok: &Tokenizer, n: usize, words: &str) -> Result<String, BenchError> {
+pub(crate) fn text_of(tok: &Tokenizer, n: usize, words: &str) -> Result<String, BenchError> {
     let mut s = String::new();
     loop {
         let len = tok

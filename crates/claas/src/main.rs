@@ -29,6 +29,9 @@ enum Command {
     Init,
     /// Benchmarks (figures printed as ratios against baselines measured in the same run).
     Bench {
+        /// Worker threads of the compute pool (rayon and candle); default: every core.
+        #[arg(long, global = true)]
+        threads: Option<usize>,
         #[command(subcommand)]
         what: BenchWhat,
     },
@@ -220,6 +223,26 @@ enum BenchWhat {
         #[arg(long)]
         quick: bool,
     },
+    /// The whole loop in one process (serve a chat request, one SDPO feedback step on 64 + 256
+    /// tokens, hot-swap the adapter, serve again) on a random-weight model generated into the
+    /// cache; prints the RSS after each phase and the peak.
+    Loop {
+        /// Model shape: 0.6b or 8b (Qwen3-0.6B / Qwen3-8B).
+        #[arg(long, default_value = "0.6b")]
+        shape: String,
+        /// Override the layer count (to scale a run down and extrapolate).
+        #[arg(long)]
+        layers: Option<usize>,
+        /// Weight dtype in memory: bfloat16 (mapped from the bf16 file), float16 or float32.
+        #[arg(long, default_value = "bfloat16", value_parser = parse_dtype)]
+        dtype: DtypeArg,
+        /// Tokens generated per chat request.
+        #[arg(long, default_value_t = 48)]
+        decode_tokens: usize,
+        /// Activation checkpointing of the step's student forward: auto, always or never.
+        #[arg(long, default_value = "auto")]
+        checkpointing: String,
+    },
     /// One SDPO step (teacher, forward, backward, optimizer, save) on a Qwen3-0.6B-shaped model.
     Sdpo {
         /// JSON output of shared/bench/torch_anchor.py run on this machine, for ratios.
@@ -284,6 +307,18 @@ fn tune_allocator() {
     }
 }
 
+/// Sizes the compute pools: rayon's global pool (the kernels) and candle's matmuls, which read
+/// `RAYON_NUM_THREADS`. Called before any other thread exists.
+fn set_compute_threads(n: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(n > 0, "--threads must be at least 1");
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .context("building the compute thread pool")?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     tune_allocator();
     tracing_subscriber::fmt()
@@ -293,6 +328,12 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::Bench {
+        threads: Some(n), ..
+    } = &cli.command
+    {
+        set_compute_threads(*n)?;
+    }
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Up(a) => rt.block_on(up(a)),
@@ -308,7 +349,7 @@ fn main() -> anyhow::Result<()> {
         }),
         Command::Init => init(),
         Command::Eval(a) => rt.block_on(eval(a)),
-        Command::Bench { what } => {
+        Command::Bench { what, .. } => {
             let anchor = |p: Option<PathBuf>| {
                 p.map(|p| claas_bench::read_torch_anchor(&p))
                     .transpose()
@@ -366,6 +407,31 @@ fn main() -> anyhow::Result<()> {
                     };
                     let rows = claas_bench::prefix::run(&opts)?;
                     claas_bench::prefix::print_report(&opts, &rows);
+                }
+                BenchWhat::Loop {
+                    shape,
+                    layers,
+                    dtype,
+                    decode_tokens,
+                    checkpointing,
+                } => {
+                    let mut opts = claas_bench::whole_loop::LoopOptions::new(
+                        &shape,
+                        layers,
+                        dtype.0.unwrap_or(claas_model::DType::BF16),
+                    )?;
+                    opts.decode_tokens = decode_tokens;
+                    opts.checkpointing = match checkpointing.as_str() {
+                        "auto" => claas_sdpo::Checkpointing::Auto,
+                        "always" => claas_sdpo::Checkpointing::Always,
+                        "never" => claas_sdpo::Checkpointing::Never,
+                        other => anyhow::bail!(
+                            "--checkpointing {other:?}: expected auto, always or never"
+                        ),
+                    };
+                    // TODO(int8): `--quantization q8_0` once int8 weights land in claas-model.
+                    let report = claas_bench::whole_loop::run(&opts)?;
+                    claas_bench::whole_loop::print_report(&opts, &report);
                 }
                 BenchWhat::Sdpo { torch_json, quick } => {
                     claas_bench::sdpo::run(anchor(torch_json)?.as_ref(), quick)?

@@ -18,7 +18,7 @@ pub mod sampling;
 mod scheduler;
 
 pub use engine::{
-    release_freed_memory, AdapterInfo, Canceller, Engine, EngineConfig, GenerateRequest,
+    release_freed_memory, rss_bytes, AdapterInfo, Canceller, Engine, EngineConfig, GenerateRequest,
     ModelLoader, PauseMode, RequestHandle, SleepReport, DEFAULT_KV_CACHE_MEMORY_BYTES,
 };
 pub use error::EngineError;

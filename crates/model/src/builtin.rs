@@ -17,7 +17,7 @@ pub const BUILTIN_TINY: &str = "tiny";
 const BUILTIN_VERSION: u32 = 3;
 const SEED: u64 = 0x000C_1AA5;
 
-fn cache_root() -> PathBuf {
+pub(crate) fn cache_root() -> PathBuf {
     if let Some(p) = std::env::var_os("CLAAS_CACHE_DIR") {
         return PathBuf::from(p);
     }
@@ -27,7 +27,7 @@ fn cache_root() -> PathBuf {
     crate::source::home_dir().join(".cache").join("claas")
 }
 
-fn tiny_config(vocab_size: usize, eos: u32, bos: u32) -> Qwen3Config {
+pub(crate) fn tiny_config(vocab_size: usize, eos: u32, bos: u32) -> Qwen3Config {
     Qwen3Config {
         vocab_size,
         hidden_size: 128,
@@ -85,7 +85,7 @@ pub fn builtin_model_dir(name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for p in parts {
         for b in *p {

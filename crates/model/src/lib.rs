@@ -10,6 +10,7 @@ mod frozen;
 mod kv;
 mod lora;
 mod qwen3;
+mod random;
 mod source;
 mod weights;
 
@@ -18,7 +19,8 @@ pub use config::Qwen3Config;
 pub use error::ModelError;
 pub use kv::{KvBlock, KvCache};
 pub use lora::{LoraAdapter, LoraConfig, LoraInit, LoraPair, Module, TrainableLora, ALL_MODULES};
-pub use qwen3::{ForwardMode, Qwen3, SeqInput};
+pub use qwen3::{CheckpointedLogits, ForwardMode, Qwen3, SeqInput};
+pub use random::random_model_dir;
 pub use source::{hf_hub_cache, resolve_model, ModelSource};
 pub use weights::{parse_dtype, parse_quantization, LoadOptions, Quantization};
 

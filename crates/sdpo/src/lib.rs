@@ -45,8 +45,9 @@ pub use teacher::{
     TEACHER_SYSTEM_PROMPT,
 };
 pub use trainer::{
-    ChatScore, DistillMetadata, DistillOutcome, DistillTimings, ExternalTeacher, FeedbackItem,
-    ItemTrace, PreparedItem, StepTrace, Targets, TeacherMode, Trainer, TrainingConfig,
+    ChatScore, Checkpointing, DistillMetadata, DistillOutcome, DistillTimings, ExternalTeacher,
+    FeedbackItem, ItemTrace, PreparedItem, StepTrace, Targets, TeacherMode, Trainer,
+    TrainingConfig, CHECKPOINT_BUDGET_BYTES,
 };
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use candle_core::Device;
 use claas_chat::{ChatTemplate, Tokenizer, TokenizerConfig};
 use claas_model::{LoadOptions, LoraAdapter, Qwen3};
 use claas_sdpo::{
-    AdamState, ExternalTeacher, FeedbackItem, SdpoError, StepTrace, TeacherMode, TeacherPrompt,
-    Trainer, TrainingConfig,
+    AdamState, Checkpointing, ExternalTeacher, FeedbackItem, SdpoError, StepTrace, TeacherMode,
+    TeacherPrompt, Trainer, TrainingConfig,
 };
 use common::*;
 use serde_json::Value;
@@ -115,8 +115,51 @@ fn run_fixture_step(t: &Trainer) -> Step {
 
 #[test]
 fn parity_distill_step() {
-    let t = trainer();
-    let s = run_fixture_step(&t);
+    check_parity(&trainer().with_checkpointing(Checkpointing::Never));
+}
+
+/// The same parity with the student's layers recomputed in the backward (activation
+/// checkpointing), at the same tolerances.
+#[test]
+fn parity_distill_step_checkpointed() {
+    check_parity(&trainer().with_checkpointing(Checkpointing::Always));
+}
+
+/// Checkpointing changes the gradients only by f32 summation order: every pre-clip gradient
+/// within 1e-5 of its tensor's largest entry, and the step's metrics within 1e-5 relative.
+#[test]
+fn checkpointing_keeps_the_gradients() {
+    const RTOL: f64 = 1e-5;
+    let plain = run_fixture_step(&trainer().with_checkpointing(Checkpointing::Never));
+    let ck = run_fixture_step(&trainer().with_checkpointing(Checkpointing::Always));
+    assert_eq!(plain.trace.grads.len(), ck.trace.grads.len());
+    for ((key, shape, a), (key2, shape2, b)) in plain.trace.grads.iter().zip(&ck.trace.grads) {
+        assert_eq!((key, shape), (key2, shape2));
+        let scale = a.iter().fold(0f64, |m, x| m.max(x.abs() as f64));
+        assert!(scale > 0.0, "{key}: zero gradient");
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                ((x - y).abs() as f64) <= RTOL * scale,
+                "{key}: {y} checkpointed vs {x} (scale {scale})"
+            );
+        }
+    }
+    let (m, n) = (&plain.metadata, &ck.metadata);
+    for (name, x, y) in [
+        ("total_loss", m.total_loss, n.total_loss),
+        ("distill_loss", m.distill_loss, n.distill_loss),
+        ("grad_norm", m.grad_norm, n.grad_norm),
+        ("mean_is_ratio", m.mean_is_ratio, n.mean_is_ratio),
+    ] {
+        assert!(
+            (x - y).abs() <= RTOL * x.abs().max(1e-12),
+            "{name}: {y} checkpointed vs {x}"
+        );
+    }
+}
+
+fn check_parity(t: &Trainer) {
+    let s = run_fixture_step(t);
     let fx = &s.fx;
     let it = &s.trace.items[0];
     let p = &it.prepared;
@@ -204,7 +247,7 @@ fn parity_distill_step() {
     // Student logits at the response positions (base + adapter).
     let logits = t
         .model()
-        .forward_train(&p.student_input_ids(), Some(&start_adapter(&t)))
+        .forward_train(&p.student_input_ids(), Some(&start_adapter(t)))
         .unwrap()
         .narrow(0, start as usize - 1, n as usize)
         .unwrap();

@@ -2,39 +2,18 @@
 //! the second turn of a chat reads the first turn's blocks, `/metrics` says so in vLLM's names,
 //! and the replies equal those of a server started with `--no-enable-prefix-caching`.
 
-use std::sync::Arc;
+mod common;
 
-use claas_serve::{AppState, ServeConfig};
-use claas_testkit::fixtures::dir as fixtures;
+use claas_serve::ServeConfig;
+use common::Server;
 use serde_json::{json, Value};
 
-struct Server {
-    url: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
 async fn start(no_prefix_cache: bool) -> Server {
-    let cfg = ServeConfig {
-        model: fixtures().join("tiny-qwen3").display().to_string(),
-        served_model_name: vec!["tiny".into()],
+    common::start(ServeConfig {
         no_enable_prefix_caching: no_prefix_cache,
-        ..ServeConfig::default()
-    };
-    let state = tokio::task::spawn_blocking(move || AppState::from_config(&cfg))
-        .await
-        .unwrap()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        claas_serve::serve_on(listener, Arc::new(state), async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
-    Server { url, _stop: tx }
+        ..common::tiny_cfg()
+    })
+    .await
 }
 
 async fn chat(s: &Server, messages: &Value) -> Value {

@@ -2,42 +2,12 @@
 //! driven by the official `openai` Python client (store on, API key) and by reqwest for the
 //! wire form and the store-off semantics.
 
-use std::sync::Arc;
+mod common;
 
-use claas_serve::{AppState, ServeConfig};
-use claas_testkit::fixtures::dir as fixtures;
+use claas_serve::ServeConfig;
 use serde_json::{json, Value};
 
-fn cfg() -> ServeConfig {
-    ServeConfig {
-        model: fixtures().join("tiny-qwen3").display().to_string(),
-        served_model_name: vec!["tiny".into()],
-        ..ServeConfig::default()
-    }
-}
-
-struct Server {
-    url: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn start(cfg: ServeConfig) -> Server {
-    let state = tokio::task::spawn_blocking(move || AppState::from_config(&cfg))
-        .await
-        .unwrap()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        claas_serve::serve_on(listener, Arc::new(state), async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
-    Server { url, _stop: tx }
-}
+use common::{start, tiny_cfg as cfg, Server};
 
 async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
     let r = req.send().await.unwrap();

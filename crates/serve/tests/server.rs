@@ -1,7 +1,7 @@
 //! End-to-end tests: the real server on 127.0.0.1:0 over the tiny fixture model, driven with
 //! reqwest and with the official `openai` Python client.
 
-use std::sync::Arc;
+mod common;
 
 use claas_serve::{AppState, ServeConfig};
 use serde_json::{json, Value};
@@ -10,44 +10,14 @@ use claas_testkit::fixtures::{dir as fixtures, ids, log_softmax, matrix, read_js
 
 fn base_cfg() -> ServeConfig {
     ServeConfig {
-        model: fixtures().join("tiny-qwen3").display().to_string(),
-        served_model_name: vec!["tiny".into()],
         enable_lora: true,
         enable_sleep_mode: true,
         lora_modules: vec![format!("r4={}", fixtures().join("lora-r4").display())],
-        ..ServeConfig::default()
+        ..common::tiny_cfg()
     }
 }
 
-struct Server {
-    url: String,
-    state: Arc<AppState>,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn start(cfg: ServeConfig) -> Server {
-    let state = tokio::task::spawn_blocking(move || AppState::from_config(&cfg))
-        .await
-        .unwrap()
-        .unwrap();
-    let state = Arc::new(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let st = state.clone();
-    tokio::spawn(async move {
-        claas_serve::serve_on(listener, st, async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
-    Server {
-        url,
-        state,
-        _stop: tx,
-    }
-}
+use common::{start, Server};
 
 fn client() -> reqwest::Client {
     reqwest::Client::new()
@@ -262,7 +232,15 @@ async fn routes_models_tokenize_health_metrics() {
     let data = v["data"].as_array().unwrap();
     let base = data.iter().find(|m| m["id"] == "tiny").unwrap();
     assert_eq!(base["parent"], Value::Null);
-    assert_eq!(base["max_model_len"], 512);
+    let max_model_len = s.state.engine.max_model_len();
+    assert_eq!(
+        max_model_len as u64,
+        read_json("tiny-qwen3/config.json")["max_position_embeddings"]
+            .as_u64()
+            .unwrap(),
+        "vLLM's default max_model_len is the config's context"
+    );
+    assert_eq!(base["max_model_len"], max_model_len);
     let lora = data.iter().find(|m| m["id"] == "r4").unwrap();
     assert_eq!(lora["parent"], "tiny");
 
@@ -276,7 +254,7 @@ async fn routes_models_tokenize_health_metrics() {
     assert_eq!(c, 200, "{v}");
     let toks = v["tokens"].as_array().unwrap().clone();
     assert_eq!(v["count"], json!(toks.len()));
-    assert_eq!(v["max_model_len"], 512);
+    assert_eq!(v["max_model_len"], max_model_len);
     let want = s.state.tokenizer.encode("Write a function", true).unwrap();
     assert_eq!(toks, want.iter().map(|&t| json!(t)).collect::<Vec<_>>());
     let (c, v) = post(&s, "/detokenize", json!({"model": "tiny", "tokens": toks})).await;
@@ -590,8 +568,10 @@ async fn errors_auth_and_not_found() {
         assert_eq!(r.status().as_u16(), 400, "{b}");
         assert_openai_error(&r.json().await.unwrap(), 400);
     }
-    // a prompt longer than max-model-len (512)
-    let long: Vec<u32> = (0..600).map(|i| (i % 900) as u32).collect();
+    // a prompt longer than max-model-len
+    let long: Vec<u32> = (0..s.state.engine.max_model_len() + 88)
+        .map(|i| (i % 900) as u32)
+        .collect();
     let r = authed("/v1/completions", json!({"model": "tiny", "prompt": long}))
         .await
         .unwrap();
