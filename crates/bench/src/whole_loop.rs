@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use candle_core::DType;
 use claas_chat::{ChatTemplate, Tokenizer, TokenizerConfig};
 use claas_engine::{Engine, EngineConfig, Event, GenerateRequest, SamplingParams};
-use claas_model::{LoadOptions, Qwen3, Qwen3Config};
+use claas_model::{LoadOptions, Quantization, Qwen3, Qwen3Config};
 use claas_sdpo::{Checkpointing, FeedbackItem, Trainer, TrainingConfig};
 
 use crate::model::{qwen3_0_6b_config, random_adapter};
@@ -53,6 +53,8 @@ pub struct LoopOptions {
     /// Tokens generated per chat request (EOS ignored).
     pub decode_tokens: usize,
     pub checkpointing: Checkpointing,
+    /// Weight-only quantization applied at load (`None`: `dtype`'s storage).
+    pub quantization: Option<Quantization>,
     pub seed: u64,
 }
 
@@ -77,6 +79,7 @@ impl LoopOptions {
             dtype,
             decode_tokens: 48,
             checkpointing: Checkpointing::Auto,
+            quantization: None,
             seed: 0,
         })
     }
@@ -187,8 +190,15 @@ pub fn run(opts: &LoopOptions) -> Result<LoopReport, BenchError> {
         phases.push(p);
     };
     println!(
-        "{} shape ({} layers, vocab {}, hidden {}), weights {:?}:",
-        opts.shape, cfg.num_hidden_layers, cfg.vocab_size, cfg.hidden_size, opts.dtype
+        "{} shape ({} layers, vocab {}, hidden {}), weights {}:",
+        opts.shape,
+        cfg.num_hidden_layers,
+        cfg.vocab_size,
+        cfg.hidden_size,
+        match opts.quantization {
+            Some(q) => q.to_string(),
+            None => format!("{:?}", opts.dtype),
+        }
     );
     let t = Instant::now();
     let dir = claas_model::random_model_dir(cfg, DType::BF16, opts.seed)?;
@@ -197,6 +207,7 @@ pub fn run(opts: &LoopOptions) -> Result<LoopReport, BenchError> {
     let t = Instant::now();
     let load = LoadOptions {
         dtype: Some(opts.dtype),
+        quantization: opts.quantization,
         ..LoadOptions::default()
     };
     let model = Arc::new(Qwen3::load(&dir, &load)?);

@@ -242,6 +242,9 @@ enum BenchWhat {
         /// Activation checkpointing of the step's student forward: auto, always or never.
         #[arg(long, default_value = "auto")]
         checkpointing: String,
+        /// Weight-only quantization of the base (as `claas serve --quantization`): q8_0.
+        #[arg(long, value_parser = parse_quantization)]
+        quantization: Option<QuantArg>,
     },
     /// One SDPO step (teacher, forward, backward, optimizer, save) on a Qwen3-0.6B-shaped model.
     Sdpo {
@@ -414,6 +417,7 @@ fn main() -> anyhow::Result<()> {
                     dtype,
                     decode_tokens,
                     checkpointing,
+                    quantization,
                 } => {
                     let mut opts = claas_bench::whole_loop::LoopOptions::new(
                         &shape,
@@ -429,7 +433,7 @@ fn main() -> anyhow::Result<()> {
                             "--checkpointing {other:?}: expected auto, always or never"
                         ),
                     };
-                    // TODO(int8): `--quantization q8_0` once int8 weights land in claas-model.
+                    opts.quantization = quantization.and_then(|q| q.0);
                     let report = claas_bench::whole_loop::run(&opts)?;
                     claas_bench::whole_loop::print_report(&opts, &report);
                 }
