@@ -195,10 +195,7 @@ pub fn run(opts: &LoopOptions) -> Result<LoopReport, BenchError> {
         cfg.num_hidden_layers,
         cfg.vocab_size,
         cfg.hidden_size,
-        match opts.quantization {
-            Some(q) => q.to_string(),
-            None => format!("{:?}", opts.dtype),
-        }
+        weight_format(opts)
     );
     let t = Instant::now();
     let dir = claas_model::random_model_dir(cfg, DType::BF16, opts.seed)?;
@@ -296,9 +293,9 @@ fn gb(b: u64) -> f64 {
 pub fn print_report(opts: &LoopOptions, r: &LoopReport) {
     let t = &r.step;
     println!(
-        "weights in memory: {:.2} GB ({:?}); threads: {}",
+        "weights in memory: {:.2} GB ({}); threads: {}",
         r.weight_bytes as f64 / 1e9,
-        opts.dtype,
+        weight_format(opts),
         rayon::current_num_threads()
     );
     for (name, s) in [("before", r.serve_before), ("after ", r.serve_after)] {
@@ -317,4 +314,12 @@ pub fn print_report(opts: &LoopOptions, r: &LoopReport) {
         t.optimizer_ms / 1e3,
     );
     println!("peak RSS of the whole loop: {:.2} GB (VmHWM)", gb(r.peak));
+}
+
+/// The weights' storage as the report names it: the quantization, else the dtype.
+fn weight_format(opts: &LoopOptions) -> String {
+    match opts.quantization {
+        Some(q) => q.to_string(),
+        None => format!("{:?}", opts.dtype),
+    }
 }
