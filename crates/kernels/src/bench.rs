@@ -11,7 +11,10 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 
-use crate::{gemm_bf16, gemm_f16, gemm_nn_bf16, gemv_bf16, gemv_f16, gemv_f32, Isa};
+use crate::{
+    amx_available, gemm_bf16, gemm_bf16_at, gemm_f16, gemm_nn_bf16, gemm_nn_bf16_at, gemv_bf16,
+    gemv_f16, gemv_f32, Isa, Precision,
+};
 
 /// Weights one decode token reads in Qwen3-0.6B: 28 layers × (q 2048×1024, k and v 1024×1024,
 /// o 1024×2048, gate and up 3072×1024, down 1024×3072) + the tied LM head 151936×1024.
@@ -232,6 +235,12 @@ pub fn gemm_report(threads: usize) {
                 let wb: Vec<u16> = w.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
                 let t = time_per_call(1, |_| gemm_bf16(&wb, &x, &mut y, m, k, n));
                 print("bf16 W, f32 X (ours)", t);
+                if amx_available() {
+                    let t = time_per_call(1, |_| {
+                        gemm_bf16_at(Precision::Medium, &wb, &x, &mut y, m, k, n)
+                    });
+                    print("bf16 W, bf16 X on AMX (ours, medium)", t);
+                }
                 let wh: Vec<u16> = w.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
                 let t = time_per_call(1, |_| gemm_f16(&wh, &x, &mut y, m, k, n));
                 print("f16 W, f32 X (ours)", t);
@@ -245,6 +254,12 @@ pub fn gemm_report(threads: usize) {
                 print("f32 (candle matmul)", t);
                 let t = time_per_call(1, |_| gemm_nn_bf16(&wb, &g, &mut dx, m, n, k));
                 print("backward G·W, bf16 W (ours)", t);
+                if amx_available() {
+                    let t = time_per_call(1, |_| {
+                        gemm_nn_bf16_at(Precision::Medium, &wb, &g, &mut dx, m, n, k)
+                    });
+                    print("backward G·W, bf16 on AMX (ours, medium)", t);
+                }
                 let gt = Tensor::from_slice(&g, (m, n), &dev).expect("g tensor");
                 let t = time_per_call(1, |_| {
                     let out = gt.matmul(&wt).expect("matmul");

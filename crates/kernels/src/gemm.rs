@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use crate::{gemv, scalar, Isa, Weights};
+use crate::{gemv, scalar, Isa, Precision, Weights};
 
 /// `k` block of the `X·Wᵀ` driver: the `mr×KC` f32 weight block (14 KiB on AVX-512) stays in
 /// L1 while `X`'s `KC×m` block (320 KiB at m = 320) streams from L2.
@@ -78,7 +78,7 @@ fn tile(isa: Isa) -> (usize, usize, Micro) {
 }
 
 /// How many tasks to split `units` independent pieces of a `macs`-multiply-add product into.
-fn task_count(units: usize, macs: usize) -> usize {
+pub(crate) fn task_count(units: usize, macs: usize) -> usize {
     let threads = rayon::current_num_threads();
     if threads > 1 && macs >= PAR_MIN_MACS {
         // Four tasks per thread even out a core that is busy with something else.
@@ -88,7 +88,7 @@ fn task_count(units: usize, macs: usize) -> usize {
     }
 }
 
-fn run_tasks(tasks: usize, run: impl Fn(usize) + Sync + Send) {
+pub(crate) fn run_tasks(tasks: usize, run: impl Fn(usize) + Sync + Send) {
     if tasks == 1 {
         run(0);
     } else {
@@ -96,8 +96,10 @@ fn run_tasks(tasks: usize, run: impl Fn(usize) + Sync + Send) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm(
     isa: Isa,
+    precision: Precision,
     w: Weights<'_>,
     x: &[f32],
     y: &mut [f32],
@@ -139,13 +141,21 @@ pub(crate) fn gemm(
     if m <= GEMV_MAX_M {
         return gemv::gemv_multi(isa, w, x, y, m, k, n);
     }
+    #[cfg(target_arch = "x86_64")]
+    if let (Precision::Medium, Weights::Bf16(w)) = (precision, w) {
+        if crate::amx::available() {
+            return crate::amx::gemm_nt(w, x, y, m, k, n);
+        }
+    }
     tiled_nt(isa, w, x, y, m, k, n);
 }
 
 /// `dX[m×n] = G[m×k] · W` with `W` `k×n` in 16 bits: a linear layer's input gradient (`k` its
 /// output width, `n` its input width), the weight itself getting no gradient.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_nn(
     isa: Isa,
+    precision: Precision,
     w: Weights<'_>,
     x: &[f32],
     y: &mut [f32],
@@ -178,6 +188,12 @@ pub(crate) fn gemm_nn(
     if k == 0 {
         y.fill(0.0);
         return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let (Precision::Medium, Weights::Bf16(w)) = (precision, w) {
+        if m > GEMV_MAX_M && crate::amx::available() {
+            return crate::amx::gemm_nn(w, x, y, m, k, n);
+        }
     }
     tiled_nn(isa, w, x, y, m, k, n);
 }

@@ -14,11 +14,16 @@
 //! - [`gemm_nn_bf16`] / [`gemm_nn_f16`]: `dX = G·W`, `G` `m×n`, `W` `n×k`: the input gradient
 //!   of that layer when `W` is frozen (the same blocking, parallel over `W`'s columns).
 //!
+//! [`Precision::Medium`] lets the prefill-sized products of bf16 weights round activations to
+//! bf16 and run on AMX tiles ([`gemm_bf16_at`], [`gemm_nn_bf16_at`]).
+//!
 //! The instruction set is picked once at run time ([`Isa::detected`]); the `*_with` variants
 //! take an explicit [`Isa`] so tests and benchmarks can force every path, the portable one
 //! included. All paths agree with an exact reference within the f32 summation-order bound
 //! `k·ε·Σ|wᵢxᵢ|` (see the tests).
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(feature = "bench")]
 pub mod bench;
 mod gemm;
@@ -97,6 +102,32 @@ impl Isa {
     }
 }
 
+/// How the f32 activations enter a product by 16-bit weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// Activations stay f32; the only rounding is the f32 summation.
+    #[default]
+    Highest,
+    /// Activations may be rounded to bf16 first (to nearest, ties to even), as under PyTorch's
+    /// "medium" float32 matmul precision and in oneDNN's and llama.cpp's bf16 products. This
+    /// lets bf16 weights run on AMX tiles where the CPU has them, for products of more than
+    /// 16 rows (prefill, scoring, training). Elsewhere (f16 weights, decode sizes, CPUs
+    /// without AMX) the [`Precision::Highest`] kernels run, which meet this contract too.
+    Medium,
+}
+
+/// Whether this CPU and OS let [`Precision::Medium`] run bf16 products on AMX tiles.
+pub fn amx_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// A row-major weight matrix in one of the supported storage formats.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Weights<'a> {
@@ -168,22 +199,53 @@ pub fn gemv_f32_with(isa: Isa, w: &[f32], x: &[f32], y: &mut [f32]) {
 /// # Panics
 /// If `k == 0` while `x` or `w` is not empty, or the lengths disagree with `m×k`, `n×k`, `m×n`.
 pub fn gemm_bf16(w: &[u16], x: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
-    gemm::gemm(Isa::detected(), Weights::Bf16(w), x, y, m, k, n)
+    gemm::gemm(
+        Isa::detected(),
+        Precision::Highest,
+        Weights::Bf16(w),
+        x,
+        y,
+        m,
+        k,
+        n,
+    )
+}
+
+/// [`gemm_bf16`] at an explicit [`Precision`].
+pub fn gemm_bf16_at(
+    precision: Precision,
+    w: &[u16],
+    x: &[f32],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    gemm::gemm(Isa::detected(), precision, Weights::Bf16(w), x, y, m, k, n)
 }
 
 /// [`gemm_bf16`] with f16 weights.
 pub fn gemm_f16(w: &[u16], x: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
-    gemm::gemm(Isa::detected(), Weights::F16(w), x, y, m, k, n)
+    gemm::gemm(
+        Isa::detected(),
+        Precision::Highest,
+        Weights::F16(w),
+        x,
+        y,
+        m,
+        k,
+        n,
+    )
 }
 
 /// [`gemm_bf16`] on an explicit path.
 pub fn gemm_bf16_with(isa: Isa, w: &[u16], x: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
-    gemm::gemm(isa, Weights::Bf16(w), x, y, m, k, n)
+    gemm::gemm(isa, Precision::Highest, Weights::Bf16(w), x, y, m, k, n)
 }
 
 /// [`gemm_f16`] on an explicit path.
 pub fn gemm_f16_with(isa: Isa, w: &[u16], x: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
-    gemm::gemm(isa, Weights::F16(w), x, y, m, k, n)
+    gemm::gemm(isa, Precision::Highest, Weights::F16(w), x, y, m, k, n)
 }
 
 /// `Y = G·W` for bf16 weights `w` (`n×k` row-major bit patterns), `g` `m×n`, `y` `m×k`, f32
@@ -193,12 +255,43 @@ pub fn gemm_f16_with(isa: Isa, w: &[u16], x: &[f32], y: &mut [f32], m: usize, k:
 /// # Panics
 /// If the lengths disagree with `m×n`, `n×k`, `m×k`.
 pub fn gemm_nn_bf16(w: &[u16], g: &[f32], y: &mut [f32], m: usize, n: usize, k: usize) {
-    gemm::gemm_nn(Isa::detected(), Weights::Bf16(w), g, y, m, n, k)
+    gemm::gemm_nn(
+        Isa::detected(),
+        Precision::Highest,
+        Weights::Bf16(w),
+        g,
+        y,
+        m,
+        n,
+        k,
+    )
+}
+
+/// [`gemm_nn_bf16`] at an explicit [`Precision`].
+pub fn gemm_nn_bf16_at(
+    precision: Precision,
+    w: &[u16],
+    g: &[f32],
+    y: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    gemm::gemm_nn(Isa::detected(), precision, Weights::Bf16(w), g, y, m, n, k)
 }
 
 /// [`gemm_nn_bf16`] with f16 weights.
 pub fn gemm_nn_f16(w: &[u16], g: &[f32], y: &mut [f32], m: usize, n: usize, k: usize) {
-    gemm::gemm_nn(Isa::detected(), Weights::F16(w), g, y, m, n, k)
+    gemm::gemm_nn(
+        Isa::detected(),
+        Precision::Highest,
+        Weights::F16(w),
+        g,
+        y,
+        m,
+        n,
+        k,
+    )
 }
 
 /// [`gemm_nn_bf16`] on an explicit path.
@@ -211,7 +304,7 @@ pub fn gemm_nn_bf16_with(
     n: usize,
     k: usize,
 ) {
-    gemm::gemm_nn(isa, Weights::Bf16(w), g, y, m, n, k)
+    gemm::gemm_nn(isa, Precision::Highest, Weights::Bf16(w), g, y, m, n, k)
 }
 
 /// [`gemm_nn_f16`] on an explicit path.
@@ -224,7 +317,7 @@ pub fn gemm_nn_f16_with(
     n: usize,
     k: usize,
 ) {
-    gemm::gemm_nn(isa, Weights::F16(w), g, y, m, n, k)
+    gemm::gemm_nn(isa, Precision::Highest, Weights::F16(w), g, y, m, n, k)
 }
 
 /// bf16 bits to f32: bf16 is the top half of an f32, so this is exact for every value.

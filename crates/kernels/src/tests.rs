@@ -324,3 +324,161 @@ fn gemm_nn_refuses_mismatched_weights() {
     let mut y = [0f32; 6];
     crate::gemm_nn_bf16(&[0; 5], &[0.0; 4], &mut y, 2, 2, 3);
 }
+
+/// The AMX kernels against the f64 loop over the bf16-rounded activations: that rounding is
+/// all [`crate::Precision::Medium`] adds, so the f32 summation bound applies unchanged and a
+/// dropped, doubled or misplaced term fails. Shapes cross every tile edge: ragged 32-row
+/// panels, `k` not a multiple of 32 (odd too), single and partial 16-row blocks.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn amx_kernels_match_reference_on_rounded_activations() {
+    if !crate::amx::available() {
+        eprintln!("AMX-BF16 is not available on this machine; its kernels are not exercised");
+        return;
+    }
+    let mut rng = Rng(0x6A09_E667_F3BC_C908);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect() };
+    // (m, k, n) for Y = X·Wᵀ, W n×k; the same triples serve as (m, n, k) for dX = G·W.
+    let shapes: &[[usize; 3]] = &[
+        [1, 1, 1],
+        [1, 32, 32],
+        [16, 32, 16],
+        [17, 33, 19],
+        [32, 64, 32],
+        [33, 31, 65],
+        [40, 600, 29],
+        [64, 512, 96],
+        [70, 513, 15],
+        [100, 1024, 200],
+        [320, 96, 33],
+    ];
+    for &[m, k, n] in shapes {
+        let (bits, wide) = weights(&mut rng, Fmt::Bf16, n * k);
+        let x = rng.vec(m * k);
+        let xr = round(&x);
+        let want: Vec<(f64, f64)> = (0..m)
+            .flat_map(|i| reference(&wide, &xr[i * k..(i + 1) * k], n))
+            .collect();
+        // dX = G·W with G m×n and W n×k.
+        let g = rng.vec(m * n);
+        let gr = round(&g);
+        let wt: Vec<f32> = (0..k)
+            .flat_map(|c| (0..n).map(move |j| (j, c)))
+            .map(|(j, c)| wide[j * k + c])
+            .collect();
+        let want_nn: Vec<(f64, f64)> = (0..m)
+            .flat_map(|i| reference(&wt, &gr[i * n..(i + 1) * n], k))
+            .collect();
+        for threads in [1, 3] {
+            let mut y = vec![f32::NAN; m * n];
+            let mut dx = vec![f32::NAN; m * k];
+            let mut run = || {
+                crate::amx::gemm_nt(&bits, &x, &mut y, m, k, n);
+                crate::amx::gemm_nn(&bits, &g, &mut dx, m, n, k);
+            };
+            if threads == 1 {
+                run()
+            } else {
+                pool.install(run)
+            }
+            check(&y, &want, &format!("amx gemm {m}×{k}×{n} t{threads}"));
+            check(
+                &dx,
+                &want_nn,
+                &format!("amx gemm_nn {m}×{n}×{k} t{threads}"),
+            );
+        }
+    }
+}
+
+/// The public entry points at [`crate::Precision::Medium`] keep its contract on every size:
+/// within `2⁻⁸·Σ|w·x|` (bf16 rounding of each activation) plus the f32 summation bound of the
+/// exact value, whichever kernel runs (AMX past 16 rows, the f32 ones below and for f16).
+#[test]
+fn medium_precision_meets_its_contract() {
+    use crate::Precision;
+    let mut rng = Rng(0xBB67_AE85_84CA_A73B);
+    for &[m, k, n] in &[[1, 40, 7], [16, 64, 33], [17, 100, 40], [96, 256, 64]] {
+        let (bits, wide) = weights(&mut rng, Fmt::Bf16, n * k);
+        let x = rng.vec(m * k);
+        let contract = |r: Vec<(f64, f64)>| -> Vec<(f64, f64)> {
+            r.into_iter()
+                .map(|(s, tol)| {
+                    // `tol` is k·ε·Σ|w·x|; recover Σ|w·x| to add the rounding allowance.
+                    let sum_abs = tol / (k.max(1) as f64 * f32::EPSILON as f64);
+                    (s, tol * 1.01 + sum_abs / 256.0)
+                })
+                .collect()
+        };
+        let want: Vec<(f64, f64)> = (0..m)
+            .flat_map(|i| contract(reference(&wide, &x[i * k..(i + 1) * k], n)))
+            .collect();
+        for p in [Precision::Highest, Precision::Medium] {
+            let mut y = vec![f32::NAN; m * n];
+            crate::gemm_bf16_at(p, &bits, &x, &mut y, m, k, n);
+            check(&y, &want, &format!("gemm {p:?} {m}×{k}×{n}"));
+        }
+        // The same W (n×k) as the backward of a layer with k outputs: dX = G·W, G m×n... here
+        // read as W k'×n' with k' = n, n' = k.
+        let g = rng.vec(m * n);
+        let wt: Vec<f32> = (0..k)
+            .flat_map(|c| (0..n).map(move |j| (j, c)))
+            .map(|(j, c)| wide[j * k + c])
+            .collect();
+        let want_nn: Vec<(f64, f64)> = (0..m)
+            .flat_map(|i| {
+                let r = reference(&wt, &g[i * n..(i + 1) * n], k);
+                r.into_iter()
+                    .map(|(s, tol)| {
+                        let sum_abs = tol / (n.max(1) as f64 * f32::EPSILON as f64);
+                        (s, tol * 1.01 + sum_abs / 256.0)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for p in [Precision::Highest, Precision::Medium] {
+            let mut dx = vec![f32::NAN; m * k];
+            crate::gemm_nn_bf16_at(p, &bits, &g, &mut dx, m, n, k);
+            check(&dx, &want_nn, &format!("gemm_nn {p:?} {m}×{n}×{k}"));
+        }
+    }
+}
+
+/// The packing's rounding is IEEE round-to-nearest-even, as `half` implements it, on every
+/// class of value: ties both ways, the largest finite values (which round to infinity),
+/// subnormals, infinities and NaNs (which stay NaN).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn bf16_rounding_is_ties_to_even() {
+    let mut rng = Rng(0x3C6E_F372_FE94_F82B);
+    let specials = [
+        0.0f32,
+        -0.0,
+        1.0,
+        f32::MAX,
+        f32::MIN,
+        f32::MIN_POSITIVE,
+        1e-40,
+        -1e-45,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::from_bits(0x3F80_8000), // a tie, rounds down to even
+        f32::from_bits(0x3F81_8000), // a tie, rounds up to even
+        f32::from_bits(0x3F80_8001),
+        f32::from_bits(0x7F7F_8000),
+    ];
+    let randoms = (0..100_000).map(|_| f32::from_bits((rng.next_f32().to_bits()) ^ (rng.0 as u32)));
+    for v in specials.into_iter().chain(randoms) {
+        let got = crate::amx::bf16_rne(v);
+        let want = bf16::from_f32(v);
+        if v.is_nan() {
+            assert!(bf16::from_bits(got).is_nan(), "{v:e} ({:#x})", v.to_bits());
+        } else {
+            assert_eq!(got, want.to_bits(), "{v:e} ({:#x})", v.to_bits());
+        }
+    }
+}
