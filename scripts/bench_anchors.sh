@@ -132,6 +132,7 @@ import re, sys
 log, rnd, thr = sys.argv[1:]
 def kind(tok):
     t = tok.lower()
+    if t == "bf16_highest": return "bf16_highest"
     if t in ("bf16", "bfloat16"): return "bf16"
     if t in ("f32", "float32"): return "f32"
     if t in ("f16", "float16"): return "f16"

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use claas_model::{
-    KvCache, LoraAdapter, LoraInit, Quantization, Qwen3, Qwen3Config, SeqInput, ALL_MODULES,
+    KvCache, LoraAdapter, LoraInit, MatmulPrecision, Quantization, Qwen3, Qwen3Config, SeqInput,
+    ALL_MODULES,
 };
 
 use crate::BenchError;
@@ -156,18 +157,29 @@ pub fn run(torch: Option<&serde_json::Value>, quick: bool) -> Result<(), BenchEr
     // Batch-1 figures of each weight dtype, for the ratios at the end (same run, same machine
     // state): (dtype, decode tok/s without LoRA, prefill tok/s of 320 tokens).
     let mut summary = Vec::new();
-    // The last row is `--quantization q8_0`: the bf16 weights quantized to int8 at build.
-    for (dtype, quant) in [
-        (DType::F32, None),
-        (DType::BF16, None),
-        (DType::BF16, Some(Quantization::Q8_0)),
+    // bf16 runs at the default `--matmul-precision medium` (AMX where present) and at
+    // `highest` (f32 activations); the last row is `--quantization q8_0`: the bf16 weights
+    // quantized to int8 at build.
+    for (dtype, precision, quant) in [
+        (DType::F32, MatmulPrecision::Medium, None),
+        (DType::BF16, MatmulPrecision::Highest, None),
+        (DType::BF16, MatmulPrecision::Medium, None),
+        (
+            DType::BF16,
+            MatmulPrecision::Medium,
+            Some(Quantization::Q8_0),
+        ),
     ] {
-        let label = quant.map_or(format!("{dtype:?}"), |q| q.to_string());
+        let label = match (quant, precision) {
+            (Some(q), _) => q.to_string(),
+            (None, MatmulPrecision::Highest) if dtype != DType::F32 => format!("{dtype:?}_highest"),
+            (None, _) => format!("{dtype:?}"),
+        };
         println!(
             "building a random Qwen3-0.6B-shaped model ({} layers, weights {label}) ...",
             cfg.num_hidden_layers
         );
-        let mut model = random_model_in(&cfg, dtype)?;
+        let mut model = random_model_in(&cfg, dtype)?.with_matmul_precision(precision);
         if let Some(q) = quant {
             model = model.quantized(q)?;
         }
@@ -218,11 +230,16 @@ pub fn run(torch: Option<&serde_json::Value>, quick: bool) -> Result<(), BenchEr
         println!("{label} prefill of 320 tokens (llama-bench pp320): {pp320:.1} tok/s");
         summary.push((decode1, pp320));
     }
-    if let [(d32, p32), (d16, p16), (d8, p8)] = summary[..] {
+    if let [(d32, p32), (dhi, phi), (d16, p16), (d8, p8)] = summary[..] {
         println!(
             "bf16 vs f32 weights, same run: decode batch 1 {:.2}x, prefill 320 {:.2}x",
             d16 / d32,
             p16 / p32
+        );
+        println!(
+            "bf16 medium vs highest matmul precision, same run: decode batch 1 {:.2}x, prefill 320 {:.2}x",
+            d16 / dhi,
+            p16 / phi
         );
         println!(
             "q8_0 vs bf16 weights, same run: decode batch 1 {:.2}x, prefill 320 {:.2}x",

@@ -9,6 +9,7 @@ use claas_chat::{ChatTemplate, Tokenizer, TokenizerConfig};
 use claas_sdpo::{FeedbackItem, Trainer, TrainingConfig};
 
 use candle_core::DType;
+use claas_model::MatmulPrecision;
 
 use crate::model::{qwen3_0_6b_config, random_adapter, random_model_in};
 use crate::BenchError;
@@ -33,13 +34,22 @@ pub(crate) fn text_of(tok: &Tokenizer, n: usize, words: &str) -> Result<String, 
 /// Runs the step with f32 and with bf16 weights, and compares each with PyTorch's.
 pub fn run(torch: Option<&serde_json::Value>, quick: bool) -> Result<(), BenchError> {
     let mut totals = Vec::new();
-    for dtype in [DType::F32, DType::BF16] {
-        totals.push(run_in(torch, quick, dtype)?);
+    // bf16 at the default `--matmul-precision medium` (AMX where present) and at `highest`.
+    for (dtype, p) in [
+        (DType::F32, MatmulPrecision::Medium),
+        (DType::BF16, MatmulPrecision::Highest),
+        (DType::BF16, MatmulPrecision::Medium),
+    ] {
+        totals.push(run_in(torch, quick, dtype, p)?);
     }
-    if let [f32_s, bf16_s] = totals[..] {
+    if let [f32_s, hi_s, bf16_s] = totals[..] {
         println!(
             "bf16 vs f32 weights, same run: the step takes {:.2}x the time",
             bf16_s / f32_s
+        );
+        println!(
+            "bf16 medium vs highest matmul precision, same run: the step takes {:.2}x the time",
+            bf16_s / hi_s
         );
     }
     Ok(())
@@ -47,16 +57,26 @@ pub fn run(torch: Option<&serde_json::Value>, quick: bool) -> Result<(), BenchEr
 
 /// Runs the step twice (the first warms allocations up), prints the best breakdown and
 /// returns its total seconds.
-fn run_in(torch: Option<&serde_json::Value>, quick: bool, dtype: DType) -> Result<f64, BenchError> {
+fn run_in(
+    torch: Option<&serde_json::Value>,
+    quick: bool,
+    dtype: DType,
+    precision: MatmulPrecision,
+) -> Result<f64, BenchError> {
     let mut cfg = qwen3_0_6b_config();
     if quick {
         cfg.num_hidden_layers = 4;
     }
+    let label = if dtype != DType::F32 && precision == MatmulPrecision::Highest {
+        format!("{dtype:?}_highest")
+    } else {
+        format!("{dtype:?}")
+    };
     println!(
-        "building a random Qwen3-0.6B-shaped model ({} layers, weights {dtype:?}) ...",
+        "building a random Qwen3-0.6B-shaped model ({} layers, weights {label}) ...",
         cfg.num_hidden_layers
     );
-    let model = Arc::new(random_model_in(&cfg, dtype)?);
+    let model = Arc::new(random_model_in(&cfg, dtype)?.with_matmul_precision(precision));
     let adapter = random_adapter(&cfg, 3)?;
     // The built-in tokenizer's ids are all below the 0.6B vocabulary, so its text maps to valid ids.
     let tok = Tokenizer::from_json_str(&claas_chat::builtin::tokenizer_json())
@@ -100,7 +120,7 @@ fn run_in(torch: Option<&serde_json::Value>, quick: bool, dtype: DType) -> Resul
         return Err(BenchError::Other("no run".into()));
     };
     println!(
-        "SDPO step, {PROMPT_TOKENS} prompt + {RESPONSE_TOKENS} response tokens, r=32 on 7 modules, weights {dtype:?}:"
+        "SDPO step, {PROMPT_TOKENS} prompt + {RESPONSE_TOKENS} response tokens, r=32 on 7 modules, weights {label}:"
     );
     println!("  tokenize      {:8.0} ms", t.tokenize_ms);
     println!(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use candle_core::DType;
 use claas_chat::{ChatTemplate, Tokenizer, TokenizerConfig};
 use claas_engine::{Engine, EngineConfig, Event, GenerateRequest, SamplingParams};
-use claas_model::{LoadOptions, Quantization, Qwen3, Qwen3Config};
+use claas_model::{LoadOptions, MatmulPrecision, Quantization, Qwen3, Qwen3Config};
 use claas_sdpo::{Checkpointing, FeedbackItem, Trainer, TrainingConfig};
 
 use crate::model::{qwen3_0_6b_config, random_adapter};
@@ -55,6 +55,8 @@ pub struct LoopOptions {
     pub checkpointing: Checkpointing,
     /// Weight-only quantization applied at load (`None`: `dtype`'s storage).
     pub quantization: Option<Quantization>,
+    /// How activations enter products by bf16 weights (`--matmul-precision`).
+    pub matmul_precision: MatmulPrecision,
     pub seed: u64,
 }
 
@@ -80,6 +82,7 @@ impl LoopOptions {
             decode_tokens: 48,
             checkpointing: Checkpointing::Auto,
             quantization: None,
+            matmul_precision: MatmulPrecision::Medium,
             seed: 0,
         })
     }
@@ -205,6 +208,7 @@ pub fn run(opts: &LoopOptions) -> Result<LoopReport, BenchError> {
     let load = LoadOptions {
         dtype: Some(opts.dtype),
         quantization: opts.quantization,
+        matmul_precision: opts.matmul_precision,
         ..LoadOptions::default()
     };
     let model = Arc::new(Qwen3::load(&dir, &load)?);
@@ -320,6 +324,9 @@ pub fn print_report(opts: &LoopOptions, r: &LoopReport) {
 fn weight_format(opts: &LoopOptions) -> String {
     match opts.quantization {
         Some(q) => q.to_string(),
+        None if opts.matmul_precision == MatmulPrecision::Highest => {
+            format!("{:?}, matmul precision highest", opts.dtype)
+        }
         None => format!("{:?}", opts.dtype),
     }
 }

@@ -127,6 +127,10 @@ struct UpArgs {
     /// load. Unset: none.
     #[arg(long, value_parser = parse_quantization)]
     quantization: Option<QuantArg>,
+    /// How activations enter products by bf16 weights (as `claas serve --matmul-precision`):
+    /// medium (bf16 in prefill-sized products, on AMX where present) or highest (float32).
+    #[arg(long, default_value = "medium", value_parser = parse_precision)]
+    matmul_precision: claas_model::MatmulPrecision,
 }
 
 #[derive(Args)]
@@ -141,6 +145,14 @@ struct ApiArgs {
     /// Weight-only quantization of the trainer's frozen base (as `claas up --quantization`).
     #[arg(long, value_parser = parse_quantization)]
     quantization: Option<QuantArg>,
+    /// How activations enter the trainer's products by bf16 weights (as `claas up`).
+    #[arg(long, default_value = "medium", value_parser = parse_precision)]
+    matmul_precision: claas_model::MatmulPrecision,
+}
+
+/// clap parser of `--matmul-precision`.
+fn parse_precision(s: &str) -> Result<claas_model::MatmulPrecision, String> {
+    claas_model::parse_matmul_precision(s).map_err(|e| e.to_string())
 }
 
 /// A parsed `--quantization` (`none` is `None`).
@@ -245,6 +257,9 @@ enum BenchWhat {
         /// Weight-only quantization of the base (as `claas serve --quantization`): q8_0.
         #[arg(long, value_parser = parse_quantization)]
         quantization: Option<QuantArg>,
+        /// How activations enter products by bf16 weights (as `claas serve`).
+        #[arg(long, default_value = "medium", value_parser = parse_precision)]
+        matmul_precision: claas_model::MatmulPrecision,
     },
     /// One SDPO step (teacher, forward, backward, optimizer, save) on a Qwen3-0.6B-shaped model.
     Sdpo {
@@ -418,6 +433,7 @@ fn main() -> anyhow::Result<()> {
                     decode_tokens,
                     checkpointing,
                     quantization,
+                    matmul_precision,
                 } => {
                     let mut opts = claas_bench::whole_loop::LoopOptions::new(
                         &shape,
@@ -434,6 +450,7 @@ fn main() -> anyhow::Result<()> {
                         ),
                     };
                     opts.quantization = quantization.and_then(|q| q.0);
+                    opts.matmul_precision = matmul_precision;
                     let report = claas_bench::whole_loop::run(&opts)?;
                     claas_bench::whole_loop::print_report(&opts, &report);
                 }
@@ -604,6 +621,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         max_model_len: a.max_model_len,
         dtype: a.dtype.0,
         quantization: a.quantization.and_then(|q| q.0),
+        matmul_precision: a.matmul_precision,
         telegram,
         openclaw,
         api: up_api_config(&a.model)?,
@@ -651,9 +669,13 @@ async fn api(a: ApiArgs) -> anyhow::Result<()> {
     // The API answers at once; the trainer is installed when the base model has loaded.
     let st = state.clone();
     let spec = cfg.base_model_id.clone();
-    let dtype = a.dtype.0;
-    let quantization = a.quantization.and_then(|q| q.0);
-    tokio::task::spawn_blocking(move || match load_trainer(&spec, dtype, quantization) {
+    let opts = claas_model::LoadOptions {
+        dtype: a.dtype.0,
+        quantization: a.quantization.and_then(|q| q.0),
+        matmul_precision: a.matmul_precision,
+        ..Default::default()
+    };
+    tokio::task::spawn_blocking(move || match load_trainer(&spec, &opts) {
         Ok(engine) => {
             st.set_engine(engine);
             tracing::info!("SDPO trainer ready on {spec}");
@@ -679,13 +701,7 @@ async fn api(a: ApiArgs) -> anyhow::Result<()> {
 
 fn load_trainer(
     spec: &str,
-    dtype: Option<claas_model::DType>,
-    quantization: Option<claas_model::Quantization>,
+    opts: &claas_model::LoadOptions,
 ) -> anyhow::Result<Arc<claas_api::SdpoEngine>> {
-    let opts = claas_model::LoadOptions {
-        dtype,
-        quantization,
-        ..Default::default()
-    };
-    Ok(Arc::new(claas_api::SdpoEngine::load_with(spec, &opts)?))
+    Ok(Arc::new(claas_api::SdpoEngine::load_with(spec, opts)?))
 }

@@ -103,10 +103,9 @@ impl Isa {
 }
 
 /// How the f32 activations enter a product by 16-bit weights.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Precision {
     /// Activations stay f32; the only rounding is the f32 summation.
-    #[default]
     Highest,
     /// Activations may be rounded to bf16 first (to nearest, ties to even), as under PyTorch's
     /// "medium" float32 matmul precision and in oneDNN's and llama.cpp's bf16 products. This

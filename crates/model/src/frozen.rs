@@ -9,6 +9,9 @@
 //! its layout allows. Their products run on `claas-kernels`: each weight is widened to f32 in
 //! registers, activations stay f32 and every sum accumulates in f32. Only the matrices are
 //! 16-bit: norms, RoPE, attention, the KV cache, LoRA, the optimizer and the loss are f32.
+//! At [`MatmulPrecision::Medium`] (the default) products of more than 16 rows by bf16 weights
+//! round their activations to bf16 and run on AMX tiles where the CPU has them, as PyTorch,
+//! oneDNN and llama.cpp compute bf16 models.
 
 use std::sync::Arc;
 
@@ -17,6 +20,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 use memmap2::Mmap;
 
 use crate::qwen3::ForwardMode;
+use crate::MatmulPrecision;
 
 /// The two 16-bit storage formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,26 +159,26 @@ impl HalfWeight {
 
     /// `y = x·Wᵀ` for `x` `[m, cols]` f32, `y` `[m, rows]`; the kernels pick the GEMV (m = 1),
     /// the multi-row GEMV that reads each weight once for all rows (small m), or the packed GEMM.
-    fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
+    fn forward(&self, x: &[f32], m: usize, p: MatmulPrecision) -> Vec<f32> {
         let (n, k) = (self.rows, self.cols);
         let w = self.bits.as_slice();
         let mut y = vec![0f32; m * n];
         match (self.kind, m) {
             (HalfKind::Bf16, 1) => claas_kernels::gemv_bf16(w, x, &mut y),
             (HalfKind::F16, 1) => claas_kernels::gemv_f16(w, x, &mut y),
-            (HalfKind::Bf16, _) => claas_kernels::gemm_bf16(w, x, &mut y, m, k, n),
+            (HalfKind::Bf16, _) => claas_kernels::gemm_bf16_at(p, w, x, &mut y, m, k, n),
             (HalfKind::F16, _) => claas_kernels::gemm_f16(w, x, &mut y, m, k, n),
         }
         y
     }
 
     /// `dx = g·W` for `g` `[m, rows]`, `dx` `[m, cols]`.
-    fn backward(&self, g: &[f32], m: usize) -> Vec<f32> {
+    fn backward(&self, g: &[f32], m: usize, p: MatmulPrecision) -> Vec<f32> {
         let (n, k) = (self.rows, self.cols);
         let w = self.bits.as_slice();
         let mut dx = vec![0f32; m * k];
         match self.kind {
-            HalfKind::Bf16 => claas_kernels::gemm_nn_bf16(w, g, &mut dx, m, n, k),
+            HalfKind::Bf16 => claas_kernels::gemm_nn_bf16_at(p, w, g, &mut dx, m, n, k),
             HalfKind::F16 => claas_kernels::gemm_nn_f16(w, g, &mut dx, m, n, k),
         }
         dx
@@ -237,14 +241,19 @@ impl Weight {
     }
 
     /// `x @ W^T` for a 2-D `x`. Training mode records a backward that yields only `x`'s
-    /// gradient; both modes use the 16-bit kernels for 16-bit storage.
-    pub(crate) fn linear(&self, x: &Tensor, mode: ForwardMode) -> candle_core::Result<Tensor> {
+    /// gradient; both modes use the 16-bit kernels for 16-bit storage, at precision `p`.
+    pub(crate) fn linear(
+        &self,
+        x: &Tensor,
+        mode: ForwardMode,
+        p: MatmulPrecision,
+    ) -> candle_core::Result<Tensor> {
         match self {
             Weight::Dense(w) => match mode {
                 ForwardMode::Inference => x.matmul(&w.t()?),
                 ForwardMode::Training => frozen_linear(x, w),
             },
-            Weight::Half(h) => x.contiguous()?.apply_op1(HalfMatmul { w: h.clone() }),
+            Weight::Half(h) => x.contiguous()?.apply_op1(HalfMatmul { w: h.clone(), p }),
             Weight::Q8(q) => x.contiguous()?.apply_op1(Q8Matmul { w: q.clone() }),
         }
     }
@@ -300,6 +309,7 @@ fn f32_input<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Resu
 /// `x @ W^T` by a 16-bit matrix; backward gives `x`'s gradient only.
 struct HalfMatmul {
     w: HalfWeight,
+    p: MatmulPrecision,
 }
 
 impl CustomOp1 for HalfMatmul {
@@ -316,7 +326,7 @@ impl CustomOp1 for HalfMatmul {
             );
         }
         let x = f32_input(s, l, "frozen matmul")?;
-        let y = self.w.forward(x, m);
+        let y = self.w.forward(x, m, self.p);
         Ok((CpuStorage::F32(y), Shape::from((m, self.w.rows))))
     }
 
@@ -327,15 +337,17 @@ impl CustomOp1 for HalfMatmul {
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         let g = grad.contiguous()?;
-        Ok(Some(
-            g.apply_op1_no_bwd(&HalfMatmulGrad { w: self.w.clone() })?,
-        ))
+        Ok(Some(g.apply_op1_no_bwd(&HalfMatmulGrad {
+            w: self.w.clone(),
+            p: self.p,
+        })?))
     }
 }
 
 /// `g @ W`: the input gradient of [`HalfMatmul`].
 struct HalfMatmulGrad {
     w: HalfWeight,
+    p: MatmulPrecision,
 }
 
 impl CustomOp1 for HalfMatmulGrad {
@@ -352,7 +364,7 @@ impl CustomOp1 for HalfMatmulGrad {
             );
         }
         let g = f32_input(s, l, "frozen matmul backward")?;
-        let dx = self.w.backward(g, m);
+        let dx = self.w.backward(g, m, self.p);
         Ok((CpuStorage::F32(dx), Shape::from((m, self.w.cols))))
     }
 }

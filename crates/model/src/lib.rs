@@ -22,7 +22,12 @@ pub use lora::{LoraAdapter, LoraConfig, LoraInit, LoraPair, Module, TrainableLor
 pub use qwen3::{CheckpointedLogits, ForwardMode, Qwen3, SeqInput};
 pub use random::random_model_dir;
 pub use source::{hf_hub_cache, resolve_model, ModelSource};
-pub use weights::{parse_dtype, parse_quantization, LoadOptions, Quantization};
+pub use weights::{
+    parse_dtype, parse_matmul_precision, parse_quantization, LoadOptions, Quantization,
+};
+
+/// How activations enter products by bf16 weights; see [`claas_kernels::Precision`].
+pub use claas_kernels::Precision as MatmulPrecision;
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -11,6 +11,7 @@ use crate::bgmv;
 use crate::frozen::{HalfKind, HalfWeight, Weight};
 use crate::lora::{LoraAdapter, Module, ALL_MODULES};
 use crate::weights::{file_matrix_dtype, load_weights, weight_files, LoadOptions};
+use crate::MatmulPrecision;
 use crate::{KvCache, ModelError, Qwen3Config, Result};
 
 /// Largest per-adapter row group a multi-adapter linear handles row by row.
@@ -45,6 +46,8 @@ pub struct Qwen3 {
     /// `[max_positions, head_dim / 2]`
     cos: Tensor,
     sin: Tensor,
+    /// How activations enter the products by 16-bit weights (see [`MatmulPrecision`]).
+    precision: MatmulPrecision,
 }
 
 /// One sequence of a packed batch: new tokens to run, its cache, its adapter.
@@ -99,7 +102,20 @@ impl Qwen3 {
             ));
         }
         let weights = load_weights(&files, &opts.device, dtype, half, opts.quantization)?;
-        Self::from_weights(config, weights, &opts.device, dtype)
+        Ok(Self::from_weights(config, weights, &opts.device, dtype)?
+            .with_matmul_precision(opts.matmul_precision))
+    }
+
+    /// The model computing its products by bf16 weights at `p` (the default is
+    /// [`MatmulPrecision::Medium`], as for a loaded model).
+    pub fn with_matmul_precision(mut self, p: MatmulPrecision) -> Self {
+        self.precision = p;
+        self
+    }
+
+    /// How activations enter the products by 16-bit weights.
+    pub fn matmul_precision(&self) -> MatmulPrecision {
+        self.precision
     }
 
     /// The model with every weight matrix (projections, embeddings, LM head) quantized to
@@ -217,6 +233,7 @@ impl Qwen3 {
             norm,
             cos,
             sin,
+            precision: MatmulPrecision::Medium,
         })
     }
 
@@ -310,7 +327,7 @@ impl Qwen3 {
         segs: &[(usize, usize, Option<&LoraAdapter>)],
         mode: ForwardMode,
     ) -> Result<Tensor> {
-        let y = self.layers[layer].w[m as usize].linear(x, mode)?;
+        let y = self.layers[layer].w[m as usize].linear(x, mode, self.precision)?;
         // Merge consecutive segments that share an adapter so a single-adapter batch does one
         // LoRA matmul pair.
         let mut groups: Vec<(usize, usize, Option<&LoraAdapter>)> = Vec::new();
@@ -445,7 +462,7 @@ impl Qwen3 {
 
     fn head(&self, x: &Tensor, mode: ForwardMode) -> Result<Tensor> {
         let w = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(w.linear(x, mode)?)
+        Ok(w.linear(x, mode, self.precision)?)
     }
 
     // The per-sequence slices are parallel arrays built once per forward.

@@ -9,7 +9,7 @@ use memmap2::Mmap;
 use safetensors::SafeTensors;
 
 use crate::frozen::{HalfKind, HalfWeight, Q8Weight, Weight};
-use crate::{ModelError, Result};
+use crate::{MatmulPrecision, ModelError, Result};
 
 /// How to place a model in memory.
 #[derive(Debug, Clone)]
@@ -25,6 +25,10 @@ pub struct LoadOptions {
     /// Weight-only quantization (vLLM's `--quantization`), applied at load to every weight
     /// matrix (projections, embeddings, LM head); `None` keeps `dtype`'s storage. CPU only.
     pub quantization: Option<Quantization>,
+    /// How activations enter the products by bf16 weights: [`MatmulPrecision::Medium`] (the
+    /// default) rounds them to bf16 for prefill-sized products so they run on AMX tiles where
+    /// the CPU has them; [`MatmulPrecision::Highest`] keeps them f32 everywhere.
+    pub matmul_precision: MatmulPrecision,
 }
 
 impl Default for LoadOptions {
@@ -33,6 +37,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: None,
             quantization: None,
+            matmul_precision: MatmulPrecision::Medium,
         }
     }
 }
@@ -71,6 +76,19 @@ pub fn parse_quantization(s: &str) -> Result<Option<Quantization>> {
             "unsupported quantization {other:?}: supported are q8_0 (alias int8; 8-bit weights \
              quantized at load) and none. vLLM's GPU methods (awq, gptq, fp8, bitsandbytes, \
              marlin, ...) are not supported on the CPU"
+        ))),
+    }
+}
+
+/// Parses a `--matmul-precision` value, named as PyTorch's `set_float32_matmul_precision`:
+/// `highest` (f32 activations) or `medium` (bf16 activations in prefill-sized products).
+pub fn parse_matmul_precision(s: &str) -> Result<MatmulPrecision> {
+    match s.to_ascii_lowercase().as_str() {
+        "highest" => Ok(MatmulPrecision::Highest),
+        "medium" => Ok(MatmulPrecision::Medium),
+        other => Err(ModelError::Config(format!(
+            "unsupported matmul precision {other:?}: expected highest (f32 activations) or \
+             medium (activations rounded to bf16 for products by bf16 weights, on AMX)"
         ))),
     }
 }

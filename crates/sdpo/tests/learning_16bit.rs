@@ -3,35 +3,40 @@
 //! to self-teacher) on the fixture model stored in bf16 and f16 and on the built-in model loaded
 //! as bf16, and step metrics against the same steps on the widened (f32) weights.
 //!
-//! Tolerance of the metric comparison: 1e-4 relative. Both runs widen the same 16-bit values
-//! exactly and compute in f32, so they differ only in summation order (~1e-6 relative on these
-//! sizes); a wrong gradient term or a weight rounded differently moves the metrics by far more.
+//! Tolerance of the metric comparison at `--matmul-precision highest`: 1e-4 relative. Both runs
+//! widen the same 16-bit values exactly and compute in f32, so they differ only in summation
+//! order (~1e-6 relative on these sizes); a wrong gradient term or a weight rounded differently
+//! moves the metrics by far more.
+//!
+//! At `medium` (the default: activations rounded to bf16 in products of more than 16 rows by
+//! bf16 weights, on AMX) one step is compared with the f32-activation step with the bounds of
+//! `learning_int8.rs`: the loss within `4e` (`e` the largest logit difference on the step's own
+//! inputs, measured), the pre-clip gradients within 10% relative L2 error and cosine ≥ 0.99
+//! (stated, not derived).
 
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 
-use candle_core::{DType, Tensor};
-use claas_chat::{ChatTemplate, Tokenizer, TokenizerConfig};
-use claas_model::{LoadOptions, LoraAdapter, LoraInit, Qwen3};
-use claas_sdpo::{loss::log_softmax_last, DistillMetadata, FeedbackItem, Trainer, TrainingConfig};
+use candle_core::DType;
+use claas_model::{LoadOptions, MatmulPrecision};
+use claas_sdpo::Trainer;
+use common::learning::{assert_halves, one_step_diff, run, trainer, BUILTIN_LR, FIXTURE_LR};
 use common::*;
 
-/// The learning rates of `learning.rs` (fixture model and built-in model).
-const FIXTURE_LR: f64 = 5e-3;
-const BUILTIN_LR: f64 = 2e-3;
 const METRIC_RTOL: f64 = 1e-4;
+const GRAD_REL_ERR: f64 = 0.1;
+const GRAD_MIN_COS: f64 = 0.99;
 
-fn trainer(dir: &Path, dtype: Option<DType>) -> Trainer {
-    let opts = LoadOptions {
-        dtype,
-        ..Default::default()
-    };
-    let model = Qwen3::load(dir, &opts).unwrap();
-    let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-    let tmpl = ChatTemplate::from_config(&TokenizerConfig::from_dir(dir).unwrap()).unwrap();
-    Trainer::new(Arc::new(model), Arc::new(tok), Arc::new(tmpl))
+fn trainer_at(dir: &Path, dtype: Option<DType>, matmul_precision: MatmulPrecision) -> Trainer {
+    trainer(
+        dir,
+        &LoadOptions {
+            dtype,
+            matmul_precision,
+            ..Default::default()
+        },
+    )
 }
 
 /// The 16-bit checkpoints of `forward_16bit.json`.
@@ -45,84 +50,6 @@ fn half_models() -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-fn item() -> FeedbackItem {
-    let r = &read_json("distill_step.json")["request"];
-    FeedbackItem {
-        prompt: r["prompt"].as_str().unwrap().into(),
-        response: r["response"].as_str().unwrap().into(),
-        feedback: r["feedback"].as_str().unwrap().into(),
-        rollout_logprobs: None,
-        ..FeedbackItem::default()
-    }
-}
-
-/// Mean over response tokens of KL(student || teacher) over the full vocabulary.
-fn kl_student_teacher(t: &Trainer, adapter: &LoraAdapter, item: &FeedbackItem) -> f64 {
-    let p = t
-        .prepare(item, TrainingConfig::default().teacher_prompt)
-        .unwrap();
-    let n = p.response_ids.len();
-    let m = t.model();
-    let s = m
-        .logits(&p.student_input_ids(), Some(adapter), 512)
-        .unwrap();
-    let s = log_softmax_last(&s.narrow(0, p.prompt_ids.len() - 1, n).unwrap()).unwrap();
-    let te = m.logits(&p.teacher_input_ids(), None, 512).unwrap();
-    let te = log_softmax_last(&te.narrow(0, p.teacher_prompt_ids.len() - 1, n).unwrap()).unwrap();
-    let kl: Tensor = (s.exp().unwrap() * (&s - &te).unwrap())
-        .unwrap()
-        .sum_all()
-        .unwrap();
-    kl.to_scalar::<f32>().unwrap() as f64 / n as f64
-}
-
-/// Ten steps from a fresh adapter (as `learning.rs`): the KL after each step and each step's
-/// metrics.
-fn run(t: &Trainer, learning_rate: f64) -> (Vec<f64>, Vec<DistillMetadata>) {
-    let m = t.model();
-    let init = LoraInit {
-        r: 8,
-        lora_alpha: 16.0,
-        target_modules: claas_model::ALL_MODULES
-            .iter()
-            .map(|m| m.name().to_string())
-            .collect(),
-        use_rslora: false,
-        base_model_name_or_path: None,
-    };
-    let mut adapter = LoraAdapter::init(&init, m.config(), 7, m.device()).unwrap();
-    let cfg = TrainingConfig {
-        learning_rate,
-        kl_reg_weight: 0.0,
-        steps_per_batch: 1,
-        ..TrainingConfig::default()
-    };
-    let item = item();
-    let mut opt = None;
-    let mut kl = vec![kl_student_teacher(t, &adapter, &item)];
-    let mut metrics = Vec::new();
-    for _ in 0..10 {
-        let out = t
-            .distill(&adapter, opt.take(), std::slice::from_ref(&item), &cfg)
-            .unwrap();
-        adapter = out.adapter;
-        opt = Some(out.optimizer);
-        metrics.push(out.metadata);
-        kl.push(kl_student_teacher(t, &adapter, &item));
-    }
-    (kl, metrics)
-}
-
-fn assert_halves(what: &str, kl: &[f64]) {
-    let (before, after) = (kl[0], kl[kl.len() - 1]);
-    eprintln!("{what}: KL(student || teacher) per step: {kl:?}");
-    assert!(before > 0.0, "{what}");
-    assert!(
-        after <= 0.5 * before,
-        "{what}: KL went from {before} to {after} in 10 steps (needs <= half)"
-    );
-}
-
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= METRIC_RTOL * a.abs().max(b.abs()).max(1e-3)
 }
@@ -130,7 +57,7 @@ fn close(a: f64, b: f64) -> bool {
 #[test]
 fn learning_16bit_ten_steps_halve_kl_and_match_the_widened_steps() {
     for dir in half_models() {
-        let half = trainer(&dir, None);
+        let half = trainer_at(&dir, None, MatmulPrecision::Highest);
         assert!(
             matches!(half.model().weight_dtype(), DType::BF16 | DType::F16),
             "{}: auto keeps the checkpoint's 16 bits",
@@ -139,7 +66,7 @@ fn learning_16bit_ten_steps_halve_kl_and_match_the_widened_steps() {
         let (kl, metrics) = run(&half, FIXTURE_LR);
         assert_halves(&dir.display().to_string(), &kl);
 
-        let wide = trainer(&dir, Some(DType::F32));
+        let wide = trainer_at(&dir, Some(DType::F32), MatmulPrecision::Highest);
         assert_eq!(wide.model().weight_dtype(), DType::F32);
         let (kl_w, metrics_w) = run(&wide, FIXTURE_LR);
         for (i, (a, b)) in metrics.iter().zip(&metrics_w).enumerate() {
@@ -167,12 +94,61 @@ fn learning_16bit_ten_steps_halve_kl_and_match_the_widened_steps() {
     }
 }
 
-/// The built-in model's bf16 variant (`--model builtin:tiny --dtype bfloat16`) learns too.
+/// The built-in model's bf16 variant (`--model builtin:tiny --dtype bfloat16`) learns too, at
+/// the default matmul precision.
 #[test]
 fn learning_16bit_ten_steps_halve_kl_on_builtin_tiny_bf16() {
     let dir = claas_model::resolve_model("builtin:tiny").unwrap();
-    let t = trainer(&dir, Some(DType::BF16));
+    let t = trainer(
+        &dir,
+        &LoadOptions {
+            dtype: Some(DType::BF16),
+            ..Default::default()
+        },
+    );
     assert_eq!(t.model().weight_dtype(), DType::BF16);
+    assert_eq!(t.model().matmul_precision(), MatmulPrecision::Medium);
     let (kl, _) = run(&t, BUILTIN_LR);
     assert_halves("builtin:tiny bf16", &kl);
+}
+
+/// `--matmul-precision medium` on the 16-bit checkpoints: ten steps halve the KL, and one step
+/// stays near the f32-activation step (bounds in the module doc). Where AMX runs (bf16 weights)
+/// the step must actually differ, or the comparison would be vacuous.
+#[test]
+fn learning_16bit_medium_precision_halves_kl_and_stays_near_highest() {
+    for dir in half_models() {
+        let what = dir.display().to_string();
+        let medium = trainer_at(&dir, None, MatmulPrecision::Medium);
+        assert_halves(&format!("{what} medium"), &run(&medium, FIXTURE_LR).0);
+        let highest = trainer_at(&dir, None, MatmulPrecision::Highest);
+        let d = one_step_diff(&highest, &medium);
+        let (e, dl) = (d.e, d.loss_change());
+        eprintln!(
+            "{what}: one step, medium vs highest: max logit diff e {e:.3e}; distill_loss {} vs {} (|Δ| {dl:.3e}, bound 4e {:.3e}); gradient relative L2 error {:.3e}, cosine {:.6}",
+            d.other.distill_loss,
+            d.reference.distill_loss,
+            4.0 * e,
+            d.grad_rel_err,
+            d.grad_cos,
+        );
+        assert!(
+            dl <= 4.0 * e,
+            "{what}: loss moved {dl:e} > 4e = {:e}",
+            4.0 * e
+        );
+        assert!(
+            d.grad_rel_err <= GRAD_REL_ERR,
+            "{what}: gradient relative error {}",
+            d.grad_rel_err
+        );
+        assert!(
+            d.grad_cos >= GRAD_MIN_COS,
+            "{what}: gradient cosine {}",
+            d.grad_cos
+        );
+        if medium.model().weight_dtype() == DType::BF16 && claas_kernels::amx_available() {
+            assert!(e > 0.0, "{what}: medium ran the f32-activation path");
+        }
+    }
 }

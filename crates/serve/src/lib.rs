@@ -69,6 +69,12 @@ pub struct ServeConfig {
     /// (awq, gptq, fp8, ...) are not supported.
     #[arg(long)]
     pub quantization: Option<String>,
+    /// How activations enter products by bf16 weights, named as PyTorch's float32 matmul
+    /// precision: medium rounds them to bf16 in prefill-sized products, which then run on AMX
+    /// tiles where the CPU has them (as PyTorch, oneDNN and llama.cpp compute bf16 models);
+    /// highest keeps them float32 everywhere.
+    #[arg(long, default_value = "medium")]
+    pub matmul_precision: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long)]
@@ -193,6 +199,7 @@ impl Default for ServeConfig {
             max_model_len: None,
             dtype: "auto".into(),
             quantization: None,
+            matmul_precision: "medium".into(),
             seed: 0,
             enable_lora: false,
             max_loras: None,
@@ -383,7 +390,11 @@ pub fn read_alias_file(
         .collect())
 }
 
-fn load_options(dtype: &str, quantization: Option<&str>) -> Result<LoadOptions, ServeError> {
+fn load_options(
+    dtype: &str,
+    quantization: Option<&str>,
+    matmul_precision: &str,
+) -> Result<LoadOptions, ServeError> {
     let dtype =
         claas_model::parse_dtype(dtype).map_err(|e| ServeError::Config(format!("--dtype: {e}")))?;
     let quantization = quantization
@@ -391,10 +402,13 @@ fn load_options(dtype: &str, quantization: Option<&str>) -> Result<LoadOptions, 
         .transpose()
         .map_err(|e| ServeError::Config(format!("--quantization: {e}")))?
         .flatten();
+    let matmul_precision = claas_model::parse_matmul_precision(matmul_precision)
+        .map_err(|e| ServeError::Config(format!("--matmul-precision: {e}")))?;
     Ok(LoadOptions {
         device: claas_model::Device::Cpu,
         dtype,
         quantization,
+        matmul_precision,
     })
 }
 
@@ -523,7 +537,11 @@ impl AppState {
             return Err(ServeError::Config("--max-loras must be at least 1".into()));
         }
         let dir = claas_model::resolve_model(&cfg.model)?;
-        let opts = load_options(&cfg.dtype, cfg.quantization.as_deref())?;
+        let opts = load_options(
+            &cfg.dtype,
+            cfg.quantization.as_deref(),
+            &cfg.matmul_precision,
+        )?;
         let model = Arc::new(Qwen3::load(&dir, &opts)?);
         let ecfg = EngineConfig {
             max_num_seqs: cfg.max_num_seqs.max(1),

@@ -43,6 +43,8 @@ pub struct UpConfig {
     pub dtype: Option<claas_model::DType>,
     /// Weight-only quantization of the shared base model (vLLM's `--quantization`).
     pub quantization: Option<claas_model::Quantization>,
+    /// How activations enter the shared base model's products by bf16 weights.
+    pub matmul_precision: claas_model::MatmulPrecision,
     /// Start the Telegram gateway with these settings (URLs are pointed at this process).
     pub telegram: Option<GatewayConfig>,
     /// Write the OpenClaw config during init.
@@ -68,6 +70,7 @@ impl UpConfig {
             max_model_len: None,
             dtype: None,
             quantization: None,
+            matmul_precision: claas_model::MatmulPrecision::Medium,
             telegram: None,
             openclaw: None,
             api: ApiConfig::default(),
@@ -110,6 +113,7 @@ where
     let opts = LoadOptions {
         dtype: cfg.dtype,
         quantization: cfg.quantization,
+        matmul_precision: cfg.matmul_precision,
         ..LoadOptions::default()
     };
     let loaded = tokio::task::spawn_blocking(move || -> Result<_, StackError> {

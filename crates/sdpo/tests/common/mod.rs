@@ -8,6 +8,8 @@ use serde_json::Value;
 
 pub use claas_testkit::fixtures::read_json;
 
+pub mod learning;
+
 pub fn fixtures() -> PathBuf {
     claas_testkit::fixtures::dir()
 }
