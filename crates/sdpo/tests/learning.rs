@@ -12,114 +12,20 @@
 
 mod common;
 
-use std::path::Path;
-use std::sync::Arc;
-
-use candle_core::Tensor;
-use claas_chat::{ChatTemplate, Tokenizer, TokenizerConfig};
-use claas_model::{LoadOptions, LoraAdapter, LoraInit, Qwen3};
-use claas_sdpo::{loss::log_softmax_last, FeedbackItem, Trainer, TrainingConfig};
+use claas_model::LoadOptions;
+use common::learning::{assert_halves, run, trainer, BUILTIN_LR, FIXTURE_LR};
 use common::*;
-
-const FIXTURE_LR: f64 = 5e-3;
-const BUILTIN_LR: f64 = 2e-3;
-
-fn trainer(dir: &Path) -> Trainer {
-    let model = Qwen3::load(dir, &LoadOptions::default()).unwrap();
-    let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-    let tmpl = ChatTemplate::from_config(&TokenizerConfig::from_dir(dir).unwrap()).unwrap();
-    Trainer::new(Arc::new(model), Arc::new(tok), Arc::new(tmpl))
-}
-
-/// Mean over response tokens of KL(student || teacher) over the full vocabulary.
-fn kl_student_teacher(t: &Trainer, adapter: &LoraAdapter, item: &FeedbackItem) -> f64 {
-    let p = t
-        .prepare(item, TrainingConfig::default().teacher_prompt)
-        .unwrap();
-    let n = p.response_ids.len();
-    let m = t.model();
-    let s = m
-        .logits(&p.student_input_ids(), Some(adapter), 512)
-        .unwrap();
-    let s = log_softmax_last(&s.narrow(0, p.prompt_ids.len() - 1, n).unwrap()).unwrap();
-    let te = m.logits(&p.teacher_input_ids(), None, 512).unwrap();
-    let te = log_softmax_last(&te.narrow(0, p.teacher_prompt_ids.len() - 1, n).unwrap()).unwrap();
-    let kl: Tensor = (s.exp().unwrap() * (&s - &te).unwrap())
-        .unwrap()
-        .sum_all()
-        .unwrap();
-    kl.to_scalar::<f32>().unwrap() as f64 / n as f64
-}
-
-fn check_learning(dir: &Path, item: FeedbackItem, learning_rate: f64) {
-    let t = trainer(dir);
-    let m = t.model();
-    let init = LoraInit {
-        r: 8,
-        lora_alpha: 16.0,
-        target_modules: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-        .map(String::from)
-        .to_vec(),
-        use_rslora: false,
-        base_model_name_or_path: None,
-    };
-    let mut adapter = LoraAdapter::init(&init, m.config(), 7, m.device()).unwrap();
-    let cfg = TrainingConfig {
-        learning_rate,
-        kl_reg_weight: 0.0,
-        steps_per_batch: 1,
-        ..TrainingConfig::default()
-    };
-    let before = kl_student_teacher(&t, &adapter, &item);
-    let mut opt = None;
-    let mut history = vec![before];
-    for _ in 0..10 {
-        let out = t
-            .distill(&adapter, opt.take(), std::slice::from_ref(&item), &cfg)
-            .unwrap();
-        adapter = out.adapter;
-        opt = Some(out.optimizer);
-        history.push(kl_student_teacher(&t, &adapter, &item));
-    }
-    let after = *history.last().unwrap();
-    eprintln!(
-        "{}: KL(student || teacher) per step: {history:?}",
-        dir.display()
-    );
-    assert!(before > 0.0);
-    assert!(
-        after <= 0.5 * before,
-        "KL went from {before} to {after} in 10 steps (needs <= half)"
-    );
-}
-
-fn fixture_item() -> FeedbackItem {
-    let fx = read_json("distill_step.json");
-    let r = &fx["request"];
-    FeedbackItem {
-        prompt: r["prompt"].as_str().unwrap().into(),
-        response: r["response"].as_str().unwrap().into(),
-        feedback: r["feedback"].as_str().unwrap().into(),
-        rollout_logprobs: None,
-        ..FeedbackItem::default()
-    }
-}
 
 #[test]
 fn learning_ten_steps_halve_kl_on_fixture_tiny_model() {
-    check_learning(&fixtures().join("tiny-qwen3"), fixture_item(), FIXTURE_LR);
+    let dir = fixtures().join("tiny-qwen3");
+    let t = trainer(&dir, &LoadOptions::default());
+    assert_halves(&dir.display().to_string(), &run(&t, FIXTURE_LR).0);
 }
 
 #[test]
 fn learning_ten_steps_halve_kl_on_builtin_tiny() {
     let dir = claas_model::resolve_model("builtin:tiny").unwrap();
-    check_learning(&dir, fixture_item(), BUILTIN_LR);
+    let t = trainer(&dir, &LoadOptions::default());
+    assert_halves(&dir.display().to_string(), &run(&t, BUILTIN_LR).0);
 }

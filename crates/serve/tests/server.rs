@@ -2142,8 +2142,8 @@ async fn reasoning_parser_splits_think_blocks() {
 }
 
 /// `--dtype` (vLLM's meaning): a bf16 checkpoint served as is (`auto`) and widened (`float32`)
-/// computes the same function, so greedy replies and their log-probabilities agree; an unknown
-/// dtype is refused at start, naming it.
+/// computes the same function at `--matmul-precision highest`, so greedy replies and their
+/// log-probabilities agree; an unknown dtype or matmul precision is refused at start, naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dtype_auto_and_float32_serve_a_bf16_checkpoint_alike() {
     let bad = ServeConfig {
@@ -2155,10 +2155,21 @@ async fn dtype_auto_and_float32_serve_a_bf16_checkpoint_alike() {
         .unwrap()
         .expect("an unknown dtype must be refused");
     assert!(e.to_string().contains("float8"), "{e}");
+    let bad = ServeConfig {
+        matmul_precision: "low".into(),
+        ..base_cfg()
+    };
+    let e = tokio::task::spawn_blocking(move || AppState::from_config(&bad).err())
+        .await
+        .unwrap()
+        .expect("an unknown matmul precision must be refused");
+    assert!(e.to_string().contains("--matmul-precision"), "{e}");
+    assert!(e.to_string().contains("\"low\""), "{e}");
 
     let cfg = |dtype: &str| ServeConfig {
         model: fixtures().join("tiny-qwen3-bf16").display().to_string(),
         dtype: dtype.into(),
+        matmul_precision: "highest".into(),
         ..base_cfg()
     };
     let half = start(cfg("auto")).await;
