@@ -98,7 +98,7 @@ pub(crate) fn gemv_multi(
 /// The CPU must support `isa`; `w` holds `rows` rows of `cols`, `x` `m` rows of `cols`, and
 /// `y` is writable at `i·ldy + r` for `i < m`, `r < rows`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn multi_kernel(
+pub(crate) unsafe fn multi_kernel(
     isa: Isa,
     w: Weights<'_>,
     rows: usize,

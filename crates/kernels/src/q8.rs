@@ -222,8 +222,10 @@ fn gemv_portable(w: Q8Matrix<'_>, x: &[f32], y: &mut [f32]) {
 /// `k` block of the GEMM: a multiple of [`Q8_BLOCK`] so panels never split a scale block;
 /// a 32-wide f32 panel of 128 rows is 16 KiB, half of L1d.
 const KC: usize = 128;
-/// Up to this many rows of `X` run as GEMVs straight off the int8 weights.
-const GEMV_MAX_M: usize = 3;
+/// Up to this many rows of `X` (batch decode, short chunks) the int8 weights are read from
+/// memory and converted once per call. Beyond, panels dequantized once per `k` block and a
+/// register-tiled kernel pay.
+const GEMV_MAX_M: usize = 16;
 const PAR_MIN_MACS: usize = 1 << 20;
 
 /// `Y = X·Wᵀ`: `X` `[m, cols]`, `Y` `[m, rows]` (a linear layer over `m` tokens), overwritten.
@@ -247,13 +249,69 @@ pub fn gemm_q8_with(isa: Isa, w: Q8Matrix<'_>, x: &[f32], y: &mut [f32], m: usiz
         y.fill(0.0);
         return;
     }
+    if m == 1 {
+        return gemv_q8_with(isa, w, x, y);
+    }
     if m <= GEMV_MAX_M {
-        for (xr, yr) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
-            gemv_q8_with(isa, w, xr, yr);
-        }
-        return;
+        return gemv_multi(isa, w, x, y, m);
     }
     tiled(isa, w, x, y, m, k, n, false);
+}
+
+/// `Y = X·Wᵀ` for a few rows of `X`: weight rows are dequantized once, a small block at a time,
+/// into an f32 buffer that stays in cache, and the 16-bit path's multi-row GEMV kernel dots the
+/// block with all `m` rows of `X` (each weight read once for every row). A batch of `m` costs
+/// one pass over the int8 weights and one conversion of each weight. Threads take disjoint
+/// weight rows, that is disjoint columns of `Y`.
+fn gemv_multi(isa: Isa, w: Q8Matrix<'_>, x: &[f32], y: &mut [f32], m: usize) {
+    let (n, k) = (w.rows, w.cols);
+    // About 64 KiB of f32 per block: the block and `X` (≤ 16 rows) stay in L2.
+    let block = (16 * 1024 / k).clamp(1, 16);
+    let threads = rayon::current_num_threads();
+    let tasks = if threads > 1 && m * n * k >= PAR_MIN_MACS {
+        (threads * 4).min(n.div_ceil(block))
+    } else {
+        1
+    };
+    let per_task = n.div_ceil(tasks);
+    let out = OutPtr(y.as_mut_ptr());
+    let run = |t: usize| {
+        let (t0, t1) = (t * per_task, ((t + 1) * per_task).min(n));
+        let mut buf = vec![0f32; block * k];
+        for r0 in (t0..t1).step_by(block) {
+            let rb = block.min(t1 - r0);
+            for (j, dst) in buf.chunks_exact_mut(k).take(rb).enumerate() {
+                let (q, s) = w.row(r0 + j);
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the caller checked the CPU supports AVX-512F; `s` holds the
+                    // row's block scales.
+                    Isa::Avx512 => unsafe { crate::q8_x86::dequantize_row_avx512(q, s, dst) },
+                    _ => dequantize_row(q, s, dst),
+                }
+            }
+            // SAFETY: `buf` holds `rb` rows of `k`; `x` is m×k; columns r0..r0+rb of every row
+            // of `y` (stride n, m rows) are inside it and belong to this task only; `isa` was
+            // checked by the caller.
+            unsafe {
+                crate::gemv::multi_kernel(
+                    isa,
+                    crate::Weights::F32(&buf[..rb * k]),
+                    rb,
+                    k,
+                    x,
+                    m,
+                    out.get().add(r0),
+                    n,
+                )
+            };
+        }
+    };
+    if tasks == 1 {
+        run(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(run);
+    }
 }
 
 /// `dX = G·W`: `G` `[m, rows]`, `dX` `[m, cols]`, overwritten: the input gradient of the layer
@@ -641,7 +699,7 @@ mod tests {
     fn gemm_and_gemm_nn_match_reference_on_every_path() {
         let mut rng = Rng(13);
         for isa in Isa::available() {
-            for m in [1, 4, 9, 17] {
+            for m in [1, 2, 4, 9, 16, 17] {
                 for (n, k) in SHAPES.into_iter().chain([(129, 257)]) {
                     let q = Q::new(&mut rng, n, k);
                     // Y = X·Wᵀ
@@ -687,23 +745,29 @@ mod tests {
 
     #[test]
     fn big_parallel_gemm_matches_gemv_rows() {
-        // Above the parallel thresholds: every task's panels and the k blocks line up.
+        // Above the parallel thresholds: every task's panels and the k blocks line up (m = 37,
+        // the tiled GEMM), and every task's weight rows (m = 9, the multi-row GEMV).
         let mut rng = Rng(17);
-        let (m, n, k) = (37, 300, 700);
+        let (n, k) = (300, 700);
         let q = Q::new(&mut rng, n, k);
-        let x = rng.vec(m * k);
-        for isa in Isa::available() {
-            let mut y = vec![0f32; m * n];
-            gemm_q8_with(isa, q.m(), &x, &mut y, m);
-            for i in 0..m {
-                let mut yr = vec![0f32; n];
-                gemv_q8_with(Isa::Portable, q.m(), &x[i * k..(i + 1) * k], &mut yr);
-                for j in 0..n {
-                    let a: f64 = (0..k)
-                        .map(|c| (q.wide[j * k + c] * x[i * k + c]).abs() as f64)
-                        .sum();
-                    let tol = 2.0 * (k as f64 + 2.0) * f32::EPSILON as f64 * a;
-                    assert!(((y[i * n + j] - yr[j]) as f64).abs() <= tol, "{isa:?}");
+        for m in [9, 37] {
+            let x = rng.vec(m * k);
+            for isa in Isa::available() {
+                let mut y = vec![0f32; m * n];
+                gemm_q8_with(isa, q.m(), &x, &mut y, m);
+                for i in 0..m {
+                    let mut yr = vec![0f32; n];
+                    gemv_q8_with(Isa::Portable, q.m(), &x[i * k..(i + 1) * k], &mut yr);
+                    for j in 0..n {
+                        let a: f64 = (0..k)
+                            .map(|c| (q.wide[j * k + c] * x[i * k + c]).abs() as f64)
+                            .sum();
+                        let tol = 2.0 * (k as f64 + 2.0) * f32::EPSILON as f64 * a;
+                        assert!(
+                            ((y[i * n + j] - yr[j]) as f64).abs() <= tol,
+                            "{isa:?} m {m}"
+                        );
+                    }
                 }
             }
         }

@@ -325,3 +325,32 @@ pub(crate) unsafe fn micro_avx2(
         }
     }
 }
+
+/// One row of q8_0 to f32 (`out.len() == q.len() == cols`, `scales` its blocks' scales): each
+/// value is `q·d` exactly, as `q8::dequantize_row` computes it, 16 lanes at a time.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `scales` has `q8_blocks(q.len())` entries.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn dequantize_row_avx512(q: &[i8], scales: &[u16], out: &mut [f32]) {
+    let cols = q.len();
+    let full = cols / Q8_BLOCK;
+    // SAFETY: blocks b < full lie inside `q`, `out` and `scales` (caller's guarantee).
+    unsafe {
+        for b in 0..full {
+            let c = b * Q8_BLOCK;
+            let d = bcast512(*scales.get_unchecked(b));
+            let qp = q.as_ptr().add(c);
+            let w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(qp.cast())));
+            let w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(qp.add(16).cast())));
+            _mm512_storeu_ps(out.as_mut_ptr().add(c), _mm512_mul_ps(w0, d));
+            _mm512_storeu_ps(out.as_mut_ptr().add(c + 16), _mm512_mul_ps(w1, d));
+        }
+    }
+    if full * Q8_BLOCK < cols {
+        let d = f16_to_f32(scales[full]);
+        for c in full * Q8_BLOCK..cols {
+            out[c] = q[c] as f32 * d;
+        }
+    }
+}
