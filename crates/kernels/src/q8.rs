@@ -23,6 +23,7 @@
 
 use rayon::prelude::*;
 
+use crate::gemm::{run_tasks, task_count, OutPtr};
 use crate::{f16_to_f32, Isa};
 
 /// Values per scale block.
@@ -226,7 +227,6 @@ const KC: usize = 128;
 /// memory and converted once per call. Beyond, panels dequantized once per `k` block and a
 /// register-tiled kernel pay.
 const GEMV_MAX_M: usize = 16;
-const PAR_MIN_MACS: usize = 1 << 20;
 
 /// `Y = X·Wᵀ`: `X` `[m, cols]`, `Y` `[m, rows]` (a linear layer over `m` tokens), overwritten.
 pub fn gemm_q8(w: Q8Matrix<'_>, x: &[f32], y: &mut [f32], m: usize) {
@@ -267,12 +267,7 @@ fn gemv_multi(isa: Isa, w: Q8Matrix<'_>, x: &[f32], y: &mut [f32], m: usize) {
     let (n, k) = (w.rows, w.cols);
     // About 64 KiB of f32 per block: the block and `X` (≤ 16 rows) stay in L2.
     let block = (16 * 1024 / k).clamp(1, 16);
-    let threads = rayon::current_num_threads();
-    let tasks = if threads > 1 && m * n * k >= PAR_MIN_MACS {
-        (threads * 4).min(n.div_ceil(block))
-    } else {
-        1
-    };
+    let tasks = task_count(n.div_ceil(block), m * n * k);
     let per_task = n.div_ceil(tasks);
     let out = OutPtr(y.as_mut_ptr());
     let run = |t: usize| {
@@ -307,11 +302,7 @@ fn gemv_multi(isa: Isa, w: Q8Matrix<'_>, x: &[f32], y: &mut [f32], m: usize) {
             };
         }
     };
-    if tasks == 1 {
-        run(0);
-    } else {
-        (0..tasks).into_par_iter().for_each(run);
-    }
+    run_tasks(tasks, run);
 }
 
 /// `dX = G·W`: `G` `[m, rows]`, `dX` `[m, cols]`, overwritten: the input gradient of the layer
@@ -339,20 +330,6 @@ pub fn gemm_nn_q8_with(isa: Isa, w: Q8Matrix<'_>, g: &[f32], y: &mut [f32], m: u
     tiled(isa, w, g, y, m, k, n, true);
 }
 
-/// `Y`'s base pointer, shared by the tasks; each writes only its own columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint column ranges of `Y`, and rayon's `for_each` returns only when
-// every task has finished, so the pointer outlives them.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// `Y[m×n] = X[m×k]·B` with `B[kk][j]` = `W[j][kk]` (`nn` false: `W` is `n×k`) or `W[kk][j]`
 /// (`nn` true: `W` is `k×n`). Panels of `nr` columns of `B` × [`KC`] are dequantized once
 /// into f32 and reused by every `mr`-row tile of `X`; threads own disjoint panels.
@@ -373,12 +350,7 @@ fn tiled(
         Isa::Avx512 => (8, 32),
     };
     let panels = n.div_ceil(nr);
-    let threads = rayon::current_num_threads();
-    let tasks = if threads > 1 && m * n * k >= PAR_MIN_MACS {
-        (threads * 4).min(panels)
-    } else {
-        1
-    };
+    let tasks = task_count(panels, m * n * k);
     let per_task = panels.div_ceil(tasks);
     let out = OutPtr(y.as_mut_ptr());
     let run = |t: usize| {
@@ -417,11 +389,7 @@ fn tiled(
             }
         }
     };
-    if tasks == 1 {
-        run(0);
-    } else {
-        (0..tasks).into_par_iter().for_each(run);
-    }
+    run_tasks(tasks, run);
 }
 
 /// `panel[kk·nr + j] = W[j0+j][k0+kk]` (zero for `j ≥ nvalid`). `k0` is a multiple of 32.
