@@ -24,6 +24,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+mod attention;
 #[cfg(feature = "bench")]
 pub mod bench;
 mod gemm;
@@ -38,6 +39,7 @@ mod x86;
 #[cfg(test)]
 mod tests;
 
+pub use attention::{attention_backward, attention_forward, AttentionShape};
 pub use q8::{
     dequantize_row as q8_dequantize_row, gemm_nn_q8, gemm_nn_q8_with, gemm_q8, gemm_q8_with,
     gemv_q8, gemv_q8_with, q8_blocks, quantize_row as q8_quantize_row, Q8Matrix, Q8_BLOCK,

@@ -2,11 +2,13 @@
 //! the Qwen3 forward pass (KV-cached, batched with a per-sequence LoRA, and a differentiable
 //! path for training), and PEFT-format LoRA adapters.
 
+mod attention;
 mod bgmv;
 mod builtin;
 mod config;
 mod error;
 mod frozen;
+mod fused;
 mod kv;
 mod lora;
 mod qwen3;

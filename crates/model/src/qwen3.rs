@@ -314,7 +314,7 @@ impl Qwen3 {
         let eps = self.config.rms_norm_eps as f32;
         Ok(match mode {
             ForwardMode::Inference => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps)?,
-            ForwardMode::Training => candle_nn::ops::rms_norm_slow(x, w, eps)?,
+            ForwardMode::Training => crate::fused::rms_norm(x, w, eps)?,
         })
     }
 
@@ -373,23 +373,12 @@ impl Qwen3 {
         Ok(Tensor::cat(&parts, 0)?)
     }
 
-    fn rope(&self, x: &Tensor, pos: usize, mode: ForwardMode) -> Result<Tensor> {
-        // x: [1, heads, t, head_dim]
+    /// Inference RoPE (candle's fused kernel) of `x` `[1, heads, t, head_dim]` at `pos`.
+    fn rope(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
         let t = x.dim(2)?;
         let cos = self.cos.narrow(0, pos, t)?;
         let sin = self.sin.narrow(0, pos, t)?;
-        Ok(match mode {
-            ForwardMode::Inference => candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?,
-            ForwardMode::Training => {
-                let half = self.config.head_dim / 2;
-                let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?;
-                let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?;
-                let x1 = x.narrow(D::Minus1, 0, half)?;
-                let x2 = x.narrow(D::Minus1, half, half)?;
-                let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-                (x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?
-            }
-        })
+        Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
     }
 
     /// Attention for one sequence. q: `[t, heads*d]`, k/v: `[t, kv_heads*d]` (already projected).
@@ -411,22 +400,38 @@ impl Qwen3 {
         let l = &self.layers[layer];
         let q = self.rms_norm(&q.reshape((t, hq, d))?, &l.q_norm, mode)?;
         let k = self.rms_norm(&k.reshape((t, hk, d))?, &l.k_norm, mode)?;
-        let q = self
-            .rope(&q.transpose(0, 1)?.unsqueeze(0)?, pos, mode)?
-            .squeeze(0)?;
-        let k = self
-            .rope(&k.transpose(0, 1)?.unsqueeze(0)?, pos, mode)?
-            .squeeze(0)?;
+        let (q, k) = match mode {
+            // The fused op rotates `[t, heads, d]` rows where they are.
+            ForwardMode::Training => (
+                crate::fused::rope(&q, &self.cos, &self.sin, pos)?.transpose(0, 1)?,
+                crate::fused::rope(&k, &self.cos, &self.sin, pos)?
+                    .transpose(0, 1)?
+                    .contiguous()?,
+            ),
+            ForwardMode::Inference => (
+                self.rope(&q.transpose(0, 1)?.unsqueeze(0)?, pos)?
+                    .squeeze(0)?,
+                self.rope(&k.transpose(0, 1)?.unsqueeze(0)?, pos)?
+                    .squeeze(0)?,
+            ),
+        };
         let v = v.reshape((t, hk, d))?.transpose(0, 1)?;
         let (k, v) = match cache {
             Some(cache) => cache.append(layer, self.layers.len(), &k, &v)?,
             None => (k, v.contiguous()?),
         };
         let total = k.dim(1)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        // The fused kernel applies the causal mask itself (query i sees keys 0..=total-t+i),
+        // which is the only mask this model builds.
+        if let Some(out) =
+            crate::attention::causal_attention(&q, &k, &v, scale, mode == ForwardMode::Training)?
+        {
+            return Ok(out.transpose(0, 1)?.reshape((t, hq * d))?);
+        }
         // Group the query heads that share a KV head: [hk, rep*t, d], so keys are never copied.
         let rep = hq / hk;
         let q = q.contiguous()?.reshape((hk, rep * t, d))?;
-        let scale = 1.0 / (d as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let scores = match mask {
             Some(mask) => {
@@ -506,7 +511,10 @@ impl Qwen3 {
         let hn = self.rms_norm(&x, &l.post_norm, mode)?;
         let g = self.linear(&hn, li, Module::Gate, segs, mode)?;
         let u = self.linear(&hn, li, Module::Up, segs, mode)?;
-        let act = (candle_nn::ops::silu(&g)? * u)?;
+        let act = match mode {
+            ForwardMode::Training => crate::fused::swiglu(&g, &u)?,
+            ForwardMode::Inference => (candle_nn::ops::silu(&g)? * u)?,
+        };
         Ok((x + self.linear(&act, li, Module::Down, segs, mode)?)?)
     }
 
