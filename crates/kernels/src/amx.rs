@@ -240,6 +240,169 @@ fn pack_b_cols(w: &[u16], k: usize, n: usize, n0: usize, nv: usize, out: &mut [u
     }
 }
 
+/// Writes the transpose of the 16×16 row-major `tile` to the `rows × cols` corner of a
+/// row-major matrix at `out` (row stride `ld`): `out[i][j] = tile[j][i]`. One 16×16 transpose
+/// in registers (four rounds of shuffles) and one masked store per row, where element-wise
+/// copying would take 256 scalar stores.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `tile` has 256 values; `out` addresses `rows ≤ 16` rows of
+/// `cols ≤ 16` writable values at stride `ld`.
+#[target_feature(enable = "avx512f")]
+unsafe fn store_transposed(tile: &[f32], out: *mut f32, ld: usize, rows: usize, cols: usize) {
+    use std::arch::x86_64::*;
+    debug_assert!(tile.len() >= T * T && rows <= T && cols <= T);
+    // SAFETY: loads read the 256 tile values; stores stay inside the caller's corner.
+    unsafe {
+        let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(tile.as_ptr().add(i * T)));
+        let w = transpose16(r);
+        let mask: __mmask16 = if cols == T {
+            0xffff
+        } else {
+            (1u16 << cols) - 1
+        };
+        for (i, row) in w.iter().enumerate().take(rows) {
+            _mm512_mask_storeu_ps(out.add(i * ld), mask, *row);
+        }
+    }
+}
+
+/// The transpose of a 16×16 matrix of 32-bit values held one row per register: four rounds
+/// of in-register shuffles.
+///
+/// # Safety
+/// The CPU supports AVX-512F.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    // Round 1: interleave pairs of rows by 32-bit lanes.
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    // Round 2: interleave by 64-bit lanes, rows 4q+{0,2} and 4q+{1,3}.
+    let u: [__m512; 16] = std::array::from_fn(|i| {
+        let q = i / 4 * 4;
+        let (a, b) = (
+            _mm512_castps_pd(t[q + i % 2]),
+            _mm512_castps_pd(t[q + 2 + i % 2]),
+        );
+        _mm512_castpd_ps(if (i % 4) < 2 {
+            _mm512_unpacklo_pd(a, b)
+        } else {
+            _mm512_unpackhi_pd(a, b)
+        })
+    });
+    // Rounds 3 and 4: gather 128-bit lanes across groups of four rows.
+    let v: [__m512; 16] = std::array::from_fn(|i| {
+        let g = i / 8 * 8;
+        let (a, b) = (u[g + i % 4], u[g + 4 + i % 4]);
+        if (i % 8) < 4 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xdd>(a, b)
+        }
+    });
+    let w: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (v[i % 8], v[8 + i % 8]);
+        if i < 8 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xdd>(a, b)
+        }
+    });
+    // The rounds leave column i in register i with bits 0 and 1 swapped.
+    std::array::from_fn(|i| w[(i & !3) | ((i & 1) << 1) | ((i >> 1) & 1)])
+}
+
+/// 16 f32 rounded to bf16 bits, the same bits as [`bf16_rne`].
+///
+/// # Safety
+/// The CPU supports AVX-512F and AVX-512BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn round16(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let b = _mm512_castps_si512(v);
+    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+    let rne = _mm512_srli_epi32::<16>(_mm512_add_epi32(
+        b,
+        _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb),
+    ));
+    let nan = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
+    let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+    _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(is_nan, rne, nan))
+}
+
+/// `dst[i] = bf16_rne(src[i])` over `src.len() ≤ dst.len()` values, 16 at a time.
+///
+/// # Safety
+/// The CPU supports AVX-512F and AVX-512BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn round_row_avx512(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    debug_assert!(src.len() <= dst.len());
+    let mut i = 0;
+    // SAFETY: masked loads and stores stay below `src.len()`.
+    unsafe {
+        while i < src.len() {
+            let n = (src.len() - i).min(T);
+            let m: __mmask16 = if n == T { 0xffff } else { (1u16 << n) - 1 };
+            let v = round16(_mm512_maskz_loadu_ps(m, src.as_ptr().add(i)));
+            _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(i).cast(), m, v);
+            i += T;
+        }
+    }
+}
+
+/// [`pack_b_rows`] with AVX-512: per tile, each of the 16 rows' 32 values is rounded (the
+/// same bits as [`bf16_rne`]) into one register of 16 pairs, and a 16×16 transpose of those
+/// 32-bit pairs gives the tile's rows.
+///
+/// # Safety
+/// The CPU supports AVX-512F and AVX-512BW; `out` holds `k.div_ceil(32)` tiles.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_b_rows_avx512(x: &[f32], rows: usize, k: usize, r0: usize, out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let live = T.min(rows.saturating_sub(r0));
+    // SAFETY: loads are masked to the `live` rows' first `k` values; each store writes one
+    // 64-byte row of a tile inside `out`.
+    unsafe {
+        let round = |v: __m512| round16(v);
+        for (kb, tile) in out.chunks_exact_mut(TILE).take(k.div_ceil(KT)).enumerate() {
+            let k0 = kb * KT;
+            let n = (k - k0).min(KT);
+            let (m0, m1): (__mmask16, __mmask16) = (
+                if n >= T { 0xffff } else { (1u16 << n) - 1 },
+                if n >= KT {
+                    0xffff
+                } else if n > T {
+                    (1u16 << (n - T)) - 1
+                } else {
+                    0
+                },
+            );
+            let r: [__m512; 16] = std::array::from_fn(|j| {
+                if j >= live {
+                    return _mm512_setzero_ps();
+                }
+                let p = x.as_ptr().add((r0 + j) * k + k0);
+                let lo = round(_mm512_maskz_loadu_ps(m0, p));
+                let hi = round(_mm512_maskz_loadu_ps(m1, p.add(T)));
+                _mm512_castsi512_ps(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi))
+            });
+            for (p, row) in transpose16(r).iter().enumerate() {
+                _mm512_storeu_ps(tile.as_mut_ptr().add(p * 2 * T).cast(), *row);
+            }
+        }
+    }
+}
+
 /// `lo = (e0, o0, e1, o1, …, e15, o15)`, `hi` the same for values 16..32: two weight rows
 /// interleaved into the pairs of a `B` tile row, 64 bytes per store.
 ///
@@ -289,7 +452,14 @@ pub(crate) fn gemm_nt(w: &[u16], x: &[f32], y: &mut [f32], m: usize, k: usize, n
     let mut xp = vec![0u16; mblocks * kbs * TILE];
     xp.par_chunks_mut(kbs * TILE)
         .enumerate()
-        .for_each(|(mb, blk)| pack_b_rows(x, m, k, mb * T, blk));
+        .for_each(|(mb, blk)| {
+            if std::arch::is_x86_feature_detected!("avx512bw") {
+                // SAFETY: AVX-512BW implies AVX-512F; `blk` holds `kbs` tiles.
+                unsafe { pack_b_rows_avx512(x, m, k, mb * T, blk) }
+            } else {
+                pack_b_rows(x, m, k, mb * T, blk)
+            }
+        });
     let panels = n.div_ceil(2 * T);
     let tasks = task_count(panels, m * n * k);
     let per_task = panels.div_ceil(tasks);
@@ -342,13 +512,18 @@ pub(crate) fn gemm_nt(w: &[u16], x: &[f32], y: &mut [f32], m: usize, k: usize, n
                     if i0 >= m || j0 >= n {
                         continue;
                     }
-                    for ii in 0..T.min(m - i0) {
-                        for jj in 0..T.min(n - j0) {
-                            // SAFETY: row i0+ii < m, column j0+jj < n; columns n0..n0+32
-                            // belong to this task's panels only.
-                            unsafe { *out.get().add((i0 + ii) * n + j0 + jj) = tile[jj * T + ii] };
-                        }
-                    }
+                    // SAFETY: rows i0.. < m and columns j0.. < n of `Y` (row stride n);
+                    // columns n0..n0+32 belong to this task's panels only. AMX CPUs have
+                    // AVX-512F.
+                    unsafe {
+                        store_transposed(
+                            tile,
+                            out.get().add(i0 * n + j0),
+                            n,
+                            T.min(m - i0),
+                            T.min(n - j0),
+                        )
+                    };
                 }
             }
         }
@@ -368,8 +543,14 @@ pub(crate) fn gemm_nn(w: &[u16], g: &[f32], y: &mut [f32], m: usize, k: usize, n
         .take(m)
         .enumerate()
         .for_each(|(i, row)| {
-            for (d, &v) in row.iter_mut().zip(&g[i * k..(i + 1) * k]) {
-                *d = bf16_rne(v);
+            let src = &g[i * k..(i + 1) * k];
+            if std::arch::is_x86_feature_detected!("avx512bw") {
+                // SAFETY: AVX-512BW implies AVX-512F; `row` has `kp ≥ k` values.
+                unsafe { round_row_avx512(src, row) }
+            } else {
+                for (d, &v) in row.iter_mut().zip(src) {
+                    *d = bf16_rne(v);
+                }
             }
         });
     let panels = n.div_ceil(2 * T);
@@ -428,4 +609,71 @@ pub(crate) fn gemm_nn(w: &[u16], g: &[f32], y: &mut [f32], m: usize, k: usize, n
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector packing writes the same bits as the scalar one, ragged edges and NaN
+    /// included.
+    #[test]
+    fn vector_packing_matches_scalar_packing() {
+        if !std::arch::is_x86_feature_detected!("avx512bw") {
+            println!("no AVX-512BW: nothing to check");
+            return;
+        }
+        for (rows, k) in [(16, 64), (5, 37), (40, 32), (3, 1), (20, 100)] {
+            let mut x: Vec<f32> = (0..rows * k)
+                .map(|i| ((i as f32 * 0.731).sin() * 1e3) / (1.0 + i as f32))
+                .collect();
+            x[0] = f32::NAN;
+            x[rows * k / 2] = f32::INFINITY;
+            // Exact ties (to even: down, then up) and a value just below a tie.
+            x[rows * k - 1] = f32::from_bits(0x3f80_8000);
+            x[(rows * k).saturating_sub(2)] = f32::from_bits(0x3f81_8000);
+            x[rows * k / 3] = f32::from_bits(0x3f81_7fff);
+            for r0 in (0..rows).step_by(T) {
+                let tiles = k.div_ceil(KT) * TILE;
+                let (mut a, mut b) = (vec![7u16; tiles], vec![9u16; tiles]);
+                a.fill(0);
+                pack_b_rows(&x, rows, k, r0, &mut a);
+                // SAFETY: checked AVX-512BW above; `b` holds the tiles.
+                unsafe { pack_b_rows_avx512(&x, rows, k, r0, &mut b) };
+                assert_eq!(a, b, "rows {rows}, k {k}, block {r0}");
+            }
+            let mut row = vec![0u16; x.len() + 3];
+            // SAFETY: checked AVX-512BW above; `row` is longer than `x`.
+            unsafe { round_row_avx512(&x, &mut row) };
+            let want: Vec<u16> = x.iter().map(|&v| bf16_rne(v)).collect();
+            assert_eq!(&row[..x.len()], &want[..], "row of {}", x.len());
+            assert_eq!(&row[x.len()..], &[0, 0, 0], "wrote past the row");
+        }
+    }
+
+    /// The register transpose equals the element-wise one, on full and partial corners.
+    #[test]
+    fn store_transposed_is_the_transpose() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            println!("no AVX-512F: nothing to check");
+            return;
+        }
+        let tile: Vec<f32> = (0..T * T).map(|i| i as f32 * 0.5 - 3.0).collect();
+        for (rows, cols) in [(16, 16), (16, 5), (7, 16), (1, 1), (3, 11)] {
+            let ld = 21;
+            let mut out = vec![f32::NAN; T * ld];
+            // SAFETY: checked AVX-512F above; `out` has 16 rows of `ld ≥ 16` values.
+            unsafe { store_transposed(&tile, out.as_mut_ptr(), ld, rows, cols) };
+            for i in 0..T {
+                for j in 0..ld {
+                    let got = out[i * ld + j];
+                    if i < rows && j < cols {
+                        assert_eq!(got, tile[j * T + i], "({rows}, {cols}) at [{i}][{j}]");
+                    } else {
+                        assert!(got.is_nan(), "({rows}, {cols}) wrote outside at [{i}][{j}]");
+                    }
+                }
+            }
+        }
+    }
 }
