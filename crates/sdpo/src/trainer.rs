@@ -361,31 +361,52 @@ fn gather_logprobs(logits: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
 }
 
 /// Top-k of each row of a row-major `[rows, v]` matrix, sorted descending
-/// (ties: lower id first).
+/// (ties: lower id first). Rows are independent: parallel over rows.
 fn topk_rows(lp: &[f32], v: usize, k: usize) -> (Vec<f32>, Vec<u32>) {
+    use rayon::prelude::*;
     let k = k.min(v);
     let rows = lp.len().checked_div(v).unwrap_or(0);
-    let mut vals = Vec::with_capacity(rows * k);
-    let mut idxs = Vec::with_capacity(rows * k);
-    let mut order: Vec<u32> = Vec::with_capacity(v);
-    for row in lp.chunks_exact(v.max(1)) {
-        let desc = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-        order.clear();
-        order.extend(0..v as u32);
-        if k == 0 {
-            continue;
+    let (mut vals, mut idxs) = (vec![0f32; rows * k], vec![0u32; rows * k]);
+    if k == 0 {
+        return (vals, idxs);
+    }
+    vals.par_chunks_mut(k)
+        .zip(idxs.par_chunks_mut(k))
+        .zip(lp.par_chunks_exact(v))
+        .for_each_init(
+            || Vec::with_capacity(v),
+            |order: &mut Vec<u32>, ((vals, idxs), row)| {
+                let desc =
+                    |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+                order.clear();
+                order.extend(0..v as u32);
+                if k < v {
+                    order.select_nth_unstable_by(k - 1, desc);
+                    order.truncate(k);
+                }
+                order.sort_by(desc);
+                for ((val, idx), &i) in vals.iter_mut().zip(idxs.iter_mut()).zip(order.iter()) {
+                    *val = row[i as usize];
+                    *idx = i;
+                }
+            },
+        );
+    (vals, idxs)
+}
+
+/// Runs `f` on the values of a contiguous f32 CPU tensor without copying them.
+fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    match (&*s, l.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
+            Ok(f(&v[a..b]))
         }
-        if k < v {
-            order.select_nth_unstable_by(k - 1, desc);
-            order.truncate(k);
-        }
-        order.sort_by(desc);
-        for &i in &order {
-            vals.push(row[i as usize]);
-            idxs.push(i);
+        _ => {
+            drop(s);
+            Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
         }
     }
-    (vals, idxs)
 }
 
 impl Trainer {
@@ -545,7 +566,7 @@ impl Trainer {
         let k = top_k.min(v).max(1);
         // The top-k of the logits is the top-k of the log-probs (a per-row shift); then one fused
         // pass turns the picked logits (and the response token's) into log-probs.
-        let (_, topk_indices) = topk_rows(&rows.flatten_all()?.to_vec1::<f32>()?, v, k);
+        let (_, topk_indices) = with_f32_values(&rows, |lp| topk_rows(lp, v, k))?;
         let mut picks = Vec::with_capacity(t * (k + 1));
         for (row, &r) in topk_indices.chunks_exact(k).zip(&p.response_ids) {
             picks.extend_from_slice(row);
