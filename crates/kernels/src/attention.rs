@@ -179,11 +179,7 @@ fn forward_block(
     for (r, (row, l)) in p.chunks_exact_mut(keys).zip(lse.iter_mut()).enumerate() {
         let (live, masked) = row.split_at_mut(s.seen(i0, r));
         let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * s.scale;
-        let mut sum = 0f32;
-        for x in live.iter_mut() {
-            *x = (*x * s.scale - max).exp();
-            sum += *x;
-        }
+        let sum = crate::softmax::exp_affine_in_place(live, s.scale, max);
         let inv = 1.0 / sum;
         live.iter_mut().for_each(|x| *x *= inv);
         masked.fill(0.0);
@@ -268,8 +264,8 @@ fn backward_head(
                     .sum();
                 let seen = s.seen(i0, r);
                 let (pr, dpr) = (&mut p[r * keys..][..keys], &mut dp[r * keys..][..keys]);
-                for (x, y) in pr[..seen].iter_mut().zip(&mut dpr[..seen]) {
-                    *x = (*x * s.scale - li).exp();
+                crate::softmax::exp_affine_in_place(&mut pr[..seen], s.scale, li);
+                for (x, y) in pr[..seen].iter().zip(&mut dpr[..seen]) {
                     // dS, with the scale of the scores folded in.
                     *y = *x * (*y - delta) * s.scale;
                 }

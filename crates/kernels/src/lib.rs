@@ -45,7 +45,7 @@ pub use q8::{
     dequantize_row as q8_dequantize_row, gemm_nn_q8, gemm_nn_q8_with, gemm_q8, gemm_q8_with,
     gemv_q8, gemv_q8_with, q8_blocks, quantize_row as q8_quantize_row, Q8Matrix, Q8_BLOCK,
 };
-pub use softmax::{max_and_log_sum_exp, scaled_exp};
+pub use softmax::{exp_affine_in_place, max_and_log_sum_exp, scaled_exp};
 
 use std::sync::OnceLock;
 

@@ -39,6 +39,22 @@ pub fn scaled_exp(row: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
     }
 }
 
+/// `x ← exp(scale·x − shift)` in place; returns the sum of the new values (attention's
+/// softmax numerators and their normaliser).
+pub fn exp_affine_in_place(row: &mut [f32], scale: f32, shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::Isa::Avx512.is_supported() {
+        // SAFETY: AVX-512F was detected.
+        return unsafe { x86::exp_affine_in_place(row, scale, shift) };
+    }
+    let mut sum = 0f32;
+    for x in row.iter_mut() {
+        *x = (*x * scale - shift).exp();
+        sum += *x;
+    }
+    sum
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -127,6 +143,27 @@ mod x86 {
     }
 
     /// # Safety
+    /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp_affine_in_place(row: &mut [f32], scale: f32, shift: f32) -> f32 {
+        let (cv, sv) = (_mm512_set1_ps(scale), _mm512_set1_ps(shift));
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        // SAFETY: masked loads and stores stay below `row.len()`.
+        unsafe {
+            while i < row.len() {
+                let k = mask(row.len(), i);
+                let p = row.as_mut_ptr().add(i);
+                let e = exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, p), cv, sv));
+                _mm512_mask_storeu_ps(p, k, e);
+                acc = _mm512_mask_add_ps(acc, k, acc, e);
+                i += 16;
+            }
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    /// # Safety
     /// The CPU supports AVX-512F; `out.len() == row.len()`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn scaled_exp(row: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
@@ -177,6 +214,25 @@ mod tests {
         scaled_exp(&special, 0.0, 1.0, &mut out);
         assert_eq!(&out[..2], &[0.0, 0.0]);
         assert!(out[2].is_nan());
+    }
+
+    /// The in-place form computes the same values and returns their sum.
+    #[test]
+    fn exp_affine_in_place_matches_f64() {
+        let mut row: Vec<f32> = (0..37).map(|i| i as f32 * 0.3 - 4.0).collect();
+        let want: Vec<f64> = row.iter().map(|&x| (x as f64 * 0.5 - 1.25).exp()).collect();
+        let sum = exp_affine_in_place(&mut row, 0.5, 1.25);
+        for (&g, &w) in row.iter().zip(&want) {
+            assert!(
+                (g as f64 - w).abs() <= 4.0 * f32::EPSILON as f64 * w,
+                "{g} vs {w}"
+            );
+        }
+        let total: f64 = want.iter().sum();
+        assert!(
+            (sum as f64 - total).abs() <= 1e-5 * total,
+            "{sum} vs {total}"
+        );
     }
 
     /// Row statistics match an f64 evaluation, on rows off the vector and chunk widths.
