@@ -31,16 +31,23 @@ pub(crate) fn text_of(tok: &Tokenizer, n: usize, words: &str) -> Result<String, 
     }
 }
 
-/// Runs the step with f32 and with bf16 weights, and compares each with PyTorch's.
-pub fn run(torch: Option<&serde_json::Value>, quick: bool) -> Result<(), BenchError> {
+/// Runs the step with f32 and with bf16 weights, and compares each with PyTorch's. `only`
+/// (`f32`, `bf16`, `bf16-highest`) runs one of the three configurations.
+pub fn run(
+    torch: Option<&serde_json::Value>,
+    quick: bool,
+    only: Option<&str>,
+) -> Result<(), BenchError> {
     let mut totals = Vec::new();
     // bf16 at the default `--matmul-precision medium` (AMX where present) and at `highest`.
-    for (dtype, p) in [
-        (DType::F32, MatmulPrecision::Medium),
-        (DType::BF16, MatmulPrecision::Highest),
-        (DType::BF16, MatmulPrecision::Medium),
+    for (name, dtype, p) in [
+        ("f32", DType::F32, MatmulPrecision::Medium),
+        ("bf16-highest", DType::BF16, MatmulPrecision::Highest),
+        ("bf16", DType::BF16, MatmulPrecision::Medium),
     ] {
-        totals.push(run_in(torch, quick, dtype, p)?);
+        if only.is_none_or(|o| o == name) {
+            totals.push(run_in(torch, quick, dtype, p)?);
+        }
     }
     if let [f32_s, hi_s, bf16_s] = totals[..] {
         println!(

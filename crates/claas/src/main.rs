@@ -269,6 +269,10 @@ enum BenchWhat {
         /// 4 layers instead of 28 (smoke run).
         #[arg(long)]
         quick: bool,
+        /// Run only this configuration: `f32`, `bf16` (medium precision) or `bf16-highest`
+        /// (default: all three, for the same-run ratios between them).
+        #[arg(long, value_parser = ["f32", "bf16", "bf16-highest"])]
+        only: Option<String>,
     },
 }
 
@@ -454,9 +458,11 @@ fn main() -> anyhow::Result<()> {
                     let report = claas_bench::whole_loop::run(&opts)?;
                     claas_bench::whole_loop::print_report(&opts, &report);
                 }
-                BenchWhat::Sdpo { torch_json, quick } => {
-                    claas_bench::sdpo::run(anchor(torch_json)?.as_ref(), quick)?
-                }
+                BenchWhat::Sdpo {
+                    torch_json,
+                    quick,
+                    only,
+                } => claas_bench::sdpo::run(anchor(torch_json)?.as_ref(), quick, only.as_deref())?,
             }
             Ok(())
         }
