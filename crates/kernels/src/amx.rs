@@ -34,6 +34,8 @@ const T: usize = 16;
 const KT: usize = 32;
 /// bf16 values in one operand tile.
 const TILE: usize = T * KT;
+/// Tiles of `k` per block of the backward's reduction: a 32-column panel of them is 64 KiB.
+const K_BLOCK: usize = 32;
 
 /// Whether the CPU has AMX-BF16 and this process may use the tile registers.
 pub(crate) fn available() -> bool {
@@ -124,7 +126,7 @@ pub(crate) fn bf16_rne(v: f32) -> u16 {
 }
 
 /// `C[2×2 tiles] = Σ_kb A[kb]·B[kb]` over `kbs` blocks of 32 `k`, into `c` (`[a][b]` order,
-/// each tile 16×16 f32 row-major).
+/// each tile 16×16 f32 row-major); with `add`, `C` starts from what `c` holds instead of zero.
 ///
 /// # Safety
 /// Tiles configured with [`CONFIG`]. `a0`/`a1` point at 16 rows of `32·kbs` bf16 (row stride
@@ -141,17 +143,33 @@ unsafe fn block(
     ldb_blocks: usize,
     kbs: usize,
     c: *mut f32,
+    add: bool,
 ) {
     // SAFETY: every load stays within the ranges the caller vouched for; the tile registers are
     // not used by compiled code, so they keep their values between the asm blocks.
     unsafe {
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, nomem)
-        );
+        if add {
+            asm!(
+                "tileloadd tmm0, [{c0} + {s}]",
+                "tileloadd tmm1, [{c1} + {s}]",
+                "tileloadd tmm2, [{c2} + {s}]",
+                "tileloadd tmm3, [{c3} + {s}]",
+                c0 = in(reg) c,
+                c1 = in(reg) c.add(T * T),
+                c2 = in(reg) c.add(2 * T * T),
+                c3 = in(reg) c.add(3 * T * T),
+                s = in(reg) 64usize,
+                options(nostack, readonly)
+            );
+        } else {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+        }
         for kb in 0..kbs {
             asm!(
                 "tileloadd tmm4, [{a0} + {lda}]",
@@ -503,6 +521,7 @@ pub(crate) fn gemm_nt(w: &[u16], x: &[f32], y: &mut [f32], m: usize, k: usize, n
                         TILE,
                         kbs,
                         c.as_mut_ptr(),
+                        false,
                     )
                 };
                 // Tile (a, b) holds Yᵀ for weight rows n0+16a.. and X rows 32mp+16b..
@@ -562,30 +581,48 @@ pub(crate) fn gemm_nn(w: &[u16], g: &[f32], y: &mut [f32], m: usize, k: usize, n
         let (p0, p1) = (t * per_task, ((t + 1) * per_task).min(panels));
         // SAFETY: `gemm_nn` dispatches here only when `available()`.
         let _tiles = unsafe { Tiles::configure() };
-        let mut c = vec![0f32; 4 * T * T];
-        // Columns n0..n0+32 of W as `[kb][half][TILE]` `B` tiles.
-        let mut wp = vec![0u16; kbs * 2 * TILE];
-        for p in p0..p1 {
+        // The task's panels' results, per panel `mp_count` blocks of four tiles, accumulated
+        // over k-blocks.
+        let per_panel = mp_count * 4 * T * T;
+        let mut c = vec![0f32; p1.saturating_sub(p0) * per_panel];
+        // Columns n0..n0+32 of one k-block of W as `[kb][half][TILE]` `B` tiles.
+        let mut wp = vec![0u16; kbs.min(K_BLOCK) * 2 * TILE];
+        // k in blocks of K_BLOCK tiles, outermost: each block of G (all m rows) stays in
+        // cache while it meets every panel, and each packed panel while it meets every row
+        // block, where a whole LM head's k (152k) would stream G from memory once per panel.
+        for kb0 in (0..kbs).step_by(K_BLOCK) {
+            let nkb = K_BLOCK.min(kbs - kb0);
+            let r0 = kb0 * KT;
+            let rows = (nkb * KT).min(k - r0);
+            let wp = &mut wp[..nkb * 2 * TILE];
+            for (p, cp) in (p0..p1).zip(c.chunks_exact_mut(per_panel)) {
+                let n0 = p * 2 * T;
+                pack_b_cols(&w[r0 * n..], rows, n, n0, (2 * T).min(n - n0), wp);
+                for (mp, c) in cp.chunks_exact_mut(4 * T * T).enumerate() {
+                    let a0 = gp[2 * T * mp * kp + r0..].as_ptr();
+                    // SAFETY: `gp` has 32 rows of `kp = 32·kbs` values from row 32mp (stride
+                    // 2kp bytes), read from column r0 for `nkb` tiles; `wp` has `nkb` pairs of
+                    // tiles (consecutive tiles of one half are 2·TILE apart); `c` holds four
+                    // tiles.
+                    unsafe {
+                        block(
+                            a0,
+                            a0.add(T * kp),
+                            2 * kp,
+                            wp.as_ptr(),
+                            wp.as_ptr().add(TILE),
+                            2 * TILE,
+                            nkb,
+                            c.as_mut_ptr(),
+                            kb0 > 0,
+                        )
+                    };
+                }
+            }
+        }
+        for (p, cp) in (p0..p1).zip(c.chunks_exact(per_panel)) {
             let n0 = p * 2 * T;
-            let nv = (2 * T).min(n - n0);
-            pack_b_cols(w, k, n, n0, nv, &mut wp);
-            for mp in 0..mp_count {
-                let a0 = gp[2 * T * mp * kp..].as_ptr();
-                // SAFETY: `gp` has 32 rows of `kp = 32·kbs` values from row 32mp (stride 2kp
-                // bytes); `wp` has `kbs` pairs of tiles (consecutive tiles of one half are
-                // 2·TILE apart); `c` holds four tiles.
-                unsafe {
-                    block(
-                        a0,
-                        a0.add(T * kp),
-                        2 * kp,
-                        wp.as_ptr(),
-                        wp.as_ptr().add(TILE),
-                        2 * TILE,
-                        kbs,
-                        c.as_mut_ptr(),
-                    )
-                };
+            for (mp, c) in cp.chunks_exact(4 * T * T).enumerate() {
                 // Tile (a, b) holds Y rows 32mp+16a.., columns n0+16b..
                 for (ti, tile) in c.chunks_exact(T * T).enumerate() {
                     let (ha, hb) = (ti / 2, ti % 2);
