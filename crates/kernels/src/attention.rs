@@ -395,15 +395,8 @@ mod tests {
 
     /// Deterministic values in [-1.5, 1.5).
     fn fill(n: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ((x >> 40) as f32 / (1u64 << 24) as f32) * 3.0 - 1.5
-            })
-            .collect()
+        let mut rng = crate::tests::Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        rng.vec(n).into_iter().map(|x| x * 1.5).collect()
     }
 
     struct Reference {

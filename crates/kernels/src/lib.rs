@@ -17,6 +17,11 @@
 //! [`Precision::Medium`] lets the prefill-sized products of bf16 weights round activations to
 //! bf16 and run on AMX tiles ([`gemm_bf16_at`], [`gemm_nn_bf16_at`]).
 //!
+//! Beside the weight products: [`attention_forward`] / [`attention_backward`], causal
+//! grouped-query attention over f32 rows without stored score matrices, and the softmax row
+//! kernels ([`max_and_log_sum_exp`], [`scaled_exp`], [`exp_affine_in_place`]) on a vector
+//! `exp`, for the trainer's vocabulary-wide log-softmax.
+//!
 //! The instruction set is picked once at run time ([`Isa::detected`]); the `*_with` variants
 //! take an explicit [`Isa`] so tests and benchmarks can force every path, the portable one
 //! included. All paths agree with an exact reference within the f32 summation-order bound

@@ -10,7 +10,8 @@ use half::{bf16, f16};
 
 use crate::{bf16_to_f32, f16_to_f32, Isa};
 
-struct Rng(u64);
+/// xorshift64 values in [-1, 1); deterministic test data for every kernel's tests.
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next_f32(&mut self) -> f32 {
@@ -19,7 +20,7 @@ impl Rng {
         self.0 ^= self.0 << 17;
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
+    pub(crate) fn vec(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.next_f32()).collect()
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
 use claas_kernels::AttentionShape;
 
 /// `softmax(q·kᵀ·scale + causal mask)·v` for `q` `[heads, t, d]` and `k`, `v` `[kv_heads,
@@ -17,7 +17,7 @@ pub(crate) fn causal_attention(
     scale: f64,
     train: bool,
 ) -> candle_core::Result<Option<Tensor>> {
-    if !q.device().is_cpu() || q.dtype() != DType::F32 {
+    if !fused_applies(q.device(), q.dtype()) {
         return Ok(None);
     }
     let op = Attention {
@@ -30,6 +30,11 @@ pub(crate) fn causal_attention(
     } else {
         q.apply_op3_no_bwd(k, v, &op)?
     }))
+}
+
+/// Whether [`causal_attention`] runs the fused kernel for tensors on `device` of `dtype`.
+pub(crate) fn fused_applies(device: &Device, dtype: DType) -> bool {
+    device.is_cpu() && dtype == DType::F32
 }
 
 struct Attention {

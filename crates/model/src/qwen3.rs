@@ -451,9 +451,10 @@ impl Qwen3 {
             .reshape((t, hq * d))?)
     }
 
-    /// Causal mask for `t` new tokens after `pos` cached ones (none needed for one token).
+    /// Causal mask for `t` new tokens after `pos` cached ones (none needed for one token, nor
+    /// where the fused attention kernel runs: it masks by position itself).
     fn mask(&self, t: usize, pos: usize) -> Result<Option<Tensor>> {
-        if t <= 1 {
+        if t <= 1 || crate::attention::fused_applies(&self.device, self.dtype) {
             return Ok(None);
         }
         Ok(Some(causal_mask(
