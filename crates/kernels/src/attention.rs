@@ -5,9 +5,9 @@
 //! Query row `i` sees keys `0..=pos + i`: the queries are the last `q_len` positions of a
 //! sequence whose first `pos` keys came before (a KV cache), or the whole sequence (`pos = 0`).
 //!
-//! The forward keeps one row of scores at a time and returns each row's log-sum-exp; the
-//! backward recomputes the probabilities from it (as FlashAttention does), so neither pass
-//! keeps more than one block of `ROW_BLOCK` query rows' scores per thread. The products are
+//! The forward computes one block of `ROW_BLOCK` query rows at a time (scores, softmax,
+//! output) and returns each row's log-sum-exp; the backward recomputes the probabilities from
+//! it (as FlashAttention does), so neither pass keeps more than one block's scores per thread. The products are
 //! the `gemm` crate's f32 GEMMs (candle's own CPU matmul, with its run-time ISA dispatch),
 //! single-threaded inside tasks that run in parallel over query blocks (forward) or
 //! key/value heads (backward).
