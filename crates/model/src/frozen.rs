@@ -296,7 +296,11 @@ impl Weight {
 }
 
 /// The f32 slice of a contiguous CPU storage.
-fn f32_input<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn f32_input<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
     let Some((a, b)) = l.contiguous_offsets() else {
         candle_core::bail!("{what}: input is not contiguous");
     };

@@ -5,25 +5,17 @@
 //! allocates more. Each op here is one pass forward and one pass backward over f32 rows,
 //! parallel over rows. Off the CPU, or for other dtypes, the composed candle ops run instead.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
+
+use crate::frozen::f32_input as values;
 
 /// Rows per parallel task: large enough to amortise the split.
 const ROWS_PER_TASK: usize = 16;
 
-/// The f32 values of a contiguous CPU tensor.
-fn values<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("{what}: input is not contiguous");
-    };
-    match s {
-        CpuStorage::F32(v) => Ok(&v[a..b]),
-        _ => candle_core::bail!("{what}: input is not f32"),
-    }
-}
-
+/// Whether the fused ops run for `t` (the attention kernel's condition).
 fn cpu_f32(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+    crate::attention::fused_applies(t.device(), t.dtype())
 }
 
 /// Runs `f` on the contiguous f32 values of `ts` (made contiguous first).
